@@ -1,0 +1,49 @@
+"""SSBDataCollator: pads tokens, masks and soft labels of a batch together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class SSBDataCollator:
+    """Right-pads `input_ids` and concatenates the soft labels of all answer tokens in order.
+
+    Output keys: `input_ids`, `attention_mask`, `labels` (-100 off the answer; its non-ignored
+    positions, scanned row-major, are exactly the rows of the soft labels), `teacher_topk_ids`
+    [n_answer_tokens, K] and `teacher_topk_logprobs` [n_answer_tokens, K]. Concatenating instead of
+    padding to [batch, max_answer, K] keeps memory proportional to real answer tokens.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+    ids_column: str = "teacher_topk_ids"
+    logprobs_column: str = "teacher_topk_logprobs"
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        lengths = [len(example["input_ids"]) for example in examples]
+        width = max(lengths)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+        labels = torch.full((len(examples), width), -100, dtype=torch.long)
+        topk_ids, topk_logprobs = [], []
+        for row, example in enumerate(examples):
+            ids = torch.as_tensor(example["input_ids"], dtype=torch.long)
+            answer = torch.as_tensor(example["completion_mask"], dtype=torch.bool)
+            input_ids[row, : len(ids)] = ids
+            attention_mask[row, : len(ids)] = 1
+            labels[row, : len(ids)] = torch.where(answer, ids, -100)
+            topk_ids.append(torch.as_tensor(example[self.ids_column], dtype=torch.long))
+            topk_logprobs.append(torch.as_tensor(example[self.logprobs_column], dtype=torch.float32))
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "teacher_topk_ids": torch.cat(topk_ids),
+            "teacher_topk_logprobs": torch.cat(topk_logprobs),
+        }

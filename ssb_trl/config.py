@@ -1,0 +1,107 @@
+"""SSBConfig: SFTConfig plus the settings of the soft-label distillation loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import SFTConfig
+
+from .loss import DistillationLossSpec
+
+
+@dataclass
+class SSBConfig(SFTConfig):
+    r"""
+    Configuration for [`SSBTrainer`]: every [`~trl.SFTConfig`] field, plus the distillation loss.
+
+    The loss per answer token is `kd_weight * T^2 * D(teacher || student) + ce_weight * CE`, where D is
+    computed over the teacher's top-K ids plus a tail bucket at temperature T and averaged over the
+    answer tokens of the whole accumulated (and multi-process) batch.
+
+    Parameters:
+        temperature (`float`, defaults to `2.0`):
+            Softening temperature T of both teacher and student distributions (the paper uses 2.0). The
+            soft labels must have been taken at this temperature (see `allow_temperature_renormalization`).
+        kd_weight (`float`, defaults to `1.0`):
+            Weight of the soft-label (distillation) term.
+        ce_weight (`float`, defaults to `0.0`):
+            Weight of the hard-label cross-entropy term on the teacher's answer tokens (the paper uses 0).
+            `kd_weight=0, ce_weight=1` is plain SFT on the teacher answers: the hard-label baseline.
+        beta (`float`, defaults to `0.0`):
+            Generalised JSD interpolation as in TRL's GKD: 0 = forward KL(teacher || student), 1 = reverse KL.
+        use_tail_bucket (`bool`, defaults to `True`):
+            Compare the teacher's top-K plus one bucket for the rest of the vocabulary (exact for that coarse
+            distribution). If `False`, both sides are renormalised over the K ids.
+        loss_chunk_size (`int` or `None`, defaults to `None`):
+            Answer tokens projected to the vocabulary at once. `None` sizes chunks so one fp32 chunk of logits
+            stays near 256 MB.
+        soft_label_ids_column / soft_label_logprobs_column (`str`):
+            Names of the soft-label columns.
+        allow_temperature_renormalization (`bool`, defaults to `False`):
+            Accept soft labels taken at another temperature by rescaling the stored log-probs over the top-K ids
+            (drops the tail bucket). Off by default: a mismatch is usually a mistake.
+        check_soft_label_metadata (`bool`, defaults to `True`):
+            Require dataset metadata (tokenizer fingerprint, temperature, K) and check it against this run.
+    """
+
+    temperature: float = field(
+        default=2.0,
+        metadata={"help": "Softening temperature T for teacher and student (paper: 2.0); loss is scaled by T^2."},
+    )
+    kd_weight: float = field(default=1.0, metadata={"help": "Weight of the soft-label distillation term."})
+    ce_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the hard-label CE term on the teacher answer (paper: 0; 1 with kd_weight 0 = SFT)."
+        },
+    )
+    beta: float = field(
+        default=0.0,
+        metadata={"help": "Generalised JSD beta as in GKD: 0 = forward KL(teacher||student), 1 = reverse KL."},
+    )
+    use_tail_bucket: bool = field(
+        default=True,
+        metadata={"help": "Add a bucket for the teacher mass outside its top-K; if False renormalise over top-K."},
+    )
+    loss_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Answer tokens projected to the vocabulary per chunk; None = ~256 MB fp32 chunks."},
+    )
+    soft_label_ids_column: str = field(
+        default="teacher_topk_ids", metadata={"help": "Column with the teacher top-K token ids."}
+    )
+    soft_label_logprobs_column: str = field(
+        default="teacher_topk_logprobs", metadata={"help": "Column with the teacher top-K log-probs."}
+    )
+    allow_temperature_renormalization: bool = field(
+        default=False,
+        metadata={"help": "Accept soft labels made at another temperature by renormalising over the top-K ids."},
+    )
+    check_soft_label_metadata: bool = field(
+        default=True,
+        metadata={"help": "Require and check the dataset's soft-label metadata (tokenizer, temperature, K)."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.packing or self.padding_free:
+            raise ValueError(
+                "SSBTrainer does not support packing or padding_free yet: the soft labels are aligned per sequence. "
+                "Set packing=False and padding_free=False."
+            )
+        if self.loss_type != "nll":
+            raise ValueError(
+                f"loss_type={self.loss_type!r} is SFT-only; SSBTrainer's loss is set by kd_weight/ce_weight/beta."
+            )
+        self.loss_spec()  # validates the loss fields early, with the message from DistillationLossSpec
+
+    def loss_spec(self) -> DistillationLossSpec:
+        """The loss settings as the immutable spec the loss function takes."""
+        return DistillationLossSpec(
+            temperature=self.temperature,
+            kd_weight=self.kd_weight,
+            ce_weight=self.ce_weight,
+            beta=self.beta,
+            use_tail_bucket=self.use_tail_bucket,
+            chunk_size=self.loss_chunk_size,
+        )

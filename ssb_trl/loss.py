@@ -1,0 +1,279 @@
+"""Sparse soft-label distillation loss, chunked over answer tokens.
+
+The teacher is stored as its top-K log-probs (plus an implied tail bucket holding the rest of the
+mass). The loss compares teacher and student on that coarse (K + 1)-bucket distribution:
+
+    teacher:  P = [p_1 .. p_K, 1 - sum(p)]             (from the dataset)
+    student:  Q = [q(id_1) .. q(id_K), 1 - sum(q(id))]  (q = softmax(logits / T) over the full vocab)
+    loss per answer token = T^2 * D(P, Q)
+
+D is a generalised Jensen-Shannon divergence as in TRL's GKD: beta = 0 is forward KL(P || Q),
+beta = 1 is reverse KL(Q || P). Without the tail bucket both sides are renormalised over the K ids.
+
+Memory: the student's [tokens, vocab] logits are never built for the whole batch. The answer
+positions' hidden states are projected chunk by chunk; each chunk's gradient with respect to the
+hidden states and the LM head is computed right away (one matmul forward, two backward, like
+Liger's fused linear cross-entropy) and the chunk's logits are freed. The divergence itself is
+differentiated by autograd on the small [chunk, K + 1] coarse distribution, then chained by hand
+to the vocabulary (see `_coarse_to_vocab_grad`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Student tail log-probs below this are clamped (their gradient is then zero): with K = vocab the
+# tail is empty and log(0) would poison the loss.
+_MIN_LOG_PROB = -80.0
+# Floor for the teacher tail probability (fp16 top-K mass can round to >= 1).
+_MIN_TAIL_PROB = 1e-30
+
+
+@dataclass(frozen=True)
+class DistillationLossSpec:
+    """What to compute: the settings of `SSBConfig` that shape the loss."""
+
+    temperature: float = 2.0
+    kd_weight: float = 1.0
+    ce_weight: float = 0.0
+    beta: float = 0.0
+    use_tail_bucket: bool = True
+    chunk_size: int | None = None  # answer tokens per chunk; None = sized from the vocabulary
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1] (0 = forward KL, 1 = reverse KL), got {self.beta}.")
+        if self.kd_weight < 0 or self.ce_weight < 0 or self.kd_weight + self.ce_weight == 0:
+            raise ValueError(
+                f"kd_weight ({self.kd_weight}) and ce_weight ({self.ce_weight}) must be >= 0 and not both 0."
+            )
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"loss chunk size must be >= 1 token, got {self.chunk_size}.")
+
+
+def auto_chunk_size(vocab_size: int, max_elements: int = 2**26) -> int:
+    """Answer tokens per chunk so one fp32 [chunk, vocab] tile stays near 256 MB."""
+    return max(16, max_elements // vocab_size)
+
+
+def teacher_coarse_log_probs(teacher_logprobs: torch.Tensor, use_tail_bucket: bool) -> torch.Tensor:
+    """[N, K] teacher top-K log-probs -> [N, K + 1] coarse log-probs (last = tail), or [N, K] renormalised."""
+    teacher_logprobs = teacher_logprobs.float()
+    if not use_tail_bucket:
+        return torch.log_softmax(teacher_logprobs, dim=-1)
+    tail = (1.0 - teacher_logprobs.exp().sum(-1, keepdim=True)).clamp(min=_MIN_TAIL_PROB)
+    return torch.cat([teacher_logprobs, tail.log()], dim=-1)
+
+
+def generalized_jsd(student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-row divergence between two distributions given as log-probs over the same buckets.
+
+    beta = 0: KL(teacher || student); beta = 1: KL(student || teacher); else the generalised JSD
+    with mixture M = beta * teacher + (1 - beta) * student (the convention of TRL's GKD trainer).
+    """
+    p_t, p_s = teacher_logp.exp(), student_logp.exp()
+    if beta == 0.0:
+        return (p_t * (teacher_logp - student_logp)).sum(-1)
+    if beta == 1.0:
+        return (p_s * (student_logp - teacher_logp)).sum(-1)
+    log_m = torch.logsumexp(
+        torch.stack([student_logp + torch.log1p(torch.tensor(-beta)), teacher_logp + torch.log(torch.tensor(beta))]),
+        dim=0,
+    )
+    kl_t = (p_t * (teacher_logp - log_m)).sum(-1)
+    kl_s = (p_s * (student_logp - log_m)).sum(-1)
+    return beta * kl_t + (1 - beta) * kl_s
+
+
+def _student_coarse(z: torch.Tensor, ids: torch.Tensor, use_tail_bucket: bool):
+    """Student coarse log-probs from temperature-scaled logits z [c, V] (left unchanged).
+
+    Returns (coarse [c, K(+1)], log_z [c], log_tail_raw [c] or None). The tail is the exact
+    log-sum-exp over the ids outside the top-K (no 1 - sum(p) cancellation).
+    """
+    log_z = torch.logsumexp(z, dim=-1)
+    topk_z = z.gather(-1, ids)
+    if not use_tail_bucket:
+        return torch.log_softmax(topk_z, dim=-1), log_z, None
+    z.scatter_(-1, ids, float("-inf"))  # hide the top-K in place, then restore: no [c, V] copy
+    log_tail = torch.logsumexp(z, dim=-1) - log_z
+    z.scatter_(-1, ids, topk_z)
+    topk_logp = topk_z - log_z.unsqueeze(-1)
+    coarse = torch.cat([topk_logp, log_tail.clamp(min=_MIN_LOG_PROB).unsqueeze(-1)], dim=-1)
+    return coarse, log_z, log_tail
+
+
+def _coarse_to_vocab_grad(
+    z: torch.Tensor,
+    ids: torch.Tensor,
+    log_z: torch.Tensor,
+    log_tail: torch.Tensor | None,
+    coarse: torch.Tensor,
+    grad_coarse: torch.Tensor,
+) -> torch.Tensor:
+    """Chain dL/d(coarse log-probs) to dL/dz over the vocabulary, in place on z (returned).
+
+    With p = softmax(z), S = sum of p over the top-K ids, g_i = dL/dlog q_i, g_t = dL/dlog q_tail:
+      v outside top-K:  dL/dz_v = p_v * (-sum_i g_i + g_t * S / (1 - S))
+      v = id_i:         the same, plus g_i - p_v * g_t / (1 - S)
+    Without the tail, coarse = log_softmax over the K ids, and dL/dz_v = g_i - q_i * sum_j g_j on the ids only.
+    """
+    if log_tail is None:
+        g = grad_coarse - coarse.exp() * grad_coarse.sum(-1, keepdim=True)
+        return z.zero_().scatter_(-1, ids, g)
+    g_topk, g_tail = grad_coarse[:, :-1], grad_coarse[:, -1]
+    # The clamp on the student tail has zero gradient where it bites.
+    g_tail = torch.where(log_tail > _MIN_LOG_PROB, g_tail, torch.zeros_like(g_tail))
+    p_topk = coarse[:, :-1].exp()
+    inv_tail = torch.exp(-log_tail.clamp(min=_MIN_LOG_PROB))  # 1 / (1 - S)
+    s_over_tail = p_topk.sum(-1) * inv_tail  # S / (1 - S)
+    row_scale = -g_topk.sum(-1) + g_tail * s_over_tail
+    p = z.sub_(log_z.unsqueeze(-1)).exp_()
+    grad = p.mul_(row_scale.unsqueeze(-1))
+    return grad.scatter_add_(-1, ids, g_topk - p_topk * (g_tail * inv_tail).unsqueeze(-1))
+
+
+def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc += a @ b with an fp32 accumulator, without rounding the product to bf16 first."""
+    if acc.device.type == "cuda" and a.dtype in (torch.float16, torch.bfloat16):
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    else:
+        acc.addmm_(a.float(), b.float())
+
+
+def _chunk_loss_and_grad(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    ids: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    targets: torch.Tensor,
+    spec: DistillationLossSpec,
+    need_grad: bool,
+):
+    """Loss sums, stats and d(loss)/d(logits) for one chunk of answer tokens."""
+    logits = hidden @ weight.t()
+    if bias is not None:
+        logits = logits + bias
+    t = spec.temperature
+    z = logits.float() / t
+    del logits
+    student_argmax = z.argmax(-1)
+    agree = (student_argmax == ids[:, 0]).sum()
+
+    teacher = teacher_coarse_log_probs(teacher_logprobs, spec.use_tail_bucket)
+    coarse, log_z, log_tail = _student_coarse(z, ids, spec.use_tail_bucket)
+    coarse = coarse.detach().requires_grad_(need_grad)
+    with torch.enable_grad():
+        kd = generalized_jsd(coarse, teacher, spec.beta).sum() * t * t
+        grad_coarse = torch.autograd.grad(kd, coarse)[0] if need_grad else None
+
+    # Hard-label CE at temperature 1 on the teacher's sampled tokens (logged even when its weight is 0).
+    log_z1 = torch.logsumexp(z * t, dim=-1)
+    ce = (log_z1 - z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * t).sum()
+
+    grad_logits = None
+    if need_grad:
+        grad_ce = None
+        if spec.ce_weight > 0:  # softmax(z * t) - onehot, before z is overwritten
+            grad_ce = torch.exp(z * t - log_z1.unsqueeze(-1))
+            grad_ce.scatter_add_(-1, targets.unsqueeze(-1), -torch.ones_like(log_z1).unsqueeze(-1))
+        if spec.kd_weight > 0:
+            grad_logits = _coarse_to_vocab_grad(z, ids, log_z, log_tail, coarse.detach(), grad_coarse)
+            grad_logits.mul_(spec.kd_weight / t)
+            if grad_ce is not None:
+                grad_logits.add_(grad_ce, alpha=spec.ce_weight)
+        else:
+            grad_logits = grad_ce.mul_(spec.ce_weight)
+    return kd.detach(), ce, agree, grad_logits
+
+
+class SparseDistillationFunction(torch.autograd.Function):
+    """sum over answer tokens of kd_weight * T^2 * D(teacher, student) + ce_weight * CE, from hidden states.
+
+    Returns (loss_sum, stats) where stats = [kd_sum, ce_sum, top1_agreements] (no gradient). The
+    gradients are computed in forward, chunk by chunk, and scaled by the incoming gradient in backward.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, teacher_ids, teacher_logprobs, targets, spec, grad_enabled: bool):
+        need_h, need_w, need_b = (need and grad_enabled for need in ctx.needs_input_grad[:3])
+        need_grad = need_h or need_w or need_b
+        n_tokens = hidden.shape[0]
+        compute_dtype = (
+            torch.get_autocast_dtype(hidden.device.type)
+            if torch.is_autocast_enabled(hidden.device.type)
+            else hidden.dtype
+        )
+        w = weight.to(compute_dtype)
+        b = bias.to(compute_dtype) if bias is not None else None
+        grad_h = torch.zeros_like(hidden, dtype=torch.float32) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None
+        kd_sum = hidden.new_zeros((), dtype=torch.float32)
+        ce_sum = hidden.new_zeros((), dtype=torch.float32)
+        agree = hidden.new_zeros((), dtype=torch.long)
+        chunk = spec.chunk_size or auto_chunk_size(weight.shape[0])
+        teacher_ids = teacher_ids.long()
+        targets = targets.long()
+        for start in range(0, n_tokens, chunk):
+            end = min(start + chunk, n_tokens)
+            h = hidden[start:end].to(compute_dtype)
+            kd, ce, n_agree, grad_logits = _chunk_loss_and_grad(
+                h, w, b, teacher_ids[start:end], teacher_logprobs[start:end], targets[start:end], spec, need_grad
+            )
+            kd_sum += kd
+            ce_sum += ce
+            agree += n_agree
+            if grad_logits is not None:
+                grad_logits = grad_logits.to(compute_dtype)
+                if need_h:
+                    _addmm_fp32(grad_h[start:end], grad_logits, w)
+                if need_w:
+                    _addmm_fp32(grad_w, grad_logits.t(), h)
+                if need_b:
+                    grad_b += grad_logits.float().sum(0)
+        loss_sum = spec.kd_weight * kd_sum + spec.ce_weight * ce_sum
+        ctx.grads = (grad_h, grad_w, grad_b)  # fp32, released in backward
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        stats = torch.stack([kd_sum, ce_sum, agree.float()])
+        ctx.mark_non_differentiable(stats)
+        return loss_sum, stats
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_stats):
+        grads = []
+        for g, dtype in zip(ctx.grads, ctx.dtypes):
+            grads.append(None if g is None else (g * grad_loss).to(dtype))
+        ctx.grads = None
+        return (*grads, None, None, None, None, None)
+
+
+def sparse_distillation_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    teacher_ids: torch.Tensor,
+    teacher_logprobs: torch.Tensor,
+    targets: torch.Tensor,
+    spec: DistillationLossSpec,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed SSB loss over answer tokens from their hidden states; see `SparseDistillationFunction`.
+
+    Args:
+        hidden: [N, H] hidden states at the positions that predict the N answer tokens.
+        weight, bias: the LM head ([V, H], [V] or None).
+        teacher_ids: [N, K] teacher top-K token ids, most probable first.
+        teacher_logprobs: [N, K] teacher log-probs at `spec.temperature`, normalised over the full vocabulary.
+        targets: [N] the answer tokens themselves (for the hard-label CE term and its logging).
+    Returns:
+        (loss_sum, stats): the differentiable sum, and [kd_sum, ce_sum, top1_agreements] for logging.
+    """
+    grad_enabled = torch.is_grad_enabled()  # under no_grad (eval) skip the gradient matmuls
+    return SparseDistillationFunction.apply(
+        hidden, weight, bias, teacher_ids, teacher_logprobs, targets, spec, grad_enabled
+    )

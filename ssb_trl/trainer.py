@@ -1,0 +1,262 @@
+"""SSBTrainer: SFTTrainer that trains on stored teacher soft labels instead of hard tokens."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from trl import SFTTrainer
+from trl.trainer.utils import get_config_model_id
+
+from .collator import SSBDataCollator
+from .config import SSBConfig
+from .soft_label_head import add_soft_label_head
+from .soft_labels import (
+    SoftLabelError,
+    SoftLabelMetadata,
+    check_metadata_compatible,
+    validate_soft_label_dataset,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _resolve_tokenizer(model, processing_class) -> PreTrainedTokenizerBase:
+    if processing_class is not None:
+        return processing_class
+    name = model if isinstance(model, str) else get_config_model_id(model.config)
+    return AutoTokenizer.from_pretrained(name)
+
+
+def truncate_soft_label_dataset(dataset: Dataset, max_length: int, ids_column: str, logprobs_column: str) -> Dataset:
+    """Cut rows to `max_length` tokens, cutting their soft labels with them; drop rows left with no answer."""
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    if max(lengths) <= max_length:
+        return dataset
+
+    def cut(example):
+        n_prompt = len(example["completion_mask"]) - sum(example["completion_mask"])
+        keep = max(0, max_length - n_prompt)
+        return {
+            "input_ids": example["input_ids"][:max_length],
+            "completion_mask": example["completion_mask"][:max_length],
+            ids_column: example[ids_column][:keep],
+            logprobs_column: example[logprobs_column][:keep],
+        }
+
+    too_long = sum(length > max_length for length in lengths)
+    truncated = dataset.map(cut, desc=f"Truncating to max_length={max_length}")
+    kept = truncated.filter(lambda example: sum(example["completion_mask"]) > 0)
+    logger.warning(
+        "%d of %d rows are longer than max_length=%d and were truncated with their soft labels; %d rows had no answer "
+        "token left and were dropped. Raise max_length to keep whole answers (the end-of-turn token teaches stopping).",
+        too_long,
+        len(dataset),
+        max_length,
+        len(dataset) - len(kept),
+    )
+    return kept
+
+
+class SSBTrainer(SFTTrainer):
+    """Drop-in replacement for `trl.SFTTrainer` that distils stored top-K teacher soft labels.
+
+    Takes a soft-label dataset (`input_ids`, `completion_mask`, `teacher_topk_ids`,
+    `teacher_topk_logprobs`; see `ssb_trl.soft_labels`), checks it against the model, tokenizer and
+    config, and minimises `kd_weight * T^2 * D(teacher || student) + ce_weight * CE` per answer token,
+    averaged over all answer tokens of the accumulated, multi-process batch. Logits are never
+    materialised for the whole batch (see `ssb_trl.loss`). Logs `kd_loss`, `ce_loss`,
+    `top1_agreement` (student argmax == teacher top-1) and `mean_answer_length`.
+
+    Args beyond SFTTrainer's: `soft_label_metadata` (read from the dataset's info when omitted).
+    """
+
+    _tag_names = ["trl", "ssb", "ssb-trl", "distillation"]
+    _name = "SSB"
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        args: SSBConfig | None = None,
+        data_collator=None,
+        train_dataset: Dataset | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        compute_metrics=None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers=(None, None),
+        optimizer_cls_and_kwargs=None,
+        preprocess_logits_for_metrics=None,
+        peft_config=None,
+        soft_label_metadata: SoftLabelMetadata | None = None,
+    ):
+        if args is None:
+            name = model if isinstance(model, str) else get_config_model_id(model.config)
+            args = SSBConfig(f"{name.split('/')[-1]}-SSB")
+        elif not isinstance(args, SSBConfig):
+            raise TypeError(
+                f"SSBTrainer needs an SSBConfig, got {type(args).__name__}; build one with the same fields."
+            )
+        if train_dataset is None:
+            raise ValueError(
+                "`train_dataset` is required: a soft-label dataset (see ssb_trl.load_soft_label_dataset)."
+            )
+        columns = (args.soft_label_ids_column, args.soft_label_logprobs_column)
+        # Checked before SFTTrainer peeks at the first row, so that an empty or plain dataset gets a clear error.
+        eval_sets = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset} if eval_dataset else {}
+        for dataset in (train_dataset, *eval_sets.values()):
+            if len(dataset) == 0:
+                raise SoftLabelError("the soft-label dataset is empty: data preparation kept no example.")
+            missing = [c for c in ("input_ids", "completion_mask", *columns) if c not in dataset.column_names]
+            if missing:
+                raise SoftLabelError(
+                    f"the dataset lacks the soft-label column(s) {missing} (it has {dataset.column_names}); "
+                    "SSBTrainer trains on soft labels made by `recipes/prepare_ssb_data.py`. For plain SFT use "
+                    "trl.SFTTrainer, or set soft_label_ids_column/soft_label_logprobs_column to your column names."
+                )
+        tokenizer = _resolve_tokenizer(model, processing_class)
+        self.soft_label_metadata = soft_label_metadata or SoftLabelMetadata.from_description(
+            train_dataset.info.description
+        )
+        if args.check_soft_label_metadata:
+            if self.soft_label_metadata is None:
+                raise SoftLabelError(
+                    "the soft-label dataset carries no metadata (teacher, tokenizer fingerprint, temperature, K), so it "
+                    "cannot be checked against this run. Load it with ssb_trl.load_soft_label_dataset, pass "
+                    "soft_label_metadata=..., or set check_soft_label_metadata=False at your own risk."
+                )
+            check_metadata_compatible(
+                self.soft_label_metadata, tokenizer, args.temperature, args.allow_temperature_renormalization
+            )
+        args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        if data_collator is None:
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+            data_collator = SSBDataCollator(
+                pad_token_id=pad,
+                pad_to_multiple_of=args.pad_to_multiple_of,
+                ids_column=args.soft_label_ids_column,
+                logprobs_column=args.soft_label_logprobs_column,
+            )
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+            peft_config=peft_config,
+        )
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        add_soft_label_head(base)
+        self._vocab_size = base.get_output_embeddings().weight.shape[0]
+        self.train_dataset = self._prepare_soft_label_dataset(self.train_dataset, "train")
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {k: self._prepare_soft_label_dataset(v, k) for k, v in self.eval_dataset.items()}
+        elif self.eval_dataset is not None:
+            self.eval_dataset = self._prepare_soft_label_dataset(self.eval_dataset, "eval")
+        # Count answer tokens over the whole accumulated batch, so the loss is a per-token mean across micro-batches.
+        self.model_accepts_loss_kwargs = True
+        self._loss_spec = args.loss_spec()
+        self._ssb_sums = {"train": defaultdict(float), "eval": defaultdict(float)}
+
+    def _prepare_soft_label_dataset(self, dataset: Dataset, name: str) -> Dataset:
+        """Validate against the contract and this model, then truncate consistently to max_length."""
+        columns = (self.args.soft_label_ids_column, self.args.soft_label_logprobs_column)
+        check = self.args.check_soft_label_metadata
+        validate_soft_label_dataset(
+            dataset,
+            metadata=self.soft_label_metadata if check else None,
+            vocab_size=self._vocab_size,
+            columns=columns,
+        )
+        if self.args.max_length is not None:
+            dataset = truncate_soft_label_dataset(dataset, self.args.max_length, *columns)
+        if len(dataset) == 0:
+            raise SoftLabelError(f"the {name} dataset has no row left after truncation to max_length.")
+        keep = ["input_ids", "completion_mask", *columns]
+        return dataset.select_columns(keep)
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = [
+                "input_ids",
+                "completion_mask",
+                self.args.soft_label_ids_column,
+                self.args.soft_label_logprobs_column,
+            ]
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        if isinstance(eval_dataset, Dataset):
+            eval_dataset = self._prepare_soft_label_dataset(eval_dataset, "eval")
+        return super().evaluate(
+            eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
+        )
+
+    def _teacher_logprobs(self, logprobs: torch.Tensor) -> torch.Tensor:
+        meta = self.soft_label_metadata
+        if meta is None or abs(meta.temperature - self.args.temperature) < 1e-6:
+            return logprobs
+        # Opted-in rescaling: log-probs at T_data, renormalised over the top-K at T (the tail is unknown).
+        return torch.log_softmax(logprobs.float() * (meta.temperature / self.args.temperature), dim=-1)
+
+    def compute_loss(self, model, inputs: dict[str, Any], return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        spec = self._loss_spec
+        teacher_logprobs = self._teacher_logprobs(inputs["teacher_topk_logprobs"])
+        if teacher_logprobs is not inputs["teacher_topk_logprobs"] and spec.use_tail_bucket:
+            spec = type(spec)(**{**spec.__dict__, "use_tail_bucket": False})
+        outputs = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            labels=inputs["labels"],
+            ssb_soft_labels=(inputs["teacher_topk_ids"], teacher_logprobs, spec),
+        )
+        n_local = outputs.num_answer_tokens
+        denominator = n_local if num_items_in_batch is None else num_items_in_batch
+        loss = outputs.loss_sum / torch.as_tensor(denominator, device=outputs.loss_sum.device).clamp(min=1)
+        # Like SFTTrainer: num_items_in_batch counts every rank's tokens and DDP averages the gradients.
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+        self._record_metrics(mode, outputs, inputs)
+        if return_outputs:
+            return loss, outputs
+        return loss
+
+    def _record_metrics(self, mode: str, outputs, inputs) -> None:
+        n_seq = torch.tensor(inputs["input_ids"].shape[0], device=outputs.stats.device, dtype=torch.float32)
+        local = torch.cat([outputs.stats.detach().float(), outputs.num_answer_tokens.float().view(1), n_seq.view(1)])
+        kd_sum, ce_sum, agree, n_tokens, n_sequences = self.accelerator.gather_for_metrics(local.view(1, -1)).sum(0)
+        sums = self._ssb_sums[mode]
+        sums["kd"] += kd_sum.item()
+        sums["ce"] += ce_sum.item()
+        sums["agree"] += agree.item()
+        sums["tokens"] += n_tokens.item()
+        sums["sequences"] += n_sequences.item()
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        sums = self._ssb_sums[mode]
+        if sums["tokens"] > 0:
+            prefix = "eval_" if mode == "eval" else ""
+            logs[f"{prefix}kd_loss"] = sums["kd"] / sums["tokens"]
+            logs[f"{prefix}ce_loss"] = sums["ce"] / sums["tokens"]
+            logs[f"{prefix}top1_agreement"] = sums["agree"] / sums["tokens"]
+            logs[f"{prefix}mean_answer_length"] = sums["tokens"] / max(sums["sequences"], 1)
+        sums.clear()
+        self._metrics[mode].clear()  # SFTTrainer's token-accuracy metrics are not computed here
+        super().log(logs, start_time)
