@@ -1,0 +1,197 @@
+"""Generation backends and the shared model loader, on a tiny random Llama and on the real SmolLM2."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssb_trl.generation import (
+    Completion,
+    SeededSampler,
+    TransformersBackend,
+    derive_seed,
+    make_backend,
+    vllm_available,
+)
+from ssb_trl.models import (
+    BUNDLED_MODEL,
+    bundled_gguf_path,
+    load_model_and_tokenizer,
+    load_tokenizer,
+    prepare_tokenizer,
+)
+from ssb_trl.prompts import student_messages
+
+QUESTIONS = ["Calculate 3 + 4.", "What is 12 times 12? Show your work carefully please.", "Calculate 9 - 2.", "Hi"]
+
+
+@pytest.fixture()
+def tiny_backend(tokenizer, tiny_model_factory):
+    model = tiny_model_factory(seed=0).eval()
+    return TransformersBackend(model, tokenizer, max_batch_size=64, show_progress=False)
+
+
+def _ids(result: list[list[Completion]]) -> list[list[list[int]]]:
+    return [[c.token_ids for c in per_prompt] for per_prompt in result]
+
+
+def test_shapes_and_truncation(tiny_backend) -> None:
+    prompts = [student_messages(q) for q in QUESTIONS]
+    result = tiny_backend.generate(prompts, num_samples=3, temperature=0.8, top_k=50, max_new_tokens=6, seed=1)
+    assert len(result) == len(QUESTIONS) and all(len(per_prompt) == 3 for per_prompt in result)
+    for per_prompt in result:
+        for completion in per_prompt:
+            # A random model practically never emits eos in 6 tokens: every row is cut at the limit.
+            assert not completion.finished
+            assert len(completion.token_ids) == 6
+            assert completion.text == tiny_backend.tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+    # Samples of one prompt differ from each other.
+    assert len({tuple(c.token_ids) for c in result[0]}) == 3
+
+
+def test_sampling_is_reproducible_and_independent_of_batching(tokenizer, tiny_model_factory) -> None:
+    model = tiny_model_factory(seed=0).eval()
+    prompts = [student_messages(q) for q in QUESTIONS]
+    seeds = [derive_seed(5, "question", i) for i in range(len(prompts))]
+    kwargs = {"num_samples": 2, "temperature": 1.0, "top_k": 50, "top_p": 0.95, "max_new_tokens": 5}
+    big = TransformersBackend(model, tokenizer, max_batch_size=64, show_progress=False)
+    reference = _ids(big.generate(prompts, seed=seeds, **kwargs))
+    assert _ids(big.generate(prompts, seed=seeds, **kwargs)) == reference
+    # Different batch sizes (so different padding and batch neighbours) give the same samples.
+    small = TransformersBackend(model, tokenizer, max_batch_size=3, show_progress=False)
+    assert _ids(small.generate(prompts, seed=seeds, **kwargs)) == reference
+    # A prompt's samples depend on its own seed only, not on the other prompts in the call.
+    assert _ids(big.generate(prompts[2:3], seed=seeds[2:3], **kwargs)) == reference[2:3]
+    assert _ids(big.generate(prompts, seed=[s + 1 for s in seeds], **kwargs)) != reference
+    with pytest.raises(ValueError, match="got 1 seeds for 4 prompts"):
+        big.generate(prompts, seed=[1], **kwargs)
+
+
+def test_greedy_matches_batch_one(tokenizer, tiny_model_factory) -> None:
+    model = tiny_model_factory(seed=1).eval()
+    prompts = [student_messages(q) for q in QUESTIONS]
+    batched = TransformersBackend(model, tokenizer, max_batch_size=8, show_progress=False)
+    single = TransformersBackend(model, tokenizer, max_batch_size=1, show_progress=False)
+    result = batched.generate(prompts, num_samples=3, temperature=0.0, max_new_tokens=8, seed=0)
+    for per_prompt in result:
+        assert len({tuple(c.token_ids) for c in per_prompt}) == 1
+    assert _ids(single.generate(prompts, num_samples=1, temperature=0.0, max_new_tokens=8)) == [
+        per_prompt[:1] for per_prompt in _ids(result)
+    ]
+    # Plain transformers, one prompt at a time with no padding, agrees too.
+    for messages, per_prompt in zip(prompts, result):
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        assert out[0, ids["input_ids"].shape[1] :].tolist() == per_prompt[0].token_ids
+
+
+def test_token_budget_splits_batches(tokenizer, tiny_model_factory) -> None:
+    backend = TransformersBackend(tiny_model_factory(), tokenizer, max_batch_size=64, max_batch_tokens=200)
+    rows = [(p, s) for p in range(4) for s in range(3)]
+    batches = backend._batches(rows, lengths=[50, 90, 40, 10], max_new_tokens=10)
+    assert sorted(r for batch in batches for r in batch) == list(range(12))
+    lengths = [50, 90, 40, 10]
+    for batch in batches:
+        width = max(lengths[rows[r][0]] for r in batch) + 10
+        assert len(batch) == 1 or width * len(batch) <= 200
+    # Longest prompts come first so memory problems show up at once.
+    assert rows[batches[0][0]][0] == 1
+
+
+def test_seeded_sampler_matches_the_filtered_softmax() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(1, 40) * 2
+    n = 6000
+    generators = [torch.Generator().manual_seed(derive_seed(0, i)) for i in range(n)]
+    temperature, top_k, top_p = 0.7, 10, 0.9
+    sampler = SeededSampler(generators, temperature, top_k, top_p)
+    forced = sampler(torch.zeros(n, 1, dtype=torch.long), logits.expand(n, -1).clone())
+    assert torch.isfinite(forced).sum(dim=-1).eq(1).all()
+    tokens = forced.argmax(dim=-1)
+    # Reference: temperature, keep the top-k, then the smallest prefix with mass >= top_p.
+    probs = (logits[0] / temperature).softmax(-1)
+    sorted_probs, order = probs.sort(descending=True)
+    kept = order[:top_k]
+    kept_probs = sorted_probs[:top_k] / sorted_probs[:top_k].sum()
+    before = kept_probs.cumsum(0) - kept_probs
+    kept, kept_probs = kept[before < top_p], kept_probs[before < top_p]
+    kept_probs = kept_probs / kept_probs.sum()
+    assert set(tokens.tolist()) <= set(kept.tolist())
+    counts = torch.bincount(tokens, minlength=40)[kept].double() / n
+    assert torch.allclose(counts, kept_probs.double(), atol=0.025)
+
+
+def test_bad_settings_are_refused(tiny_backend) -> None:
+    prompts = [student_messages("1+1?")]
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        tiny_backend.generate(prompts, temperature=-1)
+    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+        tiny_backend.generate(prompts, num_samples=0)
+    with pytest.raises(ValueError, match="top_p"):
+        tiny_backend.generate(prompts, top_p=0)
+    assert tiny_backend.generate([], num_samples=2) == []
+    with pytest.raises(ValueError, match="unknown generation backend"):
+        make_backend("tgi", model=tiny_backend.model, tokenizer=tiny_backend.tokenizer)
+    with pytest.raises(ValueError, match="needs a loaded model"):
+        make_backend("transformers")
+    if not vllm_available():
+        with pytest.raises(ImportError, match="vLLM is not installed"):
+            make_backend("vllm", model_name_or_path=BUNDLED_MODEL, tokenizer=tiny_backend.tokenizer)
+    assert isinstance(make_backend("auto", tiny_backend.model, tiny_backend.tokenizer), TransformersBackend) or (
+        vllm_available() and torch.cuda.is_available()
+    )
+
+
+@pytest.mark.skipif(not (vllm_available() and torch.cuda.is_available()), reason="vLLM (and a GPU) not available")
+def test_vllm_backend_matches_the_interface() -> None:
+    tokenizer = load_tokenizer(BUNDLED_MODEL)
+    backend = make_backend("vllm", tokenizer=tokenizer, model_name_or_path=BUNDLED_MODEL, gpu_memory_utilization=0.3)
+    result = backend.generate([student_messages("Calculate 3 + 4.")], num_samples=2, max_new_tokens=64, seed=1)
+    assert len(result) == 1 and len(result[0]) == 2
+    for completion in result[0]:
+        assert completion.finished == (completion.token_ids[-1] == tokenizer.eos_token_id)
+
+
+@pytest.mark.slow
+def test_bundled_model_loads_generates_and_saves(tmp_path: Path) -> None:
+    """The bundled SmolLM2 equals the GGUF model, saves with save_pretrained, and finishes its turns."""
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = load_model_and_tokenizer(BUNDLED_MODEL, device="cpu")
+    assert tokenizer.chat_template and tokenizer.pad_token_id is not None
+    assert not hasattr(model.config, "quantization_config")
+    gguf = bundled_gguf_path()
+    reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    probe = torch.tensor([tokenizer.encode("The capital of France is")])
+    with torch.no_grad():
+        assert torch.equal(model(probe).logits, reference(probe).logits)
+    del reference
+    model.save_pretrained(tmp_path / "saved")
+    assert (tmp_path / "saved" / "model.safetensors").is_file()
+
+    backend = TransformersBackend(model, tokenizer, max_batch_size=8, show_progress=False)
+    result = backend.generate(
+        [student_messages("Calculate 2 + 2.")], num_samples=2, temperature=0.0, max_new_tokens=200, seed=0
+    )
+    completion = result[0][0]
+    assert completion.finished and completion.token_ids[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert completion.token_ids.count(tokenizer.convert_tokens_to_ids("<|im_end|>")) == 1
+    assert "<|im_end|>" not in completion.text and completion.text.strip()
+
+
+def test_tokenizer_checks(tokenizer_dir: str, tmp_path: Path) -> None:
+    plain = tmp_path / "no_template"
+    shutil.copytree(tokenizer_dir, plain)
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(ValueError, match="has no chat template; pass a tokenizer with one"):
+        load_tokenizer(str(plain))
+    loaded = load_tokenizer(str(plain), require_chat_template=False)
+    assert loaded.pad_token is not None
+    loaded.pad_token = None
+    prepare_tokenizer(loaded, "x", require_chat_template=False)
+    assert loaded.pad_token == loaded.eos_token
