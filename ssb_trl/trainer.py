@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections import defaultdict
 from typing import Any
 
@@ -77,6 +79,13 @@ class SSBTrainer(SFTTrainer):
 
     _tag_names = ["trl", "ssb", "ssb-trl", "distillation"]
     _name = "SSB"
+    _paper = {
+        "title": "Semantic Soft Bootstrapping: Long Context Reasoning in LLMs without Reinforcement Learning",
+        "id": "2512.05105",
+        "citation": "@article{mitra2025ssb, title={Semantic Soft Bootstrapping: Long Context Reasoning in LLMs "
+        "without Reinforcement Learning}, author={Mitra, Purbesh and Ulukus, Sennur}, journal={arXiv:2512.05105}, "
+        "year={2025}}",
+    }
 
     def __init__(
         self,
@@ -184,6 +193,43 @@ class SSBTrainer(SFTTrainer):
             raise SoftLabelError(f"the {name} dataset has no row left after truncation to max_length.")
         keep = ["input_ids", "completion_mask", *columns]
         return dataset.select_columns(keep)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save as SFTTrainer does, plus a model card recording the SSB loss settings and the data's metadata."""
+        super().save_model(output_dir, _internal_call)
+        if not _internal_call:
+            self.create_model_card(output_dir=output_dir)
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None, output_dir: str | None = None):
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if not self.is_world_process_zero():
+            return
+        with open(os.path.join(self.args.output_dir, "README.md")) as f:
+            card = f.read()
+        a = self.args
+        settings = {
+            "temperature": a.temperature,
+            "kd_weight": a.kd_weight,
+            "ce_weight": a.ce_weight,
+            "beta": a.beta,
+            "use_tail_bucket": a.use_tail_bucket,
+            "learning_rate": a.learning_rate,
+            "num_train_epochs": a.num_train_epochs,
+            "max_steps": a.max_steps,
+            "per_device_train_batch_size": a.per_device_train_batch_size,
+            "gradient_accumulation_steps": a.gradient_accumulation_steps,
+        }
+        meta = self.soft_label_metadata.to_dict() if self.soft_label_metadata else None
+        card += (
+            "\n## SSB training settings\n\nTrained with ssb-trl's `SSBTrainer` (Semantic Soft Bootstrapping): "
+            "the student saw only the question and matched the hinted teacher's top-K soft labels.\n\n"
+            f"```json\n{json.dumps(settings, indent=2)}\n```\n\nSoft-label data:\n\n"
+            f"```json\n{json.dumps(meta, indent=2, sort_keys=True)}\n```\n"
+        )
+        destination = output_dir or self.args.output_dir
+        os.makedirs(destination, exist_ok=True)
+        with open(os.path.join(destination, "README.md"), "w") as f:
+            f.write(card)
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
