@@ -180,6 +180,15 @@ class EvalConfig:
     )
     rg_size: int = field(default=50, metadata={"help": "Number of reasoning-gym questions to generate."})
     limit: int | None = field(default=None, metadata={"help": "Evaluate only the first N questions."})
+    exclude_questions_from: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Training data whose questions must not be evaluated: saved dataset dirs (e.g. the SSB soft-label "
+            "dataset) or .jsonl/.json/.parquet/.csv files, with a 'question' column or a conversational 'prompt' "
+            "column. Evaluation questions equal to one of them (whitespace-normalised) are dropped, before `limit`, "
+            "and counted in results.json."
+        },
+    )
     greedy: bool = field(default=True, metadata={"help": "Compute pass@1 with one greedy completion per question."})
     num_samples: int = field(
         default=0,
@@ -214,6 +223,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if isinstance(self.models, str):
             self.models = [self.models]
+        if isinstance(self.exclude_questions_from, str):
+            self.exclude_questions_from = [self.exclude_questions_from]
         if self.benchmark not in BENCHMARK_CHOICES:
             raise ValueError(
                 f"Unknown benchmark {self.benchmark!r}. Use a preset ({', '.join(BENCHMARK_PRESETS)}) or a source "
@@ -412,11 +423,70 @@ def describe_benchmark(config: EvalConfig) -> dict[str, Any]:
     }
 
 
+def _normalise_question(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _question_of_prompt(prompt: Any) -> str | None:
+    """The question in a TRL prompt: a plain string, or the last user turn of conversational messages."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list):
+        for message in reversed(prompt):
+            if isinstance(message, dict) and message.get("role") == "user":
+                return str(message.get("content", ""))
+    return None
+
+
+def training_questions(path: str | os.PathLike[str]) -> set[str]:
+    """Whitespace-normalised questions of a training set (saved dataset dir or data file), for overlap removal."""
+    import datasets
+
+    from ssb_trl.sources import LOCAL_FILE_BUILDERS
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise EvaluationDataError(f"exclude_questions_from: {str(p)!r} does not exist.")
+    if p.is_dir():
+        try:
+            loaded = datasets.load_from_disk(str(p))
+        except FileNotFoundError as exc:
+            raise EvaluationDataError(
+                f"exclude_questions_from: {str(p)!r} is not a dataset saved with save_to_disk ({exc})."
+            ) from exc
+        parts = list(loaded.values()) if isinstance(loaded, datasets.DatasetDict) else [loaded]
+    else:
+        builder = LOCAL_FILE_BUILDERS.get(p.suffix.lower())
+        if builder is None:
+            raise EvaluationDataError(
+                f"exclude_questions_from: unsupported file type {p.suffix!r}; use {sorted(LOCAL_FILE_BUILDERS)}."
+            )
+        parts = [datasets.load_dataset(builder, data_files=str(p), split="train")]
+    questions: set[str] = set()
+    for part in parts:
+        if "question" in part.column_names:
+            texts = part.select_columns(["question"])["question"]
+        elif "prompt" in part.column_names:
+            texts = [_question_of_prompt(x) for x in part.select_columns(["prompt"])["prompt"]]
+        else:
+            raise EvaluationDataError(
+                f"exclude_questions_from: {str(p)!r} has neither a 'question' nor a 'prompt' column "
+                f"(columns: {part.column_names})."
+            )
+        questions.update(_normalise_question(t) for t in texts if t)
+    return questions
+
+
 def load_eval_questions(config: EvalConfig) -> tuple[list[Any], dict[str, Any]]:
     """Load the evaluation questions, failing with an `EvaluationDataError` that says how to fix the input."""
     from ssb_trl.sources import load_questions
 
     source = describe_benchmark(config)
+    excluded: set[str] = set()
+    for path in config.exclude_questions_from:
+        excluded |= training_questions(path)
+    # With an exclusion list, `limit` applies after the overlap is removed (reasoning-gym sizes are explicit anyway).
+    num_questions = None if excluded else config.limit
     try:
         if source["source_type"] == "reasoning_gym":
             examples = load_questions(
@@ -424,7 +494,7 @@ def load_eval_questions(config: EvalConfig) -> tuple[list[Any], dict[str, Any]]:
                 task_config=source["task_config"],
                 seed=source["seed"],
                 size=source["size"],
-                num_questions=config.limit,
+                num_questions=num_questions,
             )
         else:
             if source["source_type"] == "file" and not Path(source["dataset_name"]).expanduser().exists():
@@ -436,7 +506,7 @@ def load_eval_questions(config: EvalConfig) -> tuple[list[Any], dict[str, Any]]:
                 split=source["split"],
                 question_field=source["question_field"],
                 answer_field=source["answer_field"],
-                num_questions=config.limit,
+                num_questions=num_questions,
             )
     except (ValueError, FileNotFoundError, ImportError) as exc:
         hint = ""
@@ -448,6 +518,24 @@ def load_eval_questions(config: EvalConfig) -> tuple[list[Any], dict[str, Any]]:
         raise EvaluationDataError(
             f"Cannot build the evaluation set for benchmark={config.benchmark!r} ({source['description']}): {exc}.{hint}"
         ) from exc
+    if config.exclude_questions_from:
+        kept = [ex for ex in examples if _normalise_question(ex.question) not in excluded]
+        source["excluded_overlap"] = {
+            "from": list(config.exclude_questions_from),
+            "count": len(examples) - len(kept),
+            "ids": [ex.id for ex in examples if _normalise_question(ex.question) in excluded],
+        }
+        if not kept:
+            raise EvaluationDataError(
+                f"Every one of the {len(examples)} evaluation questions also appears in exclude_questions_from "
+                f"{config.exclude_questions_from}: evaluate on other questions (another seed or split)."
+            )
+        if source["excluded_overlap"]["count"]:
+            logger.warning(
+                "Dropped %d evaluation question(s) that also appear in the training data",
+                source["excluded_overlap"]["count"],
+            )
+        examples = kept[: config.limit] if config.limit else kept
     missing_gold = [ex.id for ex in examples if not str(ex.answer).strip()]
     if missing_gold:
         raise EvaluationDataError(
@@ -670,6 +758,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Answer length: generated tokens incl. end-of-turn, max_new_tokens={cfg['max_new_tokens']} "
         "(truncated = hit that limit)."
     )
+    overlap = report["benchmark"].get("excluded_overlap")
+    if overlap:
+        notes.append(
+            f"{overlap['count']} evaluation question(s) also found in the training data "
+            f"({', '.join(overlap['from'])}) were dropped before evaluation."
+        )
     comparisons = report.get("comparisons") or []
     if comparisons:
         notes.append(

@@ -399,6 +399,40 @@ def test_hub_preset_offline_gives_a_clear_error(tiny_models: dict[str, Path], mo
         load_eval_questions(config)
 
 
+def test_training_overlap_is_removed_before_limit(tmp_path: Path) -> None:
+    """Questions seen in training (a saved prompt/completion dataset, or a file with a question column) are dropped."""
+    from datasets import Dataset
+
+    from ssb_trl.prompts import student_messages
+
+    base = EvalConfig(models=["m"], rg_task="basic_arithmetic", rg_seed=5, rg_size=6)
+    questions, _ = load_eval_questions(base)
+    saved = tmp_path / "ssb_data"
+    Dataset.from_list(
+        [
+            {"prompt": student_messages(questions[0].question), "completion": [{"role": "assistant", "content": "x"}]},
+            {"prompt": student_messages("  " + questions[3].question.replace(" ", "  ")), "completion": []},
+        ]
+    ).save_to_disk(str(saved))
+    plain = tmp_path / "train.jsonl"
+    plain.write_text(json.dumps({"question": questions[1].question, "answer": "1"}) + "\n")
+
+    config = EvalConfig(**{**base.__dict__, "exclude_questions_from": [str(saved), str(plain)], "limit": 2})
+    kept, source = load_eval_questions(config)
+    assert source["excluded_overlap"]["count"] == 3
+    assert source["excluded_overlap"]["ids"] == [questions[i].id for i in (0, 1, 3)]
+    assert [q.id for q in kept] == [questions[2].id, questions[4].id]  # limit applied after the exclusion
+
+    everything = tmp_path / "all.jsonl"
+    everything.write_text("".join(json.dumps({"question": q.question}) + "\n" for q in questions))
+    with pytest.raises(EvaluationDataError, match="Every one of the 6"):
+        load_eval_questions(EvalConfig(**{**base.__dict__, "exclude_questions_from": [str(everything)]}))
+    unrelated = tmp_path / "other.jsonl"
+    unrelated.write_text(json.dumps({"text": "hello"}) + "\n")
+    with pytest.raises(EvaluationDataError, match="neither a 'question' nor a 'prompt' column"):
+        load_eval_questions(EvalConfig(**{**base.__dict__, "exclude_questions_from": [str(unrelated)]}))
+
+
 def test_unknown_yaml_key_is_rejected(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("models: [bundled:smollm2-135m-instruct]\nnum_sampels: 4\n")
