@@ -1,4 +1,3 @@
-# Copyright 2025 The ssb-trl authors. Licensed under the Apache License, Version 2.0.
 """Evaluate base, trained and adapter models side by side: pass@1 (greedy), mean@n / pass@n (sampled), answer length.
 
 Writes `results.json` (with per-question records), `results.md` (table) and `accuracy.png` (bars with 95% CIs)
