@@ -166,7 +166,8 @@ class SSBTrainer(SFTTrainer):
         )
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         add_soft_label_head(base)
-        self._vocab_size = base.get_output_embeddings().weight.shape[0]
+        head = base.get_output_embeddings().weight
+        self._vocab_size = getattr(head, "ds_shape", head.shape)[0]  # ZeRO-3 partitions the weight to numel 0
         self.train_dataset = self._prepare_soft_label_dataset(self.train_dataset, "train")
         if isinstance(self.eval_dataset, dict):
             self.eval_dataset = {k: self._prepare_soft_label_dataset(v, k) for k, v in self.eval_dataset.items()}

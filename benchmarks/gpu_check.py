@@ -1,0 +1,265 @@
+"""One-GPU check: SSB training step vs TRL SFT, soft-label extraction, rollout generation, ZeRO-3 smoke.
+
+Run through `benchmarks/gpu_check.sh` (which installs the carried wheels on a GPU machine). Random
+weights in Qwen2.5-3B's shape; nothing is downloaded. `--tiny` runs every part on the CPU with a small
+shape in about a minute, so CI exercises this code.
+
+Prints a markdown table per part and writes them to `--output` (default benchmarks/results/gpu_check.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_step  # noqa: E402
+
+PROFILES = {
+    "gpu": dict(
+        device="cuda",
+        shape="qwen2.5-3b",
+        train_batches=[(8, 256, 1792), (4, 256, 768)],
+        dense_batches=[(4, 256, 768)],
+        steps=3,
+        extract=dict(n=64, prompt=256, answer=768, batch_size=16),
+        generate=dict(prompts=512, prompt_len=200, new_tokens=256, batch1_new_tokens=32),
+        smoke_shape="tiny",
+    ),
+    "tiny": dict(
+        device="cpu",
+        shape="tiny",
+        train_batches=[(2, 16, 48)],
+        dense_batches=[(2, 16, 48)],
+        steps=1,
+        extract=dict(n=8, prompt=16, answer=32, batch_size=4),
+        generate=dict(prompts=8, prompt_len=20, new_tokens=8, batch1_new_tokens=4),
+        smoke_shape="tiny",
+    ),
+}
+
+
+def chat_tokenizer(vocab: int):
+    """A word-level tokenizer of the model's size with a ChatML template (the GPU machine has no Hub)."""
+    tokenizer = train_step._dummy_tokenizer(vocab - 2)  # + the two special tokens = the model's vocabulary
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|>{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
+    )
+    return tokenizer
+
+
+def part_training(p: dict) -> list[dict]:
+    results = []
+    for batch, prompt, answer in p["train_batches"]:
+        for liger in [False, True] if p["device"] == "cuda" else [False]:
+            for method in ("sft", "ssb"):
+                results.append(
+                    train_step.measure(method, p["shape"], p["device"], batch, prompt, answer, p["steps"], liger=liger)
+                )
+                print(json.dumps(results[-1]), flush=True)
+    for batch, prompt, answer in p["dense_batches"]:
+        results.append(train_step.measure("dense", p["shape"], p["device"], batch, prompt, answer, p["steps"]))
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def part_extraction(p: dict) -> dict:
+    from ssb_trl.soft_labels import extract_topk_soft_labels
+
+    dtype = torch.bfloat16 if p["device"] == "cuda" else torch.float32
+    model = train_step.build_model(p["shape"], p["device"], dtype).eval()
+    e = p["extract"]
+    g = torch.Generator().manual_seed(0)
+    seqs = [
+        torch.randint(0, model.config.vocab_size, (e["prompt"] + e["answer"],), generator=g).tolist()
+        for _ in range(e["n"])
+    ]
+    starts = [e["prompt"]] * e["n"]
+    extract_topk_soft_labels(
+        model,
+        seqs[: e["batch_size"]],
+        starts[: e["batch_size"]],
+        top_k=64,
+        batch_size=e["batch_size"],
+        show_progress=False,
+    )  # warm-up
+    _sync(p)
+    t0 = time.perf_counter()
+    extract_topk_soft_labels(model, seqs, starts, top_k=64, batch_size=e["batch_size"], show_progress=False)
+    _sync(p)
+    seconds = time.perf_counter() - t0
+    del model
+    return {
+        "answer_tokens": e["n"] * e["answer"],
+        "seconds": seconds,
+        "tokens_per_s": e["n"] * e["answer"] / seconds,
+        "batch": f"{e['batch_size']} x ({e['prompt']} + {e['answer']})",
+    }
+
+
+def part_generation(p: dict) -> list[dict]:
+    from ssb_trl.generation import count_tokens_per_second, make_backend
+
+    dtype = torch.bfloat16 if p["device"] == "cuda" else torch.float32
+    model = train_step.build_model(p["shape"], p["device"], dtype).eval()
+    tokenizer = chat_tokenizer(model.config.vocab_size)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    q = p["generate"]
+    words = " ".join(f"t{i}" for i in range(100, 100 + q["prompt_len"] - 8))
+    prompts = [[{"role": "user", "content": f"t{7 + i} {words}"}] for i in range(q["prompts"])]
+    rows = []
+    # Batch 1, the reference's way (a few prompts, short).
+    backend = make_backend("transformers", model=model, tokenizer=tokenizer, max_batch_size=1, show_progress=False)
+    backend.generate(prompts[:1], max_new_tokens=4)
+    _sync(p)
+    t0 = time.perf_counter()
+    out = backend.generate(prompts[:2], num_samples=1, max_new_tokens=q["batch1_new_tokens"], temperature=0.8)
+    _sync(p)
+    rows.append(
+        {
+            "backend": "transformers, batch 1 (reference)",
+            "tokens_per_s": count_tokens_per_second(out, time.perf_counter() - t0),
+        }
+    )
+    # The default backend with its own batch choice.
+    backend = make_backend("transformers", model=model, tokenizer=tokenizer, show_progress=False)
+    t0 = time.perf_counter()
+    out = backend.generate(prompts, num_samples=1, max_new_tokens=q["new_tokens"], temperature=0.8)
+    _sync(p)
+    rows.append(
+        {
+            "backend": f"transformers, default batching ({getattr(backend, 'max_batch_size', '?')} rows max)",
+            "tokens_per_s": count_tokens_per_second(out, time.perf_counter() - t0),
+        }
+    )
+    del model
+    return rows
+
+
+def part_zero3_smoke(p: dict, workdir: str) -> dict:
+    """Two SSB steps under `accelerate launch` with recipes/accelerate_configs/deepspeed_zero3.yaml."""
+    from datasets import Dataset
+
+    from ssb_trl.soft_labels import SoftLabelMetadata, save_soft_label_dataset, tokenizer_fingerprint
+
+    model = train_step.build_model(p["smoke_shape"], "cpu", torch.float32)
+    tokenizer = chat_tokenizer(model.config.vocab_size)
+    model_dir, data_dir = os.path.join(workdir, "model"), os.path.join(workdir, "data")
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    rows = train_step.build_rows(8, 16, 32, len(tokenizer), 16, 2.0)
+    meta = SoftLabelMetadata(model_dir, tokenizer_fingerprint(tokenizer), 16, 2.0, "gpu-check", {}, "float32")
+    save_soft_label_dataset(Dataset.from_list(rows), data_dir, meta)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        os.path.join(root, "recipes/accelerate_configs/deepspeed_zero3.yaml"),
+        "--num_processes",
+        "1",
+    ]
+    train = [
+        "--dataset_name",
+        data_dir,
+        "--model_name_or_path",
+        model_dir,
+        "--output_dir",
+        os.path.join(workdir, "out"),
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+        "--max_length",
+        "64",
+    ]
+    if p["device"] == "cpu":
+        cmd += ["--mixed_precision", "no"]
+        train += ["--use_cpu", "true", "--bf16", "false"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        cmd + [os.path.join(root, "recipes/train_ssb.py")] + train,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    ok = proc.returncode == 0 and os.path.exists(os.path.join(workdir, "out", "README.md"))
+    if not ok:
+        print(proc.stdout[-4000:], proc.stderr[-6000:], sep="\n")
+    return {"ok": ok, "seconds": time.perf_counter() - t0, "returncode": proc.returncode}
+
+
+def _sync(p: dict) -> None:
+    if p["device"] == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tiny", action="store_true", help="small shape on the CPU (what CI runs)")
+    parser.add_argument("--parts", default="training,extraction,generation,zero3")
+    parser.add_argument("--output", default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    p = PROFILES["tiny" if args.tiny else "gpu"]
+    if p["device"] == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run with --tiny on a CPU machine")
+    parts = args.parts.split(",")
+    card = torch.cuda.get_device_name() if p["device"] == "cuda" else "cpu"
+    sections = [f"Device: {card}; torch {torch.__version__}; shape {p['shape']} (random weights)\n"]
+    failed = False
+    if "training" in parts:
+        sections.append("### Training step (forward + backward)\n\n" + train_step.table(part_training(p)))
+    if "extraction" in parts:
+        r = part_extraction(p)
+        sections.append(
+            f"### Soft-label extraction (top-64)\n\n{r['answer_tokens']} answer tokens in "
+            f"{r['seconds']:.2f} s, batch {r['batch']}: **{r['tokens_per_s']:,.0f} answer tokens/s**"
+        )
+    if "generation" in parts:
+        rows = part_generation(p)
+        lines = ["| backend | new tokens/s |", "| --- | --- |"] + [
+            f"| {r['backend']} | {r['tokens_per_s']:,.0f} |" for r in rows
+        ]
+        sections.append("### Rollout generation (sampling, T=0.8)\n\n" + "\n".join(lines))
+    if "zero3" in parts:
+        with tempfile.TemporaryDirectory() as workdir:
+            r = part_zero3_smoke(p, workdir)
+        failed |= not r["ok"]
+        sections.append(
+            f"### accelerate launch + deepspeed_zero3.yaml, 2 SSB steps\n\n"
+            f"{'passed' if r['ok'] else 'FAILED'} in {r['seconds']:.0f} s"
+        )
+    text = "\n\n".join(sections)
+    print("\n" + text)
+    output = args.output or (
+        "benchmarks/results/gpu_check_tiny.md" if args.tiny else "benchmarks/results/gpu_check.md"
+    )
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    with open(output, "w") as f:
+        f.write(text + "\n")
+    if failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

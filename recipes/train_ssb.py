@@ -1,0 +1,99 @@
+# Copyright 2025 The ssb-trl authors. Licensed under the Apache License, Version 2.0.
+"""Train a model with SSB on a soft-label dataset (made by `recipes/prepare_ssb_data.py`).
+
+    accelerate launch recipes/train_ssb.py --config recipes/configs/demo.yaml
+    accelerate launch --config_file recipes/accelerate_configs/deepspeed_zero3.yaml \\
+        recipes/train_ssb.py --config recipes/configs/qwen2.5-3b-instruct_gsm8k.yaml
+
+Every `SSBConfig` (= `SFTConfig` + loss settings) and `ModelConfig` field is a flag; `--config` reads a
+YAML whose keys are those flags (CLI flags override it; an unknown key is an error). LoRA comes from
+`ModelConfig` (`--use_peft --lora_r 32 ...`). `--ce_weight 1 --kd_weight 0` trains the hard-label
+baseline on the same teacher answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from trl import ModelConfig, TrlParser, get_peft_config
+
+from ssb_trl import SSBConfig, SSBTrainer, load_soft_label_dataset
+from ssb_trl.models import load_model_and_tokenizer
+
+logger = logging.getLogger("ssb_trl.train")
+
+
+@dataclass
+class TrainScriptArguments:
+    """Where the soft-label data comes from and how the result is saved."""
+
+    dataset_name: str = field(
+        default="outputs/demo/data",
+        metadata={"help": "Soft-label dataset: a directory written by prepare_ssb_data.py, or a Hub dataset id."},
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on (Hub datasets)."})
+    eval_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Hold out this fraction of the rows for an eval loss (0 = no eval set)."},
+    )
+    merge_adapter: bool = field(
+        default=False,
+        metadata={"help": "With LoRA: also save the adapter merged into the base model under <output_dir>/merged."},
+    )
+
+
+def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args: ModelConfig) -> SSBTrainer:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Data and its checks first: a wrong dataset fails before the model is loaded.
+    dataset, metadata = load_soft_label_dataset(script_args.dataset_name, split=script_args.dataset_train_split)
+    logger.info(
+        "Loaded %d soft-label rows from %s (teacher %s, K=%d, T=%s)",
+        len(dataset),
+        script_args.dataset_name,
+        metadata.teacher_model,
+        metadata.top_k,
+        metadata.temperature,
+    )
+    eval_dataset = None
+    if script_args.eval_fraction > 0:
+        split = dataset.train_test_split(test_size=script_args.eval_fraction, seed=training_args.seed)
+        dataset, eval_dataset = split["train"], split["test"]
+    model_name = model_args.model_name_or_path or metadata.teacher_model
+    model, tokenizer = load_model_and_tokenizer(
+        model_name,
+        dtype=model_args.dtype,
+        device="cpu",  # the Trainer/accelerate places it; DeepSpeed ZeRO-3 partitions it
+        revision=model_args.model_revision,
+        trust_remote_code=training_args.trust_remote_code,
+        attn_implementation=model_args.attn_implementation,
+    )
+    trainer = SSBTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+        soft_label_metadata=metadata,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if script_args.merge_adapter and model_args.use_peft and trainer.is_world_process_zero():
+        merged_dir = os.path.join(training_args.output_dir, "merged")
+        trainer.model.merge_and_unload().save_pretrained(merged_dir)
+        tokenizer.save_pretrained(merged_dir)
+        logger.info("Saved the merged model to %s", merged_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    return trainer
+
+
+def parse(argv: list[str] | None = None):
+    parser = TrlParser((TrainScriptArguments, SSBConfig, ModelConfig))
+    return parser.parse_args_and_config(args=argv)
+
+
+if __name__ == "__main__":
+    main(*parse()[:3])
