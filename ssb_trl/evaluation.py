@@ -204,7 +204,10 @@ class EvalConfig:
     )
     top_p: float = field(default=0.95, metadata={"help": "Nucleus top-p for sampling (1.0 = off)."})
     max_new_tokens: int = field(default=512, metadata={"help": "Maximum tokens per answer; longer ones are cut."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts per generation batch."})
+    batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Sequences per generation batch (default: as many as fit on a GPU, 64 on CPU)."},
+    )
     seed: int = field(default=0, metadata={"help": "Random seed for sampling."})
     system_prompt: str | None = field(
         default=None,
@@ -243,7 +246,7 @@ class EvalConfig:
             raise ValueError("mean@n samples need temperature > 0; greedy decoding is what `greedy=true` computes.")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 (or unset), got {self.limit}.")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
+        if self.max_new_tokens < 1 or (self.batch_size is not None and self.batch_size < 1):
             raise ValueError("max_new_tokens and batch_size must be >= 1.")
         if isinstance(self.rg_config, str):
             try:

@@ -149,7 +149,7 @@ class TransformersBackend(GenerationBackend):
         self,
         model: Any,
         tokenizer: Any,
-        max_batch_size: int = 64,
+        max_batch_size: int | None = None,
         max_batch_tokens: int | None = None,
         show_progress: bool = True,
     ):
@@ -157,19 +157,36 @@ class TransformersBackend(GenerationBackend):
             raise ValueError("tokenizer has no pad token; load it with ssb_trl.models.load_model_and_tokenizer")
         self.model = model
         self.tokenizer = tokenizer
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = max_batch_size  # None: chosen per call from free GPU memory (64 on CPU)
         self.max_batch_tokens = max_batch_tokens
         self.show_progress = show_progress
         self.eos_ids = eos_token_ids(model, tokenizer)
 
+    def auto_batch_size(self, sequence_length: int, memory_fraction: float = 0.5, cap: int = 1024) -> int:
+        """Rows per batch: on CUDA as many as the KV cache of `sequence_length` tokens fits in half the free
+        memory (generate's time per step barely grows with the batch, so bigger is faster); 64 elsewhere."""
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        if self.model.device.type != "cuda":
+            return 64
+        config = self.model.config.get_text_config()
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        bytes_per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize
+        # Per row and step, the sampler also holds a few fp32 rows of logits.
+        bytes_per_row = bytes_per_token * sequence_length + 4 * 4 * config.vocab_size
+        free, _ = torch.cuda.mem_get_info(self.model.device)
+        return int(max(1, min(cap, free * memory_fraction // bytes_per_row)))
+
     def _batches(self, rows: list[tuple[int, int]], lengths: list[int], max_new_tokens: int) -> list[list[int]]:
+        max_batch_size = self.auto_batch_size(max(lengths) + max_new_tokens)
         order = sorted(range(len(rows)), key=lambda r: (-lengths[rows[r][0]], r))
         batches: list[list[int]] = []
         current: list[int] = []
         for row in order:
             width = max([lengths[rows[r][0]] for r in current] + [lengths[rows[row][0]]]) + max_new_tokens
             too_many_tokens = self.max_batch_tokens is not None and width * (len(current) + 1) > self.max_batch_tokens
-            if current and (len(current) >= self.max_batch_size or too_many_tokens):
+            if current and (len(current) >= max_batch_size or too_many_tokens):
                 batches.append(current)
                 current = []
             current.append(row)
@@ -336,7 +353,7 @@ def make_backend(
     model: Any = None,
     tokenizer: Any = None,
     model_name_or_path: str | None = None,
-    max_batch_size: int = 64,
+    max_batch_size: int | None = None,
     max_batch_tokens: int | None = None,
     show_progress: bool = True,
     **vllm_kwargs: Any,
