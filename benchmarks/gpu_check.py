@@ -59,16 +59,23 @@ def chat_tokenizer(vocab: int):
 
 
 def part_training(p: dict) -> list[dict]:
+    """SFT and SSB (with and without Liger on CUDA) at each batch shape, then the dense reference way."""
+    cuda = p["device"] == "cuda"
+    runs = [
+        (m, b, lig) for b in p["train_batches"] for lig in ([False, True] if cuda else [False]) for m in ("sft", "ssb")
+    ]
+    runs += [("dense", b, False) for b in p["dense_batches"]]
     results = []
-    for batch, prompt, answer in p["train_batches"]:
-        for liger in [False, True] if p["device"] == "cuda" else [False]:
-            for method in ("sft", "ssb"):
-                results.append(
-                    train_step.measure(method, p["shape"], p["device"], batch, prompt, answer, p["steps"], liger=liger)
-                )
-                print(json.dumps(results[-1]), flush=True)
-    for batch, prompt, answer in p["dense_batches"]:
-        results.append(train_step.measure("dense", p["shape"], p["device"], batch, prompt, answer, p["steps"]))
+    for method, (batch, prompt, answer), liger in runs:
+        try:
+            results.append(
+                train_step.measure(method, p["shape"], p["device"], batch, prompt, answer, p["steps"], liger=liger)
+            )
+        except Exception as error:  # noqa: BLE001 - record and go on: one failure must not lose the other figures
+            print(f"FAILED {method} liger={liger} {batch}x({prompt}+{answer}): {error!r}", flush=True)
+            if cuda:
+                torch.cuda.empty_cache()
+            continue
         print(json.dumps(results[-1]), flush=True)
     return results
 
@@ -138,7 +145,7 @@ def part_generation(p: dict) -> list[dict]:
     _sync(p)
     rows.append(
         {
-            "backend": f"transformers, default batching ({getattr(backend, 'max_batch_size', '?')} rows max)",
+            "backend": f"transformers, default batching ({backend.auto_batch_size(q['prompt_len'] + q['new_tokens'])} rows)",
             "tokens_per_s": count_tokens_per_second(out, time.perf_counter() - t0),
         }
     )
@@ -225,38 +232,42 @@ def main() -> None:
         raise SystemExit("no CUDA device: run with --tiny on a CPU machine")
     parts = args.parts.split(",")
     card = torch.cuda.get_device_name() if p["device"] == "cuda" else "cpu"
-    sections = [f"Device: {card}; torch {torch.__version__}; shape {p['shape']} (random weights)\n"]
+    sections = [f"Device: {card}; torch {torch.__version__}; shape {p['shape']} (random weights)"]
+    output = args.output or (
+        "benchmarks/results/gpu_check_tiny.md" if args.tiny else "benchmarks/results/gpu_check.md"
+    )
+    os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+
+    def add(section: str) -> None:  # written as it goes, so a cut-off run keeps what it measured
+        sections.append(section)
+        with open(output, "w") as f:
+            f.write("\n\n".join(sections) + "\n")
+        print("\n" + section, flush=True)
+
     failed = False
     if "training" in parts:
-        sections.append("### Training step (forward + backward)\n\n" + train_step.table(part_training(p)))
+        results = part_training(p)
+        failed |= not results
+        add("### Training step (forward + backward)\n\n" + train_step.table(results))
     if "extraction" in parts:
         r = part_extraction(p)
-        sections.append(
-            f"### Soft-label extraction (top-64)\n\n{r['answer_tokens']} answer tokens in "
-            f"{r['seconds']:.2f} s, batch {r['batch']}: **{r['tokens_per_s']:,.0f} answer tokens/s**"
+        add(
+            f"### Soft-label extraction (top-64)\n\n{r['answer_tokens']} answer tokens in {r['seconds']:.2f} s, "
+            f"batch {r['batch']}: **{r['tokens_per_s']:,.0f} answer tokens/s**"
         )
     if "generation" in parts:
         rows = part_generation(p)
-        lines = ["| backend | new tokens/s |", "| --- | --- |"] + [
-            f"| {r['backend']} | {r['tokens_per_s']:,.0f} |" for r in rows
-        ]
-        sections.append("### Rollout generation (sampling, T=0.8)\n\n" + "\n".join(lines))
+        lines = ["| backend | new tokens/s |", "| --- | --- |"]
+        lines += [f"| {r['backend']} | {r['tokens_per_s']:,.0f} |" for r in rows]
+        add("### Rollout generation (sampling, T=0.8)\n\n" + "\n".join(lines))
     if "zero3" in parts:
         with tempfile.TemporaryDirectory() as workdir:
             r = part_zero3_smoke(p, workdir)
         failed |= not r["ok"]
-        sections.append(
-            f"### accelerate launch + deepspeed_zero3.yaml, 2 SSB steps\n\n"
+        add(
+            "### accelerate launch + deepspeed_zero3.yaml, 2 SSB steps\n\n"
             f"{'passed' if r['ok'] else 'FAILED'} in {r['seconds']:.0f} s"
         )
-    text = "\n\n".join(sections)
-    print("\n" + text)
-    output = args.output or (
-        "benchmarks/results/gpu_check_tiny.md" if args.tiny else "benchmarks/results/gpu_check.md"
-    )
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-    with open(output, "w") as f:
-        f.write(text + "\n")
     if failed:
         raise SystemExit(1)
 

@@ -192,6 +192,7 @@ def measure(
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        allocated_before = torch.cuda.memory_allocated() / 2**30  # model + inputs; shows leaks between runs
     for i in range(steps + 1):
         start = time.perf_counter()
         trainer.training_step(trainer.model, inputs, n_items)
@@ -212,6 +213,9 @@ def measure(
         "peak_gib": peak,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
     }
+    if device == "cuda":
+        result["allocated_before_gib"] = allocated_before
+    trainer.accelerator.free_memory()
     del trainer, model, inputs
     gc.collect()
     if device == "cuda":
