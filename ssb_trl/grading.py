@@ -114,7 +114,7 @@ def parse_gold_answer(raw: str | int | float) -> str:
     return text
 
 
-def _normalise(value: str) -> str:
+def normalize_answer(value: str) -> str:
     """Light textual cleanup that Math-Verify does not do itself (currency, thousands separators, units)."""
     value = value.strip()
     value = _TEXT_WRAP_RE.sub(r"\1", value)
@@ -143,7 +143,7 @@ def verify_answer(predicted: str | None, gold: str) -> bool:
     if predicted is None or not str(predicted).strip():
         return False
     predicted, gold = str(predicted), str(gold)
-    pred_norm, gold_norm = _normalise(predicted), _normalise(gold)
+    pred_norm, gold_norm = normalize_answer(predicted), normalize_answer(gold)
     if pred_norm == gold_norm and pred_norm:
         return True
     from math_verify import verify
