@@ -180,7 +180,9 @@ def measure(
     temperature: float = 2.0,
     tmp: str = "/tmp/ssb_bench",
 ) -> dict:
-    """Seconds per forward+backward (median over `steps` after one warm-up) and peak memory in GiB."""
+    """Seconds per forward+backward (median over `steps` after one warm-up) and peak memory in GiB.
+
+    Activation checkpointing is on for every method (SFTConfig's default), as in a real run."""
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = build_model(shape, device, dtype)
     rows = build_rows(batch, prompt_len, answer_len, model.config.vocab_size, top_k, temperature)
@@ -188,6 +190,7 @@ def measure(
     inputs = next(iter(trainer.get_train_dataloader()))
     n_items = (inputs["labels"][:, 1:] != -100).sum().to(trainer.args.device)
     trainer.model.train()
+    _enable_activation_checkpointing(trainer.model)  # Trainer does this in train(), which is bypassed here
     times = []
     if device == "cuda":
         torch.cuda.synchronize()
@@ -221,6 +224,14 @@ def measure(
     if device == "cuda":
         torch.cuda.empty_cache()
     return result
+
+
+def _enable_activation_checkpointing(model) -> None:
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def table(results: list[dict], baseline: str = "sft") -> str:

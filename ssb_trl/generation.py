@@ -6,8 +6,8 @@ All backends share one call::
         -> list (one per prompt) of list (one per sample) of Completion
 
 ``seed`` is either one int (prompt i then gets ``derive_seed(seed, i)``) or one seed per prompt. In the
-transformers backend every sequence draws its randomness from its own generator, seeded from its prompt's
-seed and its sample index, so a sequence's sample does not depend on which other prompts share its batch,
+transformers backend every sequence draws its randomness from its own seed, seeded from its prompt's
+seed and its sample index (a counter-based RNG, see `counter_uniform`), so a sequence's sample does not depend on which other prompts share its batch,
 on the batch size, or on how work is split across processes: the data pipeline relies on this to resume
 and to shard without changing results. (Batched float arithmetic can still differ in the last bits
 between batch shapes; on a given machine and batch layout the output is bit-for-bit repeatable.)
@@ -73,16 +73,46 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return list(dict.fromkeys(int(i) for i in ids))
 
 
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 for 0 <= x < 2^32, in int64 without overflow (c split into 16-bit halves)."""
+    return ((x * (c & 0xFFFF)) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _M32
+
+
+def _fmix32(h: torch.Tensor) -> torch.Tensor:
+    """murmur3's 32-bit finaliser: a bijective mix with full avalanche."""
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = _mul32(h, 0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def counter_uniform(seeds: torch.Tensor, step: int, k: int) -> torch.Tensor:
+    """Uniform (0, 1) noise [rows, k] that depends only on (row seed, step, column): a counter-based RNG.
+
+    Computed on the seeds' device in a few vectorised integer ops, so sampling needs no per-row
+    generator, no host loop and no host-to-device copy per decoding step.
+    """
+    lo, hi = seeds & _M32, (seeds >> 32) & _M32
+    counter = (torch.arange(k, device=seeds.device) + ((step * 0x9E3779B9) & _M32)) & _M32
+    h = _fmix32(_fmix32(counter.unsqueeze(0) ^ lo.unsqueeze(1)) ^ hi.unsqueeze(1))
+    return (h.double() + 0.5) / 2.0**32
+
+
 class SeededSampler(LogitsProcessor):
-    """Temperature / top-k / top-p sampling with one ``torch.Generator`` per batch row.
+    """Temperature / top-k / top-p sampling with one seed per batch row (see `counter_uniform`).
 
     Used with greedy decoding: it draws the next token itself (Gumbel-max over the top-k/top-p
     candidates, which is exact sampling from the filtered softmax) and returns scores where only that
     token is finite, so the greedy step picks it.
     """
 
-    def __init__(self, generators: list[torch.Generator], temperature: float, top_k: int, top_p: float):
-        self.generators = generators
+    def __init__(self, seeds: list[int], temperature: float, top_k: int, top_p: float):
+        self.seeds = torch.tensor(seeds, dtype=torch.long)
+        self.step = 0
         self.temperature = temperature
         self.top_k = top_k
         self.top_p = top_p
@@ -96,8 +126,10 @@ class SeededSampler(LogitsProcessor):
             probs = values.softmax(dim=-1)
             mass_before = probs.cumsum(dim=-1) - probs
             values = values.masked_fill(mass_before >= self.top_p, float("-inf"))
-        noise = torch.stack([torch.rand(k, generator=g, dtype=torch.float64) for g in self.generators])
-        noise = noise.clamp_(1e-300, 1.0 - 1e-16).to(values.device)
+        if self.seeds.device != values.device:
+            self.seeds = self.seeds.to(values.device)  # once, not every step
+        noise = counter_uniform(self.seeds, self.step, k)
+        self.step += 1
         gumbel = -torch.log(-torch.log(noise)).to(values.dtype)
         choice = (values + gumbel).argmax(dim=-1, keepdim=True)
         tokens = indices.gather(-1, choice)
@@ -247,13 +279,8 @@ class TransformersBackend(GenerationBackend):
                 attention[i, width - len(ids) :] = 1
             processors = LogitsProcessorList()
             if not greedy:
-                generators = []
-                for r in batch:
-                    prompt_index, sample_index = rows[r]
-                    generator = torch.Generator()
-                    generator.manual_seed(derive_seed(prompt_seeds[prompt_index], sample_index))
-                    generators.append(generator)
-                processors.append(SeededSampler(generators, temperature, top_k, top_p))
+                seeds = [derive_seed(prompt_seeds[rows[r][0]], rows[r][1]) for r in batch]
+                processors.append(SeededSampler(seeds, temperature, top_k, top_p))
             output = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention.to(device),

@@ -15,7 +15,7 @@ positions' hidden states are projected chunk by chunk; each chunk's gradient wit
 hidden states and the LM head is computed right away (one matmul forward, two backward, like
 Liger's fused linear cross-entropy) and the chunk's logits are freed. The divergence itself is
 differentiated by autograd on the small [chunk, K + 1] coarse distribution, then chained by hand
-to the vocabulary (see `_coarse_to_vocab_grad`).
+to the vocabulary (see `_chunk_loss_and_grad`).
 """
 
 from __future__ import annotations
@@ -89,52 +89,19 @@ def generalized_jsd(student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta
     return beta * kl_t + (1 - beta) * kl_s
 
 
-def _student_coarse(z: torch.Tensor, ids: torch.Tensor, use_tail_bucket: bool):
-    """Student coarse log-probs from temperature-scaled logits z [c, V] (left unchanged).
-
-    Returns (coarse [c, K(+1)], log_z [c], log_tail_raw [c] or None). The tail is the exact
-    log-sum-exp over the ids outside the top-K (no 1 - sum(p) cancellation).
-    """
-    log_z = torch.logsumexp(z, dim=-1)
-    topk_z = z.gather(-1, ids)
-    if not use_tail_bucket:
-        return torch.log_softmax(topk_z, dim=-1), log_z, None
-    z.scatter_(-1, ids, float("-inf"))  # hide the top-K in place, then restore: no [c, V] copy
-    log_tail = torch.logsumexp(z, dim=-1) - log_z
-    z.scatter_(-1, ids, topk_z)
-    topk_logp = topk_z - log_z.unsqueeze(-1)
-    coarse = torch.cat([topk_logp, log_tail.clamp(min=_MIN_LOG_PROB).unsqueeze(-1)], dim=-1)
-    return coarse, log_z, log_tail
-
-
-def _coarse_to_vocab_grad(
-    z: torch.Tensor,
-    ids: torch.Tensor,
-    log_z: torch.Tensor,
-    log_tail: torch.Tensor | None,
-    coarse: torch.Tensor,
-    grad_coarse: torch.Tensor,
-) -> torch.Tensor:
-    """Chain dL/d(coarse log-probs) to dL/dz over the vocabulary, in place on z (returned).
-
-    With p = softmax(z), S = sum of p over the top-K ids, g_i = dL/dlog q_i, g_t = dL/dlog q_tail:
-      v outside top-K:  dL/dz_v = p_v * (-sum_i g_i + g_t * S / (1 - S))
-      v = id_i:         the same, plus g_i - p_v * g_t / (1 - S)
-    Without the tail, coarse = log_softmax over the K ids, and dL/dz_v = g_i - q_i * sum_j g_j on the ids only.
-    """
-    if log_tail is None:
-        g = grad_coarse - coarse.exp() * grad_coarse.sum(-1, keepdim=True)
-        return z.zero_().scatter_(-1, ids, g)
-    g_topk, g_tail = grad_coarse[:, :-1], grad_coarse[:, -1]
-    # The clamp on the student tail has zero gradient where it bites.
-    g_tail = torch.where(log_tail > _MIN_LOG_PROB, g_tail, torch.zeros_like(g_tail))
-    p_topk = coarse[:, :-1].exp()
-    inv_tail = torch.exp(-log_tail.clamp(min=_MIN_LOG_PROB))  # 1 / (1 - S)
-    s_over_tail = p_topk.sum(-1) * inv_tail  # S / (1 - S)
-    row_scale = -g_topk.sum(-1) + g_tail * s_over_tail
-    p = z.sub_(log_z.unsqueeze(-1)).exp_()
-    grad = p.mul_(row_scale.unsqueeze(-1))
-    return grad.scatter_add_(-1, ids, g_topk - p_topk * (g_tail * inv_tail).unsqueeze(-1))
+def _logits_fp32(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """hidden @ weight.T (+ bias) as fp32, straight from the GEMM on CUDA (no bf16 round trip)."""
+    z = None
+    if hidden.device.type == "cuda" and hidden.dtype in (torch.float16, torch.bfloat16):
+        try:
+            z = torch.mm(hidden, weight.t(), out_dtype=torch.float32)
+        except (TypeError, RuntimeError):  # torch < 2.8
+            z = None
+    if z is None:
+        z = torch.mm(hidden, weight.t()).float()
+    if bias is not None:
+        z += bias.float()
+    return z
 
 
 def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -155,41 +122,74 @@ def _chunk_loss_and_grad(
     spec: DistillationLossSpec,
     need_grad: bool,
 ):
-    """Loss sums, stats and d(loss)/d(logits) for one chunk of answer tokens."""
-    logits = hidden @ weight.t()
-    if bias is not None:
-        logits = logits + bias
-    t = spec.temperature
-    z = logits.float() / t
-    del logits
-    student_argmax = z.argmax(-1)
-    agree = (student_argmax == ids[:, 0]).sum()
+    """Loss sums, stats and d(loss)/d(logits) for one chunk of answer tokens.
 
+    One fp32 [chunk, vocab] buffer is reused throughout (logits -> exp -> gradient) so that the chunk
+    costs few passes over memory. With e = exp((z - max) / T), p = e / sum(e):
+      student top-K log-probs = (z_topk - max) / T - log sum(e)
+      student tail mass       = sum of e outside the top-K / sum(e)   (summed directly: exact when tiny)
+      CE at T = 1             = max + log sum(e^T) - z_target
+    """
+    t = spec.temperature
+    z = _logits_fp32(hidden, weight, bias)
+    z_max, student_top1 = z.max(dim=-1)
+    agree = (student_top1 == ids[:, 0]).sum()
+    topk_z = z.gather(-1, ids)
+    target_z = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    e = z.sub_(z_max.unsqueeze(-1)).mul_(1.0 / t).exp_()
+    topk_e = e.gather(-1, ids)
+    e.scatter_(-1, ids, 0.0)
+    tail_e = e.sum(-1)
+    e.scatter_(-1, ids, topk_e)
+    sum_e = tail_e + topk_e.sum(-1)
+    log_sum_e = sum_e.log()
+    ce = (z_max + t * torch.linalg.vector_norm(e, ord=t, dim=-1).log() - target_z).sum()
+
+    topk_logp = (topk_z - z_max.unsqueeze(-1)) / t - log_sum_e.unsqueeze(-1)
+    if spec.use_tail_bucket:
+        log_tail = tail_e.log() - log_sum_e  # -inf when the tail underflows; clamped (zero gradient) below
+        coarse = torch.cat([topk_logp, log_tail.clamp(min=_MIN_LOG_PROB).unsqueeze(-1)], dim=-1)
+    else:
+        log_tail = None
+        coarse = torch.log_softmax(topk_logp, dim=-1)
     teacher = teacher_coarse_log_probs(teacher_logprobs, spec.use_tail_bucket)
-    coarse, log_z, log_tail = _student_coarse(z, ids, spec.use_tail_bucket)
     coarse = coarse.detach().requires_grad_(need_grad)
     with torch.enable_grad():
         kd = generalized_jsd(coarse, teacher, spec.beta).sum() * t * t
         grad_coarse = torch.autograd.grad(kd, coarse)[0] if need_grad else None
+    if not need_grad:
+        return kd.detach(), ce, agree, None
 
-    # Hard-label CE at temperature 1 on the teacher's sampled tokens (logged even when its weight is 0).
-    log_z1 = torch.logsumexp(z * t, dim=-1)
-    ce = (log_z1 - z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * t).sum()
-
-    grad_logits = None
-    if need_grad:
-        grad_ce = None
-        if spec.ce_weight > 0:  # softmax(z * t) - onehot, before z is overwritten
-            grad_ce = torch.exp(z * t - log_z1.unsqueeze(-1))
-            grad_ce.scatter_add_(-1, targets.unsqueeze(-1), -torch.ones_like(log_z1).unsqueeze(-1))
-        if spec.kd_weight > 0:
-            grad_logits = _coarse_to_vocab_grad(z, ids, log_z, log_tail, coarse.detach(), grad_coarse)
-            grad_logits.mul_(spec.kd_weight / t)
-            if grad_ce is not None:
-                grad_logits.add_(grad_ce, alpha=spec.ce_weight)
-        else:
-            grad_logits = grad_ce.mul_(spec.ce_weight)
-    return kd.detach(), ce, agree, grad_logits
+    grad_ce = None
+    if spec.ce_weight > 0:  # softmax(z) - onehot(target), with softmax(z) = e^T / sum(e^T)
+        grad_ce = e.pow(t)
+        grad_ce.div_(grad_ce.sum(-1, keepdim=True))
+        grad_ce.scatter_add_(-1, targets.unsqueeze(-1), -torch.ones_like(target_z).unsqueeze(-1))
+        grad_ce.mul_(spec.ce_weight)
+    if spec.kd_weight == 0:
+        return kd.detach(), ce, agree, grad_ce
+    # Chain rule from the coarse log-probs to z / T, with p = softmax(z / T), S = top-K mass of p,
+    # g_i = dL/dlog q_i and g_t = dL/dlog q_tail:
+    #   v outside the top-K: dL/d(z_v / T) = p_v * (-sum_i g_i + g_t * S / (1 - S))
+    #   v = id_i:            the same, plus g_i - p_v * g_t / (1 - S)
+    # Without the tail (log_softmax over the K ids) only the ids get g_i - q_i * sum_j g_j.
+    # And dL/dz = (kd_weight / T) * dL/d(z / T).
+    coarse = coarse.detach()
+    factor = spec.kd_weight / t
+    if log_tail is None:
+        g = grad_coarse - coarse.exp() * grad_coarse.sum(-1, keepdim=True)
+        grad = e.zero_().scatter_(-1, ids, g * factor)
+    else:
+        g_topk, g_tail = grad_coarse[:, :-1], grad_coarse[:, -1]
+        g_tail = torch.where(log_tail > _MIN_LOG_PROB, g_tail, torch.zeros_like(g_tail))
+        p_topk = coarse[:, :-1].exp()
+        inv_tail = torch.exp(-log_tail.clamp(min=_MIN_LOG_PROB))  # 1 / (1 - S)
+        row_scale = -g_topk.sum(-1) + g_tail * p_topk.sum(-1) * inv_tail
+        grad = e.mul_((row_scale * factor / sum_e).unsqueeze(-1))
+        grad.scatter_add_(-1, ids, (g_topk - p_topk * (g_tail * inv_tail).unsqueeze(-1)) * factor)
+    if grad_ce is not None:
+        grad += grad_ce
+    return kd.detach(), ce, agree, grad
 
 
 class SparseDistillationFunction(torch.autograd.Function):

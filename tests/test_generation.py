@@ -12,6 +12,7 @@ from ssb_trl.generation import (
     Completion,
     SeededSampler,
     TransformersBackend,
+    counter_uniform,
     derive_seed,
     make_backend,
     vllm_available,
@@ -107,9 +108,9 @@ def test_seeded_sampler_matches_the_filtered_softmax() -> None:
     torch.manual_seed(0)
     logits = torch.randn(1, 40) * 2
     n = 6000
-    generators = [torch.Generator().manual_seed(derive_seed(0, i)) for i in range(n)]
+    seeds = [derive_seed(0, i) for i in range(n)]
     temperature, top_k, top_p = 0.7, 10, 0.9
-    sampler = SeededSampler(generators, temperature, top_k, top_p)
+    sampler = SeededSampler(seeds, temperature, top_k, top_p)
     forced = sampler(torch.zeros(n, 1, dtype=torch.long), logits.expand(n, -1).clone())
     assert torch.isfinite(forced).sum(dim=-1).eq(1).all()
     tokens = forced.argmax(dim=-1)
@@ -124,6 +125,17 @@ def test_seeded_sampler_matches_the_filtered_softmax() -> None:
     assert set(tokens.tolist()) <= set(kept.tolist())
     counts = torch.bincount(tokens, minlength=40)[kept].double() / n
     assert torch.allclose(counts, kept_probs.double(), atol=0.025)
+
+
+def test_counter_uniform_is_uniform_and_depends_only_on_seed_step_column() -> None:
+    seeds = torch.tensor([derive_seed(1, i) for i in range(2000)])
+    u = counter_uniform(seeds, step=3, k=50)
+    assert u.min() > 0 and u.max() < 1
+    histogram = torch.histc(u.float(), bins=10, min=0, max=1) / u.numel()
+    assert torch.allclose(histogram, torch.full((10,), 0.1), atol=0.01)
+    # A row's noise does not depend on the other rows, and changes with the step.
+    torch.testing.assert_close(counter_uniform(seeds[[7, 3]], 3, 50), u[[7, 3]])
+    assert not torch.equal(counter_uniform(seeds[:5], 4, 50), u[:5])
 
 
 def test_bad_settings_are_refused(tiny_backend) -> None:
