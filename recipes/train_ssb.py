@@ -80,6 +80,8 @@ def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():  # the log history, for plots (ssb_trl.plotting.plot_training_curves)
+        trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
     if script_args.merge_adapter and model_args.use_peft and trainer.is_world_process_zero():
         merged_dir = os.path.join(training_args.output_dir, "merged")
         trainer.model.merge_and_unload().save_pretrained(merged_dir)

@@ -1,0 +1,186 @@
+"""recipes/train_ssb.py: config parsing, a real run, multi-process DDP and DeepSpeed ZeRO-2/3 launches on CPU."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import build_soft_label_dataset, make_tiny_model
+from safetensors.torch import load_file
+
+from ssb_trl.soft_labels import save_soft_label_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+import train_ssb  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tokenizer_dir):
+    """A tiny model directory (real SmolLM2 tokenizer) and a soft-label dataset of 8 rows on disk."""
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("recipe")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    model = make_tiny_model(seed=0)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    teacher = make_tiny_model(seed=1)
+    with torch.no_grad():
+        teacher.get_output_embeddings().weight.mul_(30.0)
+    dataset, metadata = build_soft_label_dataset(teacher, tokenizer, n_rows=8, top_k=8)
+    save_soft_label_dataset(dataset, str(root / "data"), metadata)
+    return root
+
+
+def _flags(workdir, out, **extra):
+    flags = {
+        "dataset_name": workdir / "data",
+        "model_name_or_path": workdir / "model",
+        "output_dir": out,
+        "max_steps": 1,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1.0,
+        "optim": "sgd",
+        "lr_scheduler_type": "constant",
+        "max_grad_norm": 0.0,
+        "use_cpu": "true",
+        "bf16": "false",
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "gradient_checkpointing": "false",
+        "seed": 0,
+    }
+    flags.update(extra)
+    return [item for key, value in flags.items() for item in (f"--{key}", str(value))]
+
+
+def test_shipped_configs_parse_into_the_dataclasses():
+    for name in ("demo.yaml", "qwen2.5-3b-instruct_gsm8k.yaml"):
+        script, training, model = train_ssb.parse(
+            ["--config", str(ROOT / "recipes/configs" / name), "--use_cpu", "true", "--bf16", "false"]
+        )[:3]
+        assert training.temperature == 2.0 and script.dataset_name
+    _, training, model = train_ssb.parse(
+        [
+            "--config",
+            str(ROOT / "recipes/configs/qwen2.5-3b-instruct_gsm8k.yaml"),
+            "--use_cpu",
+            "true",
+            "--bf16",
+            "false",
+        ]
+    )[:3]
+    assert model.use_peft and model.lora_r == 32 and model.lora_alpha == 32 and training.learning_rate == 2e-4
+    assert (
+        training.num_train_epochs == 3
+        and training.per_device_train_batch_size * training.gradient_accumulation_steps == 4
+    )
+
+
+def test_unknown_yaml_key_is_an_error(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("dataset_name: x\ntemprature: 2.0\n")
+    with pytest.raises(ValueError, match="temprature"):
+        train_ssb.parse(["--config", str(config), "--use_cpu", "true", "--bf16", "false"])
+
+
+def test_recipe_trains_saves_card_and_log(workdir, tmp_path):
+    out = tmp_path / "run"
+    args = train_ssb.parse(
+        _flags(
+            workdir,
+            out,
+            max_steps=2,
+            use_peft="true",
+            lora_r=4,
+            lora_alpha=8,
+            merge_adapter="true",
+            eval_fraction=0.25,
+            eval_strategy="steps",
+            eval_steps=1,
+        )
+    )
+    train_ssb.main(*args[:3])
+    assert (out / "adapter_config.json").exists() and (out / "merged" / "config.json").exists()
+    card = (out / "README.md").read_text()
+    assert "SSB training settings" in card and "tiny-random-teacher" in card
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert any("kd_loss" in entry for entry in history) and any("eval_kd_loss" in entry for entry in history)
+
+
+def test_plain_dataset_is_refused_before_training(workdir, tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_list([{"prompt": "q", "completion": "a"}]).save_to_disk(tmp_path / "plain")
+    with pytest.raises(ValueError, match="no soft-label metadata"):
+        train_ssb.main(*train_ssb.parse(_flags(workdir, tmp_path / "o", dataset_name=tmp_path / "plain"))[:3])
+
+
+def _cpu_accelerate_config(name: str, tmp_path: Path) -> Path:
+    """The shipped GPU-first YAML with the keys CPU runs need (docs/CPU_DISTRIBUTED.md)."""
+    config = yaml.safe_load((ROOT / "recipes/accelerate_configs" / name).read_text())
+    config.update(num_processes=2, mixed_precision="no", use_cpu=True)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _launch(config: Path, flags: list[str]) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        str(ROOT / "recipes/train_ssb.py"),
+        *flags,
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return result
+
+
+def _weights(out: Path) -> dict:
+    return load_file(str(out / "model.safetensors"))
+
+
+def _first_loss(out: Path) -> float:
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return next(entry["loss"] for entry in history if "loss" in entry)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process(workdir, tmp_path):
+    """2 processes x batch 4 == 1 process x batch 8 after one SGD step: the loss is a per-token mean overall."""
+    single = tmp_path / "single"
+    train_ssb.main(*train_ssb.parse(_flags(workdir, single, per_device_train_batch_size=8))[:3])
+    ddp = tmp_path / "ddp"
+    # Two unsynchronised processes would each step on 4 rows only, and the saved weights would differ.
+    _launch(_cpu_accelerate_config("ddp.yaml", tmp_path), _flags(workdir, ddp))
+    a, b = _weights(single), _weights(ddp)
+    initial = make_tiny_model(seed=0).state_dict()
+    assert any(not torch.allclose(a[k], initial[k]) for k in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+    assert _first_loss(single) == pytest.approx(_first_loss(ddp), rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
+def test_deepspeed_zero_on_two_cpu_processes(workdir, tmp_path, config):
+    out = tmp_path / "ds"
+    _launch(
+        _cpu_accelerate_config(config, tmp_path),
+        _flags(workdir, out, max_steps=2, learning_rate=1e-2, optim="adamw_torch"),
+    )
+    assert (out / "README.md").exists()
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    assert len(losses) == 2 and all(0 < loss < 1e4 for loss in losses)
