@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The embedded end-to-end demo (`make demo`), offline on a CPU:
+#   1. soft-label data from the bundled SmolLM2-135M-Instruct on reasoning-gym basic_arithmetic (seed 42)
+#   2. SSB training (soft labels, KD only) and the hard-label baseline (CE on the same teacher answers,
+#      same steps)
+#   3. evaluation of base / hard labels / SSB on held-out questions (seed 1234, none seen in training)
+#   4. training-curve and accuracy plots, and the results table
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-outputs/demo}
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+stage() { echo; echo "=== [$(date +%H:%M:%S), ${SECONDS}s] $*"; }
+
+stage "1/4 prepare SSB data"
+python recipes/prepare_ssb_data.py --config recipes/configs/demo_data.yaml --output_dir "$OUT/data"
+stage "2/4 train: SSB (soft labels) and the hard-label baseline"
+python recipes/train_ssb.py --config recipes/configs/demo.yaml --dataset_name "$OUT/data" --output_dir "$OUT/ssb"
+python recipes/train_ssb.py --config recipes/configs/demo.yaml --dataset_name "$OUT/data" --output_dir "$OUT/sft" \
+  --kd_weight 0 --ce_weight 1
+stage "3/4 evaluate base vs hard labels vs SSB on held-out questions"
+python recipes/evaluate.py --config recipes/configs/demo_eval.yaml --output_dir "$OUT/eval" \
+  --models "base=bundled:smollm2-135m-instruct" "hard-labels=$OUT/sft" "ssb=$OUT/ssb" \
+  --exclude_questions_from "$OUT/data"
+stage "4/4 plots"
+python - "$OUT" <<'PY'
+import sys
+from ssb_trl.plotting import plot_training_curves
+out = sys.argv[1]
+path = plot_training_curves({"ssb": f"{out}/ssb", "hard labels": f"{out}/sft"}, f"{out}/training_curves.png",
+                            keys=("loss", "kd_loss", "ce_loss", "top1_agreement"))
+print(f"training curves: {path}\naccuracy chart: {out}/eval/accuracy.png")
+PY
+stage "done"
+cat "$OUT/eval/results.md"
