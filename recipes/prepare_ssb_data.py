@@ -1,7 +1,7 @@
 """Prepare an SSB soft-label dataset: rollouts -> grading -> pairs -> hinted teacher -> soft labels.
 
 With no arguments it runs the embedded demo: the bundled SmolLM2-135M-Instruct on 32 one-digit
-reasoning-gym `basic_arithmetic` questions, offline, in a few minutes on a 2-core CPU:
+reasoning-gym `basic_arithmetic` questions, offline, in about five minutes on a 2-core CPU:
 
     python recipes/prepare_ssb_data.py
 
@@ -24,9 +24,8 @@ from ssb_trl.pipeline import PrepConfig, prepare_ssb_data
 
 
 def main(config: PrepConfig) -> None:
-    summary = prepare_ssb_data(config)
-    print(f"SSB dataset written to {summary.output_dir}")
-    print(summary.table())
+    summary = prepare_ssb_data(config)  # logs the summary table
+    print(f"SSB dataset written to {summary.output_dir} ({summary.teacher_kept} rows)")
 
 
 if __name__ == "__main__":

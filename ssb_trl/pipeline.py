@@ -197,7 +197,9 @@ def run_teacher(
     """Steps 3-5: pair each question, ask the hinted teacher, keep the first verified-correct answer.
 
     An attempt counts only if it finished its turn (a cut answer would teach the student not to stop)
-    and grades correct; failed questions are retried ``teacher_retries`` times with fresh seeds.
+    and grades correct. There are ``1 + teacher_retries`` attempts per pair: all sampled at once
+    (``teacher_attempts_in_parallel``, best on batch hardware) or one round at a time for the pairs
+    still without a kept answer (least compute).
     """
     records: list[dict[str, Any]] = []
     pending: list[int] = []
@@ -213,39 +215,39 @@ def run_teacher(
             }
             pending.append(index)
         records.append(entry)
-    for attempt in range(config.teacher_retries + 1):
+    attempts = config.teacher_retries + 1
+    rounds = [(0, attempts)] if config.teacher_attempts_in_parallel else [(a, 1) for a in range(attempts)]
+    for first_attempt, num_samples in rounds:
         if not pending:
             break
         prompts = [
             _teacher_prompt(questions[i], rollout_records[i]["rollouts"], records[i]["pair"], config) for i in pending
         ]
-        seeds = [derive_seed(config.seed, questions[i].id, "teacher", attempt) for i in pending]
+        seeds = [derive_seed(config.seed, questions[i].id, "teacher", first_attempt) for i in pending]
         outputs = backend.generate(
             prompts,
-            num_samples=1,
+            num_samples=num_samples,
             temperature=config.teacher_temperature,
             top_k=config.teacher_top_k,
             top_p=config.teacher_top_p,
             max_new_tokens=config.teacher_max_new_tokens,
             seed=seeds,
         )
-        still_pending = []
-        for i, (sample,) in zip(pending, outputs):
-            correct = sample.finished and grade(sample.text, questions[i], fallbacks=config.answer_fallbacks)
-            records[i]["attempts"].append(
-                {
-                    "text": sample.text,
-                    "token_ids": sample.token_ids,
-                    "finished": sample.finished,
-                    "answer": extract_final_answer(sample.text, fallbacks=config.answer_fallbacks),
-                    "correct": correct,
-                }
-            )
-            if correct:
-                records[i]["kept_attempt"] = attempt
-            else:
-                still_pending.append(i)
-        pending = still_pending
+        for i, samples in zip(pending, outputs):
+            for sample in samples:
+                correct = sample.finished and grade(sample.text, questions[i], fallbacks=config.answer_fallbacks)
+                if correct and records[i]["kept_attempt"] is None:
+                    records[i]["kept_attempt"] = len(records[i]["attempts"])
+                records[i]["attempts"].append(
+                    {
+                        "text": sample.text,
+                        "token_ids": sample.token_ids,
+                        "finished": sample.finished,
+                        "answer": extract_final_answer(sample.text, fallbacks=config.answer_fallbacks),
+                        "correct": correct,
+                    }
+                )
+        pending = [i for i in pending if records[i]["kept_attempt"] is None]
     return records
 
 

@@ -86,7 +86,7 @@ class PrepConfig:
     rollout_temperature: float = field(default=0.8, metadata={"help": "Rollout sampling temperature."})
     rollout_top_k: int = field(default=50, metadata={"help": "Rollout top-k (0: off)."})
     rollout_top_p: float = field(default=1.0, metadata={"help": "Rollout top-p."})
-    rollout_max_new_tokens: int = field(default=256, metadata={"help": "Longest rollout, in new tokens."})
+    rollout_max_new_tokens: int = field(default=192, metadata={"help": "Longest rollout, in new tokens."})
     answer_fallbacks: bool = field(
         default=True,
         metadata={
@@ -99,10 +99,17 @@ class PrepConfig:
     teacher_top_k: int = field(default=50, metadata={"help": "Teacher top-k (0: off)."})
     teacher_top_p: float = field(default=1.0, metadata={"help": "Teacher top-p."})
     teacher_max_new_tokens: int = field(
-        default=384, metadata={"help": "Longest teacher answer; longer ones are dropped (cut answers do not stop)."}
+        default=256, metadata={"help": "Longest teacher answer; longer ones are dropped (cut answers do not stop)."}
     )
     teacher_retries: int = field(
-        default=2, metadata={"help": "Extra teacher attempts for a question whose answer was wrong or cut short."}
+        default=3, metadata={"help": "Extra teacher attempts per pair, for answers that were wrong or cut short."}
+    )
+    teacher_attempts_in_parallel: bool = field(
+        default=True,
+        metadata={
+            "help": "Sample all 1 + teacher_retries attempts at once (fast on batch hardware); false: one round "
+            "at a time, only for pairs still without a correct answer (least compute)."
+        },
     )
     # Soft labels (step 6)
     soft_label_top_k: int = field(default=64, metadata={"help": "Teacher log-probs stored per answer token (K)."})
@@ -115,7 +122,10 @@ class PrepConfig:
     generation_backend: str = field(
         default="transformers", metadata={"help": "transformers, vllm (untested here; needs vLLM) or auto."}
     )
-    generation_batch_size: int = field(default=64, metadata={"help": "Most sequences generated at once."})
+    generation_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Most sequences generated at once; None: as many as fit in free GPU memory (64 on CPU)."},
+    )
     generation_max_batch_tokens: int | None = field(
         default=None, metadata={"help": "Most padded tokens (prompt + new) per generation batch."}
     )

@@ -146,6 +146,14 @@ def test_pipeline_builds_the_soft_label_dataset(tmp_path: Path, tokenizer) -> No
         assert set(first[0][:3]) == digit_ids and all(abs(lp + math.log(3)) < 1e-2 for lp in second[0][:3])
         assert first[1][0] == eos and abs(second[1][0]) < 1e-2
 
+    # One round of attempts at a time (least compute) also works, and never samples more attempts.
+    sequential = small_config(
+        tmp_path, questions, teacher_attempts_in_parallel=False, output_dir=str(tmp_path / "seq")
+    )
+    sequential_summary = prepare_ssb_data(sequential, model=model, tokenizer=tokenizer, show_progress=False)
+    assert 0 < sequential_summary.teacher_kept and sequential_summary.teacher_attempts <= 3 * sequential_summary.pairs
+    assert summary.teacher_attempts == 3 * summary.pairs  # all attempts at once
+
     # Rerunning with the same settings resumes (nothing left to do) and changes nothing.
     again = prepare_ssb_data(config, model=model, tokenizer=tokenizer, show_progress=False)
     assert again == summary
@@ -181,13 +189,13 @@ def recipe_inputs(tmp_path_factory, tokenizer_dir) -> dict[str, str]:
     # Wider layers than needed make each shard take a moment, so the kill lands mid-run.
     make_digit_model(tokenizer, hidden_size=256, num_layers=4).save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
-    questions = write_questions(root / "q.jsonl", GOLDS * 2)
+    questions = write_questions(root / "q.jsonl", GOLDS * 4)
     return {"model": str(root / "model"), "questions": str(questions), "root": str(root)}
 
 
 def _recipe_args(inputs: dict[str, str], output_dir: str) -> list[str]:
     return [
-        "--model_name_or_path", inputs["model"], "--source", inputs["questions"], "--num_questions", "24",
+        "--model_name_or_path", inputs["model"], "--source", inputs["questions"], "--num_questions", "48",
         "--rollout_max_new_tokens", "8", "--teacher_max_new_tokens", "8", "--soft_label_top_k", "8",
         "--shard_size", "2", "--output_dir", output_dir,
     ]  # fmt: skip
@@ -233,7 +241,7 @@ def test_killed_run_resumes_to_the_same_dataset(recipe_inputs, uninterrupted, tm
             process.kill()
     assert not work.done_path.exists(), "the run finished before it could be killed; make shards slower"
     done_before = sorted(p.name for p in (work.root / "rows").iterdir() if not p.name.startswith("."))
-    assert 1 <= len(done_before) < 12
+    assert 1 <= len(done_before) < 24
     _run_recipe(recipe_inputs, str(output_dir))
     assert work.done_path.exists()
     assert load_soft_label_dataset(str(output_dir))[0].to_list() == uninterrupted
@@ -258,7 +266,7 @@ def test_two_processes_match_one(recipe_inputs, uninterrupted, tmp_path: Path) -
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Process 0/2" in result.stderr and "Process 1/2" in result.stderr, result.stderr[-3000:]
     rows = sorted(p.name for p in (WorkDir(output_dir).root / "rows").iterdir())
-    assert len(rows) == 12  # 24 questions, shards of 2, dealt to both processes
+    assert len(rows) == 24  # 48 questions, shards of 2, dealt to both processes
     assert load_soft_label_dataset(str(output_dir))[0].to_list() == uninterrupted
 
 
