@@ -1,0 +1,121 @@
+"""How faithful is the stored top-K + tail to the full teacher distribution? Picks the default K.
+
+On the real SmolLM2-135M-Instruct: the teacher is the model on the hinted prompt, the student the same
+model on the plain student prompt, over the same sampled answers (as in SSB). At every answer position
+we compare the KD loss T^2 * KL(teacher || student) at T = 2 computed
+  - densely, from the full-vocabulary logits of both (the reference's way), with
+  - the library's sparse loss (`ssb_trl.loss.sparse_distillation_loss`) from the stored top-K log-probs
+    (float16, as saved) plus the derived tail bucket,
+and the gradient each gives with respect to the student's hidden states (what training follows).
+
+    python benchmarks/bench_fidelity.py --questions 16 --max_new_tokens 128
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from _ssb_bench_data import load_bundled, machine, make_sequences, write_results
+
+from ssb_trl.loss import DistillationLossSpec, sparse_distillation_loss
+
+KS = (8, 16, 32, 64, 128, 256)
+T = 2.0
+
+
+@torch.no_grad()
+def answer_hidden(model, sequences: list[list[int]], starts: list[int]) -> torch.Tensor:
+    """Final hidden states at the positions that predict each answer token, concatenated: [N, H]."""
+    parts = []
+    for seq, start in zip(sequences, starts):
+        hidden = model.model(input_ids=torch.tensor([seq])).last_hidden_state[0]
+        parts.append(hidden[start - 1 : len(seq) - 1])
+    return torch.cat(parts)
+
+
+def dense_kd(student_hidden: torch.Tensor, weight: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token T^2 * KL(teacher || student) over the full vocabulary."""
+    student_logp = torch.log_softmax(student_hidden @ weight.T / T, dim=-1)
+    return T * T * (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--questions", type=int, default=16)
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    args = parser.parse_args()
+
+    model, tokenizer = load_bundled()
+    seqs = make_sequences(model, tokenizer, args.questions, args.max_new_tokens)
+    weight = model.lm_head.weight.detach()
+    teacher_hidden = answer_hidden(model, seqs.teacher, seqs.teacher_starts)
+    student_hidden = answer_hidden(model, seqs.student, seqs.student_starts)
+    targets = torch.tensor([t for s, start in zip(seqs.student, seqs.student_starts) for t in s[start:]])
+    n = targets.numel()
+    with torch.no_grad():
+        teacher_logp = torch.log_softmax(teacher_hidden @ weight.T / T, dim=-1)
+
+    h = student_hidden.clone().requires_grad_(True)
+    dense = dense_kd(h, weight, teacher_logp)
+    dense_mean = dense.mean()
+    (dense_grad,) = torch.autograd.grad(dense_mean, h)
+    dense_value = dense_mean.item()
+
+    rows = []
+    for k in KS:
+        top_logp, top_ids = teacher_logp.topk(k, dim=-1)
+        mass = top_logp.exp().sum(-1)
+        result = {"k": k, "mass": mass.mean().item(), "mass_median": mass.median().item()}
+        for label, stored, tail in (
+            ("fp16", top_logp.half(), True),
+            ("fp32", top_logp, True),
+            ("fp16_notail", top_logp.half(), False),
+        ):
+            spec = DistillationLossSpec(temperature=T, use_tail_bucket=tail)
+            h = student_hidden.clone().requires_grad_(True)
+            loss_sum, _ = sparse_distillation_loss(h, weight, None, top_ids, stored, targets, spec)
+            (grad,) = torch.autograd.grad(loss_sum / n, h)
+            value = loss_sum.item() / n
+            result[label] = (value, abs(value - dense_value) / dense_value)
+            result[label + "_norm"] = (grad.norm() / dense_grad.norm()).item()
+            result[label + "_cos"] = torch.nn.functional.cosine_similarity(
+                grad.flatten(), dense_grad.flatten(), dim=0
+            ).item()
+        rows.append(result)
+
+    lines = [
+        "# Soft-label fidelity: KD loss from stored top-K + tail vs from full logits",
+        "",
+        f"Bundled SmolLM2-135M-Instruct (vocab {weight.shape[0]}), teacher = hinted prompt, student = plain prompt, "
+        f"{args.questions} one-digit arithmetic questions, {n} answer tokens, T = {T}. Dense KD (full vocabulary, "
+        f"mean per answer token): **{dense_value:.4f}**. Machine: {machine()}.",
+        "",
+        "| K | teacher top-K mass (mean / median) | sparse KD (fp16 stored) | relative error | grad cosine | "
+        "grad norm ratio | rel. error, fp32 stored | rel. error, no tail | grad cosine, no tail |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['k']} | {r['mass']:.3f} / {r['mass_median']:.3f} | {r['fp16'][0]:.4f} | {r['fp16'][1]:.1%} | "
+            f"{r['fp16_cos']:.4f} | {r['fp16_norm']:.3f} | {r['fp32'][1]:.1%} | {r['fp16_notail'][1]:.1%} | "
+            f"{r['fp16_notail_cos']:.4f} |"
+        )
+    r64 = next(r for r in rows if r["k"] == 64)
+    lines += [
+        "",
+        "Reading: merging the tokens outside the top-K into one tail bucket can only lower the KL (data-processing",
+        "inequality), so the sparse loss is always below the dense one. At T = 2 this small model's distributions are",
+        f"flat (the top 64 tokens hold {r64['mass']:.0%} of the teacher's mass on average), so at K = 64 the logged KD",
+        f"value is {1 - r64['fp16'][1]:.0%} of the dense value: compare loss curves only at equal K. What training",
+        f"follows is the gradient: its direction agrees with the dense one to cosine {r64['fp16_cos']:.3f} at K = 64,",
+        "and dropping the tail bucket (renormalising over the K ids) is much worse. float16 storage changes nothing",
+        "measurable next to float32.",
+        "",
+        f"Command: `python benchmarks/bench_fidelity.py --questions {args.questions} --max_new_tokens {args.max_new_tokens}`",
+    ]
+    write_results("bench_fidelity", "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
