@@ -115,3 +115,14 @@ def test_duplicate_ids_are_refused(tmp_path: Path) -> None:
     path.write_text("\n".join(json.dumps({"id": 1, "question": f"q{i}", "answer": "1"}) for i in range(2)))
     with pytest.raises(ValueError, match="duplicate ids"):
         load_questions(str(path), id_field="id")
+
+
+def test_directory_of_split_files_loads_like_a_hub_repo(tmp_path: Path) -> None:
+    # datasets resolves a Hub repo and a local folder the same way (split names from file names), so this
+    # exercises the Hub code path offline: name -> load_dataset(name, config_name, split=...).
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "train.jsonl").write_text(json.dumps(GSM8K_ROWS[0]) + "\n")
+    (repo / "test.jsonl").write_text(json.dumps(GSM8K_ROWS[1]) + "\n")
+    assert [(e.id, e.answer) for e in load_questions(str(repo), split="test")] == [("test/0", "2000")]
+    assert [(e.id, e.answer) for e in load_questions(str(repo))] == [("train/0", "7")]
