@@ -223,6 +223,21 @@ def _first(bad: np.ndarray) -> int:
     return int(np.flatnonzero(bad)[0])
 
 
+def check_soft_label_columns(
+    dataset, columns: tuple[str, str] = ("teacher_topk_ids", "teacher_topk_logprobs")
+) -> None:
+    """The cheap checks first: the dataset is not empty and has the token and soft-label columns."""
+    if len(dataset) == 0:
+        raise SoftLabelError("the soft-label dataset is empty: data preparation kept no example. Nothing to train on.")
+    missing = [c for c in ("input_ids", "completion_mask", *columns) if c not in dataset.column_names]
+    if missing:
+        raise SoftLabelError(
+            f"the dataset lacks the soft-label column(s) {missing} (it has {dataset.column_names}). "
+            "SSBTrainer trains on soft labels made by `recipes/prepare_ssb_data.py`; for plain SFT use "
+            "trl.SFTTrainer, or set soft_label_ids_column/soft_label_logprobs_column to your column names."
+        )
+
+
 def validate_soft_label_dataset(
     dataset,
     metadata: SoftLabelMetadata | None = None,
@@ -235,15 +250,7 @@ def validate_soft_label_dataset(
     Vectorised over Arrow buffers, so a large dataset is checked in seconds.
     """
     ids_col, logp_col = columns
-    if len(dataset) == 0:
-        raise SoftLabelError("the soft-label dataset is empty: data preparation kept no example. Nothing to train on.")
-    missing = [c for c in ("input_ids", "completion_mask", ids_col, logp_col) if c not in dataset.column_names]
-    if missing:
-        raise SoftLabelError(
-            f"the dataset lacks the soft-label column(s) {missing} (it has {dataset.column_names}). "
-            "Make it with `recipes/prepare_ssb_data.py`, or set `soft_label_ids_column`/"
-            "`soft_label_logprobs_column` in SSBConfig to your column names."
-        )
+    check_soft_label_columns(dataset, columns)
     table = dataset.with_format("arrow")[:]
     if not isinstance(table, pa.Table):  # pragma: no cover - older datasets
         table = pa.Table.from_pydict(table)

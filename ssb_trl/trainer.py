@@ -21,6 +21,7 @@ from .soft_labels import (
     SoftLabelError,
     SoftLabelMetadata,
     check_metadata_compatible,
+    check_soft_label_columns,
     validate_soft_label_dataset,
 )
 
@@ -118,15 +119,7 @@ class SSBTrainer(SFTTrainer):
         # Checked before SFTTrainer peeks at the first row, so that an empty or plain dataset gets a clear error.
         eval_sets = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset} if eval_dataset else {}
         for dataset in (train_dataset, *eval_sets.values()):
-            if len(dataset) == 0:
-                raise SoftLabelError("the soft-label dataset is empty: data preparation kept no example.")
-            missing = [c for c in ("input_ids", "completion_mask", *columns) if c not in dataset.column_names]
-            if missing:
-                raise SoftLabelError(
-                    f"the dataset lacks the soft-label column(s) {missing} (it has {dataset.column_names}); "
-                    "SSBTrainer trains on soft labels made by `recipes/prepare_ssb_data.py`. For plain SFT use "
-                    "trl.SFTTrainer, or set soft_label_ids_column/soft_label_logprobs_column to your column names."
-                )
+            check_soft_label_columns(dataset, columns)
         tokenizer = _resolve_tokenizer(model, processing_class)
         self.soft_label_metadata = soft_label_metadata or SoftLabelMetadata.from_description(
             train_dataset.info.description
