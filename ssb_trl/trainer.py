@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from trl import SFTTrainer
 from trl.trainer.utils import get_config_model_id
 
 from .collator import SSBDataCollator
 from .config import SSBConfig
+from .models import load_tokenizer, resolve_model_path
 from .soft_label_head import add_soft_label_head
 from .soft_labels import (
     SoftLabelError,
@@ -32,7 +33,7 @@ def _resolve_tokenizer(model, processing_class) -> PreTrainedTokenizerBase:
     if processing_class is not None:
         return processing_class
     name = model if isinstance(model, str) else get_config_model_id(model.config)
-    return AutoTokenizer.from_pretrained(name)
+    return load_tokenizer(name)  # Hub name, local path or the bundled model; checks the chat template
 
 
 def truncate_soft_label_dataset(dataset: Dataset, max_length: int, ids_column: str, logprobs_column: str) -> Dataset:
@@ -121,6 +122,8 @@ class SSBTrainer(SFTTrainer):
         for dataset in (train_dataset, *eval_sets.values()):
             check_soft_label_columns(dataset, columns)
         tokenizer = _resolve_tokenizer(model, processing_class)
+        if isinstance(model, str):
+            model = resolve_model_path(model)  # the bundled model's name -> its cached checkpoint directory
         self.soft_label_metadata = soft_label_metadata or SoftLabelMetadata.from_description(
             train_dataset.info.description
         )

@@ -263,3 +263,13 @@ def test_metadata_roundtrip(tmp_path, data):
     loaded, meta = load_soft_label_dataset(str(tmp_path / "d"))
     assert meta == metadata and len(loaded) == len(dataset)
     assert json.loads((tmp_path / "d" / "ssb_metadata.json").read_text())["top_k"] == metadata.top_k
+
+
+def test_model_given_by_path_and_tokenizer_resolved(tmp_path, tokenizer, data):
+    """Like SFTTrainer: `model` may be a name or path, and the tokenizer is then loaded from it."""
+    dataset, _ = data
+    make_tiny_model(seed=0).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    trainer = SSBTrainer(str(tmp_path / "model"), args=_args(tmp_path, max_steps=1), train_dataset=dataset)
+    assert trainer.processing_class.chat_template and trainer.processing_class.pad_token is not None
+    trainer.train()
