@@ -29,6 +29,17 @@ class AccuracyBar:
     n: int
 
 
+def _save(fig, path: str | os.PathLike[str]) -> Path:
+    """Lay out, write the PNG (creating its folder) and free the figure."""
+    plt = _pyplot()
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 def _pyplot() -> Any:
     """Import pyplot on the Agg backend, with an actionable error when matplotlib is missing."""
     try:
@@ -86,12 +97,7 @@ def plot_accuracy_bars(
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def load_log_history(source: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -167,9 +173,4 @@ def plot_training_curves(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
