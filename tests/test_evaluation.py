@@ -3,7 +3,6 @@ and the errors promised for bad inputs (all raised before any model is evaluated
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -31,17 +30,16 @@ from ssb_trl.evaluation import (
 )
 from ssb_trl.grading import grade
 from ssb_trl.plotting import AccuracyBar, load_log_history, plot_accuracy_bars, plot_training_curves
+from ssb_trl.scripts import evaluate as evaluate_script
 from ssb_trl.sources import QAExample
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _load_recipe():
-    spec = importlib.util.spec_from_file_location("ssb_recipe_evaluate", REPO / "recipes" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _run_recipe(argv: list[str]) -> dict:
+    """`ssb-trl evaluate ARGV`, in this process."""
+    return evaluate_script.main(*evaluate_script.make_parser().parse_args_and_config(argv))
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +212,7 @@ def test_recipe_reasoning_gym_full_model_and_adapter(tiny_models: dict[str, Path
         "--output_dir",
         str(out),
     ]
-    report = _load_recipe().main(argv)
+    report = _run_recipe(argv)
 
     written = json.loads((out / "results.json").read_text())
     assert written["benchmark"]["num_questions"] == 4 and written["benchmark"]["seed"] == 777
@@ -238,7 +236,8 @@ def test_recipe_reasoning_gym_full_model_and_adapter(tiny_models: dict[str, Path
 
 
 def test_recipe_local_jsonl_from_yaml_with_cli_override(tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    """`python recipes/evaluate.py --config x.yaml` with a CLI override, on a local JSONL with GSM8K-style answers."""
+    """`python -m ssb_trl evaluate --config x.yaml` (the console script's code) with a CLI override, on a local
+    JSONL with GSM8K-style answers."""
     data = tmp_path / "questions.jsonl"
     rows = [
         {"problem": "Tom has 3 apples and buys 4 more. How many apples?", "solution": "3 + 4 = 7 #### 7"},
@@ -259,7 +258,7 @@ def test_recipe_local_jsonl_from_yaml_with_cli_override(tiny_models: dict[str, P
         f"output_dir: {out}\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, str(REPO / "recipes" / "evaluate.py"), "--config", str(config), "--limit", "2"]
+    cmd = [sys.executable, "-m", "ssb_trl", "evaluate", "--config", str(config), "--limit", "2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| tiny-full |" in proc.stdout
@@ -437,4 +436,4 @@ def test_unknown_yaml_key_is_rejected(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("models: [bundled:smollm2-135m-instruct]\nnum_sampels: 4\n")
     with pytest.raises(ValueError, match="num_sampels"):
-        _load_recipe().main(["--config", str(config)])
+        _run_recipe(["--config", str(config)])

@@ -222,11 +222,7 @@ def uninterrupted(recipe_inputs) -> list[dict]:
 def test_killed_run_resumes_to_the_same_dataset(recipe_inputs, uninterrupted, tmp_path: Path) -> None:
     output_dir = tmp_path / "killed"
     work = WorkDir(output_dir)
-    cmd = [
-        sys.executable,
-        str(REPO / "recipes" / "prepare_ssb_data.py"),
-        *_recipe_args(recipe_inputs, str(output_dir)),
-    ]
+    cmd = [sys.executable, "-m", "ssb_trl.scripts.prepare", *_recipe_args(recipe_inputs, str(output_dir))]
     process = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
@@ -257,10 +253,10 @@ def test_two_processes_match_one(recipe_inputs, uninterrupted, tmp_path: Path) -
         "num_processes: 2\nmachine_rank: 0\nmixed_precision: 'no'\nmain_training_function: main\n"
     )
     output_dir = tmp_path / "two"
+    # `ssb-trl prepare` (as `python -m ssb_trl`) hands the flags it does not know to `accelerate launch`.
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config),
-        "--num_processes", "2", str(REPO / "recipes" / "prepare_ssb_data.py"),
-        *_recipe_args(recipe_inputs, str(output_dir)),
+        sys.executable, "-m", "ssb_trl", "prepare", *_recipe_args(recipe_inputs, str(output_dir)),
+        "--config_file", str(accelerate_config), "--num_processes", "2",
     ]  # fmt: skip
     result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,4 +1,5 @@
-"""recipes/train_ssb.py: config parsing, a real run, multi-process DDP and DeepSpeed ZeRO-2/3 launches on CPU."""
+"""The training recipe (ssb_trl/scripts/train.py): config parsing, a real run, multi-process DDP (through the
+recipes/ shim) and DeepSpeed ZeRO-2/3 (through `ssb-trl train`) launches on CPU."""
 
 import json
 import os
@@ -12,11 +13,14 @@ import yaml
 from conftest import build_soft_label_dataset, make_tiny_model
 from safetensors.torch import load_file
 
+from ssb_trl.scripts import train as train_ssb
 from ssb_trl.soft_labels import save_soft_label_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "recipes"))
-import train_ssb  # noqa: E402
+
+
+def parse(argv: list[str]):
+    return train_ssb.make_parser().parse_args_and_config(argv)
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +66,11 @@ def _flags(workdir, out, **extra):
 
 def test_shipped_configs_parse_into_the_dataclasses():
     for name in ("demo.yaml", "qwen2.5-3b-instruct_gsm8k.yaml"):
-        script, training, model = train_ssb.parse(
+        script, training, model = parse(
             ["--config", str(ROOT / "recipes/configs" / name), "--use_cpu", "true", "--bf16", "false"]
         )[:3]
         assert training.temperature == 2.0 and script.dataset_name
-    _, training, model = train_ssb.parse(
+    _, training, model = parse(
         [
             "--config",
             str(ROOT / "recipes/configs/qwen2.5-3b-instruct_gsm8k.yaml"),
@@ -87,12 +91,12 @@ def test_unknown_yaml_key_is_an_error(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("dataset_name: x\ntemprature: 2.0\n")
     with pytest.raises(ValueError, match="temprature"):
-        train_ssb.parse(["--config", str(config), "--use_cpu", "true", "--bf16", "false"])
+        parse(["--config", str(config), "--use_cpu", "true", "--bf16", "false"])
 
 
 def test_recipe_trains_saves_card_and_log(workdir, tmp_path):
     out = tmp_path / "run"
-    args = train_ssb.parse(
+    args = parse(
         _flags(
             workdir,
             out,
@@ -119,28 +123,25 @@ def test_plain_dataset_is_refused_before_training(workdir, tmp_path):
 
     Dataset.from_list([{"prompt": "q", "completion": "a"}]).save_to_disk(tmp_path / "plain")
     with pytest.raises(ValueError, match="no soft-label metadata"):
-        train_ssb.main(*train_ssb.parse(_flags(workdir, tmp_path / "o", dataset_name=tmp_path / "plain"))[:3])
+        train_ssb.main(*parse(_flags(workdir, tmp_path / "o", dataset_name=tmp_path / "plain"))[:3])
 
 
 def _cpu_accelerate_config(name: str, tmp_path: Path) -> Path:
     """The shipped GPU-first YAML with the keys CPU runs need (docs/CPU_DISTRIBUTED.md)."""
-    config = yaml.safe_load((ROOT / "recipes/accelerate_configs" / name).read_text())
+    config = yaml.safe_load((ROOT / "ssb_trl/accelerate_configs" / name).read_text())
     config.update(num_processes=2, mixed_precision="no", use_cpu=True)
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def _launch(config: Path, flags: list[str]) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(config),
-        str(ROOT / "recipes/train_ssb.py"),
-        *flags,
-    ]
+def _launch(config: Path, flags: list[str], through_cli: bool = False) -> subprocess.CompletedProcess:
+    """`accelerate launch recipes/train_ssb.py`, or `ssb-trl train` passing the accelerate flags through."""
+    if through_cli:
+        cmd = [sys.executable, "-m", "ssb_trl", "train", *flags, "--config_file", str(config)]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+        cmd += [str(ROOT / "recipes/train_ssb.py"), *flags]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
     assert result.returncode == 0, result.stderr[-5000:]
@@ -160,7 +161,7 @@ def _first_loss(out: Path) -> float:
 def test_two_process_ddp_equals_one_process(workdir, tmp_path):
     """2 processes x batch 4 == 1 process x batch 8 after one SGD step: the loss is a per-token mean overall."""
     single = tmp_path / "single"
-    train_ssb.main(*train_ssb.parse(_flags(workdir, single, per_device_train_batch_size=8))[:3])
+    train_ssb.main(*parse(_flags(workdir, single, per_device_train_batch_size=8))[:3])
     ddp = tmp_path / "ddp"
     # Two unsynchronised processes would each step on 4 rows only, and the saved weights would differ.
     _launch(_cpu_accelerate_config("ddp.yaml", tmp_path), _flags(workdir, ddp))
@@ -179,6 +180,7 @@ def test_deepspeed_zero_on_two_cpu_processes(workdir, tmp_path, config):
     _launch(
         _cpu_accelerate_config(config, tmp_path),
         _flags(workdir, out, max_steps=2, learning_rate=1e-2, optim="adamw_torch"),
+        through_cli=True,
     )
     assert (out / "README.md").exists()
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
