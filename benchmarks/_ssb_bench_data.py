@@ -13,11 +13,14 @@ from pathlib import Path
 
 import torch
 
-from ssb_trl.generation import TransformersBackend
+from ssb_trl.data.generation import TransformersBackend
+from ssb_trl.data.prompts import chat_prompt_ids, student_messages, teacher_messages
+from ssb_trl.data.sampling import Sampling
+from ssb_trl.data.sources import QuestionSource, load_questions
 from ssb_trl.models import BUNDLED_MODEL, load_model_and_tokenizer
-from ssb_trl.pipeline import DEMO_TASK_CONFIG
-from ssb_trl.prompts import chat_prompt_ids, student_messages, teacher_messages
-from ssb_trl.sources import load_questions
+
+DEMO_TASK_CONFIG = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+"""reasoning-gym ``basic_arithmetic`` options of the demo (recipes/configs/demo_data.yaml): one digit, two terms."""
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -37,21 +40,18 @@ def load_bundled():
 
 
 def questions(n: int, seed: int = 0):
-    return load_questions("reasoning_gym:basic_arithmetic", task_config=DEMO_TASK_CONFIG, seed=seed, size=n)
+    source = QuestionSource(
+        "reasoning_gym:basic_arithmetic", task_config=DEMO_TASK_CONFIG, source_seed=seed, num_questions=n
+    )
+    return load_questions(source)
 
 
 def make_sequences(model, tokenizer, num_questions: int, max_new_tokens: int, seed: int = 0) -> SSBSequences:
     """Three rollouts per question: two go into the hinted prompt, the third is the answer."""
     qs = questions(num_questions, seed)
     backend = TransformersBackend(model, tokenizer, max_batch_size=64)
-    rollouts = backend.generate(
-        [student_messages(q.question) for q in qs],
-        num_samples=3,
-        temperature=0.8,
-        top_k=50,
-        max_new_tokens=max_new_tokens,
-        seed=seed,
-    )
+    sampling = Sampling(temperature=0.8, top_k=50, max_new_tokens=max_new_tokens, n=3)
+    rollouts = backend.generate([student_messages(q.question) for q in qs], sampling, seed=seed)
     eos = tokenizer.eos_token_id
     out = SSBSequences([], [], [], [], [])
     for q, (first, second, answer) in zip(qs, rollouts):

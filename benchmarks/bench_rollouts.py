@@ -14,8 +14,9 @@ import time
 import torch
 from _ssb_bench_data import load_bundled, machine, questions, write_results
 
-from ssb_trl.generation import TransformersBackend
-from ssb_trl.prompts import chat_prompt_ids, student_messages
+from ssb_trl.data.generation import TransformersBackend
+from ssb_trl.data.prompts import chat_prompt_ids, student_messages
+from ssb_trl.data.sampling import Sampling
 
 
 def batch_one_loop(model, tokenizer, prompts, samples: int, max_new_tokens: int, seed: int) -> tuple[int, float]:
@@ -51,10 +52,10 @@ def main() -> None:
     model, tokenizer = load_bundled()
     prompts = [student_messages(q.question) for q in questions(args.questions, args.seed)]
     backend = TransformersBackend(model, tokenizer)
-    kwargs = {"num_samples": args.samples, "temperature": 0.8, "top_k": 50, "max_new_tokens": args.max_new_tokens}
-    backend.generate(prompts[:1], **{**kwargs, "num_samples": 1, "max_new_tokens": 4})  # warm-up
+    sampling = Sampling(temperature=0.8, top_k=50, max_new_tokens=args.max_new_tokens, n=args.samples)
+    backend.generate(prompts[:1], Sampling(temperature=0.8, top_k=50, max_new_tokens=4))  # warm-up
     started = time.perf_counter()
-    result = backend.generate(prompts, seed=args.seed, **kwargs)
+    result = backend.generate(prompts, sampling, seed=args.seed)
     batched_seconds = time.perf_counter() - started
     batched_tokens = sum(len(c.token_ids) for per_prompt in result for c in per_prompt)
     loop_tokens, loop_seconds = batch_one_loop(model, tokenizer, prompts, args.samples, args.max_new_tokens, args.seed)

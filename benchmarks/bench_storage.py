@@ -17,21 +17,16 @@ from pathlib import Path
 import datasets
 from _ssb_bench_data import load_bundled, machine, make_sequences, questions, write_results
 
-from ssb_trl.pipeline import row_features
-from ssb_trl.prompts import PROMPT_TEMPLATE_VERSION, student_messages
-from ssb_trl.soft_labels import (
-    SoftLabelMetadata,
-    extract_topk_soft_labels,
-    save_soft_label_dataset,
-    tokenizer_fingerprint,
-)
+from ssb_trl.contract import SoftLabelMetadata, features, save_soft_label_dataset, tokenizer_fingerprint
+from ssb_trl.data.prompts import PROMPT_TEMPLATE_VERSION, student_messages
+from ssb_trl.data.teacher import extract_topk_soft_labels
 
 KS = (16, 32, 64, 128)
 QWEN25_VOCAB = 151936
 
 
 def build_dataset(seqs, qs, labels, k: int, dtype: str) -> datasets.Dataset:
-    columns: dict[str, list] = {name: [] for name in row_features(dtype)}
+    columns: dict[str, list] = {name: [] for name in features(dtype)}
     for i, q in enumerate(qs):
         start = seqs.student_starts[i]
         answer_len = len(seqs.student[i]) - start
@@ -44,7 +39,7 @@ def build_dataset(seqs, qs, labels, k: int, dtype: str) -> datasets.Dataset:
         columns["completion_mask"].append([0] * start + [1] * answer_len)
         columns["teacher_topk_ids"].append(ids[:, :k].tolist())
         columns["teacher_topk_logprobs"].append(logprobs[:, :k].tolist())
-    return datasets.Dataset.from_dict(columns, features=row_features(dtype))
+    return datasets.Dataset.from_dict(columns, features=features(dtype))
 
 
 def main() -> None:

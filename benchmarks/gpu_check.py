@@ -81,7 +81,7 @@ def part_training(p: dict) -> list[dict]:
 
 
 def part_extraction(p: dict) -> dict:
-    from ssb_trl.soft_labels import extract_topk_soft_labels
+    from ssb_trl.data.teacher import extract_topk_soft_labels
 
     dtype = torch.bfloat16 if p["device"] == "cuda" else torch.float32
     model = train_step.build_model(p["shape"], p["device"], dtype).eval()
@@ -115,7 +115,8 @@ def part_extraction(p: dict) -> dict:
 
 
 def part_generation(p: dict) -> list[dict]:
-    from ssb_trl.generation import count_tokens_per_second, make_backend
+    from ssb_trl.data.generation import count_tokens_per_second, make_backend
+    from ssb_trl.data.sampling import Sampling
 
     dtype = torch.bfloat16 if p["device"] == "cuda" else torch.float32
     model = train_step.build_model(p["shape"], p["device"], dtype).eval()
@@ -127,10 +128,10 @@ def part_generation(p: dict) -> list[dict]:
     rows = []
     # Batch 1, the reference's way (a few prompts, short).
     backend = make_backend("transformers", model=model, tokenizer=tokenizer, max_batch_size=1, show_progress=False)
-    backend.generate(prompts[:1], max_new_tokens=4)
+    backend.generate(prompts[:1], Sampling(temperature=0.8, top_k=50, max_new_tokens=4))
     _sync(p)
     t0 = time.perf_counter()
-    out = backend.generate(prompts[:2], num_samples=1, max_new_tokens=q["batch1_new_tokens"], temperature=0.8)
+    out = backend.generate(prompts[:2], Sampling(temperature=0.8, top_k=50, max_new_tokens=q["batch1_new_tokens"]))
     _sync(p)
     rows.append(
         {
@@ -141,7 +142,7 @@ def part_generation(p: dict) -> list[dict]:
     # The default backend with its own batch choice.
     backend = make_backend("transformers", model=model, tokenizer=tokenizer, show_progress=False)
     t0 = time.perf_counter()
-    out = backend.generate(prompts, num_samples=1, max_new_tokens=q["new_tokens"], temperature=0.8)
+    out = backend.generate(prompts, Sampling(temperature=0.8, top_k=50, max_new_tokens=q["new_tokens"]))
     _sync(p)
     rows.append(
         {
@@ -157,7 +158,7 @@ def part_zero3_smoke(p: dict, workdir: str) -> dict:
     """Two SSB steps under `accelerate launch` with recipes/accelerate_configs/deepspeed_zero3.yaml."""
     from datasets import Dataset
 
-    from ssb_trl.soft_labels import SoftLabelMetadata, save_soft_label_dataset, tokenizer_fingerprint
+    from ssb_trl.contract import SoftLabelMetadata, save_soft_label_dataset, tokenizer_fingerprint
 
     model = train_step.build_model(p["smoke_shape"], "cpu", torch.float32)
     tokenizer = chat_tokenizer(model.config.vocab_size)

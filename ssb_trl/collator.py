@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from .contract import COMPLETION_MASK, INPUT_IDS, TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS
+
 
 @dataclass
 class SSBDataCollator:
@@ -20,11 +22,11 @@ class SSBDataCollator:
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
-    ids_column: str = "teacher_topk_ids"
-    logprobs_column: str = "teacher_topk_logprobs"
+    ids_column: str = TEACHER_TOPK_IDS
+    logprobs_column: str = TEACHER_TOPK_LOGPROBS
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        lengths = [len(example["input_ids"]) for example in examples]
+        lengths = [len(example[INPUT_IDS]) for example in examples]
         width = max(lengths)
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -33,17 +35,17 @@ class SSBDataCollator:
         labels = torch.full((len(examples), width), -100, dtype=torch.long)
         topk_ids, topk_logprobs = [], []
         for row, example in enumerate(examples):
-            ids = torch.as_tensor(example["input_ids"], dtype=torch.long)
-            answer = torch.as_tensor(example["completion_mask"], dtype=torch.bool)
+            ids = torch.as_tensor(example[INPUT_IDS], dtype=torch.long)
+            answer = torch.as_tensor(example[COMPLETION_MASK], dtype=torch.bool)
             input_ids[row, : len(ids)] = ids
             attention_mask[row, : len(ids)] = 1
             labels[row, : len(ids)] = torch.where(answer, ids, -100)
             topk_ids.append(torch.as_tensor(example[self.ids_column], dtype=torch.long))
             topk_logprobs.append(torch.as_tensor(example[self.logprobs_column], dtype=torch.float32))
         return {
-            "input_ids": input_ids,
+            INPUT_IDS: input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
-            "teacher_topk_ids": torch.cat(topk_ids),
-            "teacher_topk_logprobs": torch.cat(topk_logprobs),
+            TEACHER_TOPK_IDS: torch.cat(topk_ids),
+            TEACHER_TOPK_LOGPROBS: torch.cat(topk_logprobs),
         }

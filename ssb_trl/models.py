@@ -13,13 +13,13 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .storage import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -104,24 +104,15 @@ def bundled_model_dir() -> Path:
         logger.info("Bundled model cache at %s is stale; rebuilding it", target)
     logger.info("Dequantising the bundled GGUF %s once; caching the result in %s", gguf, target)
     model, tokenizer = _load_gguf_plain()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2-tmp-", dir=target.parent))
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "ssb_trl_source.json").write_text(json.dumps(signature))
-        if target.exists():
-            stale = target.with_name(f"{target.name}.stale-{os.getpid()}")
-            os.replace(target, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            # Another process finished first; its copy is equivalent, so keep it and drop ours.
-            if not (target / "ssb_trl_source.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_path(target, directory=True) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "ssb_trl_source.json").write_text(json.dumps(signature))
+    except OSError:
+        # Another process finished first; its copy is equivalent, so keep it and drop ours.
+        if not stamp.is_file():
+            raise
     return target
 
 
@@ -133,6 +124,16 @@ def resolve_model_path(name_or_path: str) -> str:
     if name_or_path == BUNDLED_MODEL:
         return str(bundled_model_dir())
     return name_or_path
+
+
+def check_model_available(name_or_path: str) -> None:
+    """Fail fast, without loading weights, when a model cannot be loaded: read its config (or find the GGUF)."""
+    if name_or_path.startswith("bundled:"):
+        if name_or_path != BUNDLED_MODEL:
+            raise ValueError(f"Unknown bundled model {name_or_path!r}; the only bundled model is {BUNDLED_MODEL!r}.")
+        bundled_gguf_path()
+        return
+    AutoConfig.from_pretrained(name_or_path)
 
 
 def resolve_dtype(dtype: DTypeLike) -> torch.dtype | str:

@@ -1,4 +1,4 @@
-"""Plots for reports: accuracy bars with 95% CI error bars, and training curves from Trainer logs.
+"""Charts: accuracy bars with 95% CI error bars (evaluation), and training curves from Trainer logs.
 
 Matplotlib is imported lazily with the non-interactive Agg backend so that plotting works on headless
 machines (CI, remote GPUs) and importing this module costs nothing when no plot is drawn.
@@ -10,23 +10,13 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # only for the annotation: plotting imports nothing from the evaluation
+    from ssb_trl.eval.stats import Accuracy
 
 DEFAULT_CURVE_KEYS: tuple[str, ...] = ("loss", "kd_loss", "ce_loss")
-
-
-@dataclass
-class AccuracyBar:
-    """One bar: an accuracy with its 95% interval, drawn in group `group` (a model) with colour `series` (a metric)."""
-
-    group: str
-    series: str
-    accuracy: float
-    ci_low: float
-    ci_high: float
-    n: int
 
 
 def _save(fig, path: str | os.PathLike[str]) -> Path:
@@ -55,29 +45,30 @@ def _pyplot() -> Any:
 
 
 def plot_accuracy_bars(
-    bars: Sequence[AccuracyBar], path: str | os.PathLike[str], title: str = "Accuracy (95% Wilson CI)"
+    bars: Sequence[tuple[str, Accuracy]], path: str | os.PathLike[str], title: str = "Accuracy (95% Wilson CI)"
 ) -> Path:
-    """Draw grouped bars (one group per model, one colour per metric) with asymmetric CI error bars; return the PNG path.
+    """Draw grouped bars, one group per model and one colour per metric, with asymmetric CI error bars.
 
-    Each bar is annotated with its accuracy and sample size, so the figure can be read without the table.
+    `bars` are (model label, `ssb_trl.eval.stats.Accuracy`) pairs. Each bar is annotated with its accuracy and
+    sample size, so the figure can be read without the table. Returns the PNG path.
     """
     if not bars:
         raise ValueError("plot_accuracy_bars got no bars to draw: evaluate at least one model on one metric first.")
-    for bar in bars:
+    for group, bar in bars:
         if not (0.0 <= bar.ci_low <= bar.accuracy <= bar.ci_high <= 1.0):
             raise ValueError(
-                f"Bar {bar.group!r}/{bar.series!r} has an inconsistent interval: need 0 <= ci_low <= accuracy <= "
+                f"Bar {group!r}/{bar.metric!r} has an inconsistent interval: need 0 <= ci_low <= accuracy <= "
                 f"ci_high <= 1, got {bar.ci_low}, {bar.accuracy}, {bar.ci_high}."
             )
     plt = _pyplot()
-    groups = list(dict.fromkeys(b.group for b in bars))
-    series = list(dict.fromkeys(b.series for b in bars))
+    groups = list(dict.fromkeys(group for group, _ in bars))
+    series = list(dict.fromkeys(bar.metric for _, bar in bars))
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(6.4, 1.2 * len(groups) * max(1, len(series)) ** 0.5 + 3), 4.2))
     for s_idx, name in enumerate(series):
         xs, ys, lo, hi, labels = [], [], [], [], []
         for g_idx, group in enumerate(groups):
-            match = [b for b in bars if b.group == group and b.series == name]
+            match = [b for g, b in bars if g == group and b.metric == name]
             if not match:
                 continue
             bar = match[0]
@@ -92,7 +83,7 @@ def plot_accuracy_bars(
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=15 if len(groups) > 3 else 0, ha="right" if len(groups) > 3 else "center")
     ax.set_ylabel("accuracy (%)")
-    top = max(100 * b.ci_high for b in bars)
+    top = max(100 * b.ci_high for _, b in bars)
     ax.set_ylim(0, min(100.0, top + 15) if top > 0 else 10)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))

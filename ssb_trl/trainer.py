@@ -6,71 +6,51 @@ import json
 import logging
 import os
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from trl import SFTTrainer
 from trl.trainer.utils import get_config_model_id
 
 from .collator import SSBDataCollator
 from .config import SSBConfig
-from .models import load_tokenizer, resolve_model_path
-from .soft_label_head import add_soft_label_head
-from .soft_labels import (
+from .contract import (
+    COMPLETION_MASK,
+    INPUT_IDS,
+    TEACHER_TOPK_IDS,
+    TEACHER_TOPK_LOGPROBS,
     SoftLabelError,
     SoftLabelMetadata,
     check_metadata_compatible,
     check_soft_label_columns,
+    truncate_soft_label_dataset,
     validate_soft_label_dataset,
 )
+from .loss import DistillationLossSpec
+from .modeling import patch_forward_with_soft_label_loss
+from .models import prepare_tokenizer
 
 logger = logging.getLogger(__name__)
 
 
 def _resolve_tokenizer(model, processing_class) -> PreTrainedTokenizerBase:
+    """The given tokenizer, or the model's own (as SFTTrainer does), checked for a chat template and a pad token."""
     if processing_class is not None:
         return processing_class
     name = model if isinstance(model, str) else get_config_model_id(model.config)
-    return load_tokenizer(name)  # Hub name, local path or the bundled model; checks the chat template
-
-
-def truncate_soft_label_dataset(dataset: Dataset, max_length: int, ids_column: str, logprobs_column: str) -> Dataset:
-    """Cut rows to `max_length` tokens, cutting their soft labels with them; drop rows left with no answer."""
-    lengths = [len(ids) for ids in dataset["input_ids"]]
-    if max(lengths) <= max_length:
-        return dataset
-
-    def cut(example):
-        n_prompt = len(example["completion_mask"]) - sum(example["completion_mask"])
-        keep = max(0, max_length - n_prompt)
-        return {
-            "input_ids": example["input_ids"][:max_length],
-            "completion_mask": example["completion_mask"][:max_length],
-            ids_column: example[ids_column][:keep],
-            logprobs_column: example[logprobs_column][:keep],
-        }
-
-    too_long = sum(length > max_length for length in lengths)
-    truncated = dataset.map(cut, desc=f"Truncating to max_length={max_length}")
-    kept = truncated.filter(lambda example: sum(example["completion_mask"]) > 0)
-    logger.warning(
-        "%d of %d rows are longer than max_length=%d and were truncated with their soft labels; %d rows had no answer "
-        "token left and were dropped. Raise max_length to keep whole answers (the end-of-turn token teaches stopping).",
-        too_long,
-        len(dataset),
-        max_length,
-        len(dataset) - len(kept),
-    )
-    return kept
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    prepare_tokenizer(tokenizer, name)
+    return tokenizer
 
 
 class SSBTrainer(SFTTrainer):
     """Drop-in replacement for `trl.SFTTrainer` that distils stored top-K teacher soft labels.
 
     Takes a soft-label dataset (`input_ids`, `completion_mask`, `teacher_topk_ids`,
-    `teacher_topk_logprobs`; see `ssb_trl.soft_labels`), checks it against the model, tokenizer and
+    `teacher_topk_logprobs`; see `ssb_trl.contract`), checks it against the model, tokenizer and
     config, and minimises `kd_weight * T^2 * D(teacher || student) + ce_weight * CE` per answer token,
     averaged over all answer tokens of the accumulated, multi-process batch. Logits are never
     materialised for the whole batch (see `ssb_trl.loss`). Logs `kd_loss`, `ce_loss`,
@@ -122,8 +102,6 @@ class SSBTrainer(SFTTrainer):
         for dataset in (train_dataset, *eval_sets.values()):
             check_soft_label_columns(dataset, columns)
         tokenizer = _resolve_tokenizer(model, processing_class)
-        if isinstance(model, str):
-            model = resolve_model_path(model)  # the bundled model's name -> its cached checkpoint directory
         self.soft_label_metadata = soft_label_metadata or SoftLabelMetadata.from_description(
             train_dataset.info.description
         )
@@ -161,7 +139,7 @@ class SSBTrainer(SFTTrainer):
             peft_config=peft_config,
         )
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        add_soft_label_head(base)
+        patch_forward_with_soft_label_loss(base)
         head = base.get_output_embeddings().weight
         self._vocab_size = getattr(head, "ds_shape", head.shape)[0]  # ZeRO-3 partitions the weight to numel 0
         self.train_dataset = self._prepare_soft_label_dataset(self.train_dataset, "train")
@@ -171,7 +149,7 @@ class SSBTrainer(SFTTrainer):
             self.eval_dataset = self._prepare_soft_label_dataset(self.eval_dataset, "eval")
         # Count answer tokens over the whole accumulated batch, so the loss is a per-token mean across micro-batches.
         self.model_accepts_loss_kwargs = True
-        self._loss_spec = args.loss_spec()
+        self._loss_spec, self._teacher_rescale = self._decide_loss(args, self.soft_label_metadata)
         self._ssb_sums = {"train": defaultdict(float), "eval": defaultdict(float)}
 
     def _prepare_soft_label_dataset(self, dataset: Dataset, name: str) -> Dataset:
@@ -185,11 +163,10 @@ class SSBTrainer(SFTTrainer):
             columns=columns,
         )
         if self.args.max_length is not None:
-            dataset = truncate_soft_label_dataset(dataset, self.args.max_length, *columns)
+            dataset = truncate_soft_label_dataset(dataset, self.args.max_length, columns)
         if len(dataset) == 0:
             raise SoftLabelError(f"the {name} dataset has no row left after truncation to max_length.")
-        keep = ["input_ids", "completion_mask", *columns]
-        return dataset.select_columns(keep)
+        return dataset.select_columns([INPUT_IDS, COMPLETION_MASK, *columns])
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save as SFTTrainer does, plus a model card recording the SSB loss settings and the data's metadata."""
@@ -231,8 +208,8 @@ class SSBTrainer(SFTTrainer):
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
             self._signature_columns = [
-                "input_ids",
-                "completion_mask",
+                INPUT_IDS,
+                COMPLETION_MASK,
                 self.args.soft_label_ids_column,
                 self.args.soft_label_logprobs_column,
             ]
@@ -244,24 +221,31 @@ class SSBTrainer(SFTTrainer):
             eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
         )
 
-    def _teacher_logprobs(self, logprobs: torch.Tensor) -> torch.Tensor:
-        meta = self.soft_label_metadata
-        if meta is None or abs(meta.temperature - self.args.temperature) < 1e-6:
-            return logprobs
-        # Opted-in rescaling: log-probs at T_data, renormalised over the top-K at T (the tail is unknown).
-        return torch.log_softmax(logprobs.float() * (meta.temperature / self.args.temperature), dim=-1)
+    @staticmethod
+    def _decide_loss(args: SSBConfig, metadata: SoftLabelMetadata | None) -> tuple[DistillationLossSpec, float | None]:
+        """The loss spec and the teacher log-prob rescaling, fixed for the whole run.
+
+        Soft labels taken at another temperature (opted in with `allow_temperature_renormalization`) are
+        rescaled by T_data / T and renormalised over the top-K ids; their tail is then unknown, so the spec
+        drops the tail bucket.
+        """
+        spec = args.loss_spec()
+        if metadata is None or abs(metadata.temperature - args.temperature) < 1e-6:
+            return spec, None
+        return replace(spec, use_tail_bucket=False), metadata.temperature / args.temperature
 
     def compute_loss(self, model, inputs: dict[str, Any], return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        spec = self._loss_spec
-        teacher_logprobs = self._teacher_logprobs(inputs["teacher_topk_logprobs"])
-        if teacher_logprobs is not inputs["teacher_topk_logprobs"] and spec.use_tail_bucket:
-            spec = type(spec)(**{**spec.__dict__, "use_tail_bucket": False})
+        teacher_logprobs = inputs[TEACHER_TOPK_LOGPROBS]
+        if self._teacher_rescale is not None:
+            teacher_logprobs = torch.log_softmax(teacher_logprobs.float() * self._teacher_rescale, dim=-1)
         outputs = model(
-            input_ids=inputs["input_ids"],
+            input_ids=inputs[INPUT_IDS],
             attention_mask=inputs["attention_mask"],
             labels=inputs["labels"],
-            ssb_soft_labels=(inputs["teacher_topk_ids"], teacher_logprobs, spec),
+            teacher_topk_ids=inputs[TEACHER_TOPK_IDS],
+            teacher_topk_logprobs=teacher_logprobs,
+            ssb_loss_spec=self._loss_spec,
         )
         n_local = outputs.num_answer_tokens
         denominator = n_local if num_items_in_batch is None else num_items_in_batch
@@ -275,7 +259,7 @@ class SSBTrainer(SFTTrainer):
         return loss
 
     def _record_metrics(self, mode: str, outputs, inputs) -> None:
-        n_seq = torch.tensor(inputs["input_ids"].shape[0], device=outputs.stats.device, dtype=torch.float32)
+        n_seq = torch.tensor(inputs[INPUT_IDS].shape[0], device=outputs.stats.device, dtype=torch.float32)
         local = torch.cat([outputs.stats.detach().float(), outputs.num_answer_tokens.float().view(1), n_seq.view(1)])
         kd_sum, ce_sum, agree, n_tokens, n_sequences = self.accelerator.gather_for_metrics(local.view(1, -1)).sum(0)
         sums = self._ssb_sums[mode]

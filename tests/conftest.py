@@ -11,6 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
+from ssb_trl import SoftLabelMetadata, extract_topk_soft_labels, tokenizer_fingerprint  # noqa: E402
 from ssb_trl.models import bundled_gguf_path  # noqa: E402
 
 
@@ -67,8 +68,6 @@ def build_soft_label_dataset(teacher, tokenizer, n_rows: int = 8, top_k: int = 1
     The teacher sees a longer (hinted) prompt than the student, like SSB; answers are short texts.
     """
     from datasets import Dataset
-
-    from ssb_trl.soft_labels import SoftLabelMetadata, extract_topk_soft_labels, tokenizer_fingerprint
 
     rng = torch.Generator().manual_seed(seed)
     rows, teacher_seqs, starts = [], [], []

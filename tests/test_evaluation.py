@@ -13,27 +13,19 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from ssb_trl.evaluation import (
-    BENCHMARK_PRESETS,
-    EvalConfig,
-    EvaluationDataError,
-    ModelSpec,
-    load_eval_model,
-    load_eval_questions,
-    mcnemar_exact_p,
-    paired_pass1_comparison,
-    parse_model_specs,
-    run_evaluation,
-    score_completion,
-    summarize_records,
-    wilson_interval,
-)
-from ssb_trl.grading import grade
-from ssb_trl.plotting import AccuracyBar, load_log_history, plot_accuracy_bars, plot_training_curves
+from ssb_trl.data.grading import extract_final_answer, grade
+from ssb_trl.data.prompts import student_messages
+from ssb_trl.data.sampling import Sampling
+from ssb_trl.data.sources import BENCHMARK_PRESETS, QAExample
+from ssb_trl.eval import EvalConfig, EvaluationDataError, load_eval_questions, run_evaluation
+from ssb_trl.eval.models import ModelSpec, check_models_loadable, load_eval_model, parse_model_specs
+from ssb_trl.eval.run import evaluate_model, score_completion
+from ssb_trl.eval.stats import Accuracy, mcnemar_exact_p, paired_pass1_comparison, summarize_records, wilson_interval
+from ssb_trl.plotting import load_log_history, plot_accuracy_bars, plot_training_curves
 from ssb_trl.scripts import evaluate as evaluate_script
-from ssb_trl.sources import QAExample
 
 REPO = Path(__file__).resolve().parents[1]
+RG = "reasoning_gym:basic_arithmetic"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -193,17 +185,15 @@ def test_recipe_reasoning_gym_full_model_and_adapter(tiny_models: dict[str, Path
         "--models",
         f"full={tiny_models['full']}",
         str(tiny_models["adapter"]),
-        "--benchmark",
-        "reasoning_gym",
-        "--rg_task",
-        "basic_arithmetic",
-        "--rg_seed",
+        "--source",
+        "reasoning_gym:basic_arithmetic",
+        "--source_seed",
         "777",
-        "--rg_size",
+        "--num_questions",
         "4",
         "--num_samples",
         "2",
-        "--temperature",
+        "--sampling_temperature",
         "1.0",
         "--max_new_tokens",
         "12",
@@ -215,11 +205,11 @@ def test_recipe_reasoning_gym_full_model_and_adapter(tiny_models: dict[str, Path
     report = _run_recipe(argv)
 
     written = json.loads((out / "results.json").read_text())
-    assert written["benchmark"]["num_questions"] == 4 and written["benchmark"]["seed"] == 777
+    assert written["benchmark"]["evaluated"] == 4 and written["benchmark"]["source_seed"] == 777
     assert [m["label"] for m in written["models"]] == ["full", "tiny-adapter"]
     assert written["models"][1]["adapter_base"] == str(tiny_models["full"])
     assert written["models"][0]["adapter_base"] is None
-    questions = load_eval_questions(EvalConfig(models=["x"], rg_task="basic_arithmetic", rg_seed=777, rg_size=4))[0]
+    questions = load_eval_questions(EvalConfig(models=["x"], source=RG, source_seed=777, num_questions=4))[0]
     _check_report_consistency(written, questions, num_samples=2, max_new_tokens=12)
     assert written["models"][0]["records"] == report["models"][0]["records"]
     # The adapter is really applied: its greedy answers differ from the base model's.
@@ -249,8 +239,7 @@ def test_recipe_local_jsonl_from_yaml_with_cli_override(tiny_models: dict[str, P
     config = tmp_path / "eval.yaml"
     config.write_text(
         f"models: [{tiny_models['full']}]\n"
-        "benchmark: local\n"
-        f"dataset_name: {data}\n"
+        f"source: {data}\n"
         "question_field: problem\n"
         "answer_field: solution\n"
         "max_new_tokens: 8\n"
@@ -263,7 +252,7 @@ def test_recipe_local_jsonl_from_yaml_with_cli_override(tiny_models: dict[str, P
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| tiny-full |" in proc.stdout
     report = json.loads((out / "results.json").read_text())
-    assert report["config"]["limit"] == 2 and report["benchmark"]["num_questions"] == 2
+    assert report["config"]["limit"] == 2 and report["benchmark"]["evaluated"] == 2
     assert [r["gold"] for r in report["models"][0]["records"]] == ["7", "144"]
     assert "mean@" not in (out / "results.md").read_text()  # num_samples defaults to 0: greedy only
     assert (out / "accuracy.png").read_bytes()[:8] == PNG_MAGIC
@@ -309,10 +298,10 @@ def test_training_curves_and_accuracy_bars(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="trainer_state.json"):
         load_log_history(tmp_path / "missing")
 
-    bars = [AccuracyBar("base", "pass@1", 0.2, 0.1, 0.35, 40), AccuracyBar("ssb", "pass@1", 0.3, 0.18, 0.45, 40)]
+    bars = [("base", Accuracy.from_counts("pass@1", 8, 40)), ("ssb", Accuracy.from_counts("pass@1", 12, 40))]
     assert plot_accuracy_bars(bars, tmp_path / "acc.png").read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(ValueError, match="inconsistent interval"):
-        plot_accuracy_bars([AccuracyBar("m", "pass@1", 0.5, 0.6, 0.7, 10)], tmp_path / "bad.png")
+        plot_accuracy_bars([("m", Accuracy("pass@1", 0.5, 5, 10, 0.6, 0.7))], tmp_path / "bad.png")
 
 
 # ---------------------------------------------------------------------------------------------------------- bad input
@@ -330,18 +319,45 @@ def test_presets_are_declared_with_hub_fields() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"benchmark": "gsm9k"}, "Unknown benchmark 'gsm9k'"),
-        ({"benchmark": "local"}, "needs dataset_name"),
+        ({"source": None}, "no question source"),
+        ({"num_questions": None}, "set num_questions"),
         ({"greedy": False, "num_samples": 0}, "Nothing to compute"),
-        ({"num_samples": 4, "temperature": 0.0}, "temperature > 0"),
-        ({"rg_config": "{max_terms: 3"}, "rg_config must be a JSON object"),
-        ({"rg_config": "[1, 2]"}, "mapping"),
+        ({"num_samples": 4, "sampling_temperature": 0.0}, "sampling_temperature > 0"),
+        ({"task_config": "{max_terms: 3"}, "task_config must be a JSON object"),
+        ({"task_config": "[1, 2]"}, "mapping"),
         ({"limit": 0}, "limit must be >= 1"),
+        ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
     ],
 )
 def test_bad_config_is_rejected(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        EvalConfig(models=["m"], **kwargs)
+        EvalConfig(models=["m"], **{"source": RG, "num_questions": 4, **kwargs})
+
+
+def test_sampling_settings_become_one_sampling_each() -> None:
+    config = EvalConfig(models=["m"], source=RG, num_questions=4, max_new_tokens=64, num_samples=3)
+    assert config.greedy_sampling == Sampling(temperature=0.0, max_new_tokens=64, n=1)
+    assert config.sampling == Sampling(0.6, 50, 0.95, 64, n=3)
+    assert EvalConfig(models=["m"], source=RG, num_questions=4).sampling is None
+    assert config.source_seed == 1234  # held out from data preparation's default seed (42)
+
+
+def test_grading_follows_the_source_answer_fallbacks(tiny_models: dict[str, Path]) -> None:
+    """Evaluation grades as data preparation does: `answer_fallbacks` of the source, not always on."""
+    example = QAExample(id="a", question="2+2?", answer="4")
+    assert score_completion("So the answer is 4.", 5, True, example, fallbacks=True)["correct"]
+    strict = score_completion("So the answer is 4.", 5, True, example, fallbacks=False)
+    assert not strict["correct"] and strict["extracted"] is None
+    assert score_completion("So \\boxed{4}.", 5, True, example, fallbacks=False)["correct"]
+    model, tokenizer = load_eval_model(parse_model_specs([str(tiny_models["full"])])[0], device="cpu")
+    for fallbacks in (True, False):
+        config = EvalConfig(models=["m"], source=RG, num_questions=3, max_new_tokens=6, answer_fallbacks=fallbacks)
+        questions, _ = load_eval_questions(config)
+        result = evaluate_model(model, tokenizer, questions, config)
+        for record, question in zip(result["records"], questions):
+            text = record["greedy"]["text"]
+            assert record["greedy"]["extracted"] == extract_final_answer(text, fallbacks=fallbacks)
+            assert record["greedy"]["correct"] == grade(text, question, fallbacks=fallbacks)
 
 
 def test_bad_model_entries_fail_before_loading(tiny_models: dict[str, Path], tmp_path: Path) -> None:
@@ -352,7 +368,7 @@ def test_bad_model_entries_fail_before_loading(tiny_models: dict[str, Path], tmp
     with pytest.raises(ValueError, match="neither config.json"):
         parse_model_specs([str(tmp_path)])
     with pytest.raises(ValueError, match="Unknown bundled model"):
-        parse_model_specs(["bundled:llama-70b"])
+        check_models_loadable(parse_model_specs(["bundled:llama-70b"]))
     with pytest.raises(ValueError, match="Duplicate model labels"):
         parse_model_specs([f"a={tiny_models['full']}", f"a={tiny_models['adapter']}"])
     orphan = tmp_path / "orphan-adapter"
@@ -371,11 +387,11 @@ def test_bad_evaluation_sets_fail_before_any_model_is_loaded(tiny_models: dict[s
     wrong_fields.write_text('{"q": "1+1?", "a": "2"}\n')
     model = str(tiny_models["full"])
     cases = [
-        (EvalConfig(models=[model], benchmark="local", dataset_name=str(no_gold)), "no questions"),
-        (EvalConfig(models=[model], benchmark="local", dataset_name=str(wrong_fields)), "no field"),
-        (EvalConfig(models=[model], benchmark="local", dataset_name=str(tmp_path / "nope.jsonl")), "does not exist"),
-        (EvalConfig(models=[model], benchmark="reasoning_gym", rg_task="no_such_task"), "unknown reasoning-gym"),
-        (EvalConfig(models=[model], benchmark="reasoning_gym", rg_config='{"bogus_key": 1}'), "invalid config"),
+        (EvalConfig(models=[model], source=str(no_gold)), "no questions"),
+        (EvalConfig(models=[model], source=str(wrong_fields)), "no field"),
+        (EvalConfig(models=[model], source=str(tmp_path / "nope.jsonl")), "does not exist"),
+        (EvalConfig(models=[model], source="reasoning_gym:no_such_task", num_questions=2), "unknown reasoning-gym"),
+        (EvalConfig(models=[model], source=RG, num_questions=2, task_config='{"bogus_key": 1}'), "invalid config"),
     ]
     for config, message in cases:
         config.output_dir = str(tmp_path / "out")
@@ -383,7 +399,9 @@ def test_bad_evaluation_sets_fail_before_any_model_is_loaded(tiny_models: dict[s
             run_evaluation(config)
     assert not (tmp_path / "out").exists()
     # An unreachable model fails on its config, before the first model is evaluated.
-    config = EvalConfig(models=[model, "nobody/no-such-model"], rg_size=2, output_dir=str(tmp_path / "out"))
+    config = EvalConfig(
+        models=[model, "nobody/no-such-model"], source=RG, num_questions=2, output_dir=str(tmp_path / "out")
+    )
     with pytest.raises(ValueError, match="Cannot load the config of model 'nobody/no-such-model'"):
         run_evaluation(config)
     assert not (tmp_path / "out").exists()
@@ -393,8 +411,8 @@ def test_hub_preset_offline_gives_a_clear_error(tiny_models: dict[str, Path], mo
     """The Hub presets are untested offline; without network they must fail clearly, naming the benchmark."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    config = EvalConfig(models=[str(tiny_models["full"])], benchmark="aime2024", limit=2)
-    with pytest.raises(EvaluationDataError, match="benchmark='aime2024'"):
+    config = EvalConfig(models=[str(tiny_models["full"])], source="aime2024", limit=2)
+    with pytest.raises(EvaluationDataError, match="source='aime2024'"):
         load_eval_questions(config)
 
 
@@ -402,9 +420,7 @@ def test_training_overlap_is_removed_before_limit(tmp_path: Path) -> None:
     """Questions seen in training (a saved prompt/completion dataset, or a file with a question column) are dropped."""
     from datasets import Dataset
 
-    from ssb_trl.prompts import student_messages
-
-    base = EvalConfig(models=["m"], rg_task="basic_arithmetic", rg_seed=5, rg_size=6)
+    base = EvalConfig(models=["m"], source=RG, source_seed=5, num_questions=6)
     questions, _ = load_eval_questions(base)
     saved = tmp_path / "ssb_data"
     Dataset.from_list(
@@ -434,6 +450,6 @@ def test_training_overlap_is_removed_before_limit(tmp_path: Path) -> None:
 
 def test_unknown_yaml_key_is_rejected(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
-    config.write_text("models: [bundled:smollm2-135m-instruct]\nnum_sampels: 4\n")
+    config.write_text("models: [bundled:smollm2-135m-instruct]\nsource: gsm8k\nnum_sampels: 4\n")
     with pytest.raises(ValueError, match="num_sampels"):
         _run_recipe(["--config", str(config)])

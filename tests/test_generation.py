@@ -8,15 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssb_trl.generation import (
-    Completion,
-    SeededSampler,
-    TransformersBackend,
-    counter_uniform,
-    derive_seed,
-    make_backend,
-    vllm_available,
-)
+from ssb_trl.data.generation import Completion, TransformersBackend, make_backend, vllm_available
+from ssb_trl.data.prompts import student_messages
+from ssb_trl.data.sampling import Sampling, SeededSampler, counter_uniform, derive_seed
 from ssb_trl.models import (
     BUNDLED_MODEL,
     bundled_gguf_path,
@@ -24,7 +18,6 @@ from ssb_trl.models import (
     load_tokenizer,
     prepare_tokenizer,
 )
-from ssb_trl.prompts import student_messages
 
 QUESTIONS = ["Calculate 3 + 4.", "What is 12 times 12? Show your work carefully please.", "Calculate 9 - 2.", "Hi"]
 
@@ -41,7 +34,7 @@ def _ids(result: list[list[Completion]]) -> list[list[list[int]]]:
 
 def test_shapes_and_truncation(tiny_backend) -> None:
     prompts = [student_messages(q) for q in QUESTIONS]
-    result = tiny_backend.generate(prompts, num_samples=3, temperature=0.8, top_k=50, max_new_tokens=6, seed=1)
+    result = tiny_backend.generate(prompts, Sampling(temperature=0.8, top_k=50, max_new_tokens=6, n=3), seed=1)
     assert len(result) == len(QUESTIONS) and all(len(per_prompt) == 3 for per_prompt in result)
     for per_prompt in result:
         for completion in per_prompt:
@@ -57,18 +50,18 @@ def test_sampling_is_reproducible_and_independent_of_batching(tokenizer, tiny_mo
     model = tiny_model_factory(seed=0).eval()
     prompts = [student_messages(q) for q in QUESTIONS]
     seeds = [derive_seed(5, "question", i) for i in range(len(prompts))]
-    kwargs = {"num_samples": 2, "temperature": 1.0, "top_k": 50, "top_p": 0.95, "max_new_tokens": 5}
+    sampling = Sampling(temperature=1.0, top_k=50, top_p=0.95, max_new_tokens=5, n=2)
     big = TransformersBackend(model, tokenizer, max_batch_size=64, show_progress=False)
-    reference = _ids(big.generate(prompts, seed=seeds, **kwargs))
-    assert _ids(big.generate(prompts, seed=seeds, **kwargs)) == reference
+    reference = _ids(big.generate(prompts, sampling, seed=seeds))
+    assert _ids(big.generate(prompts, sampling, seed=seeds)) == reference
     # Different batch sizes (so different padding and batch neighbours) give the same samples.
     small = TransformersBackend(model, tokenizer, max_batch_size=3, show_progress=False)
-    assert _ids(small.generate(prompts, seed=seeds, **kwargs)) == reference
+    assert _ids(small.generate(prompts, sampling, seed=seeds)) == reference
     # A prompt's samples depend on its own seed only, not on the other prompts in the call.
-    assert _ids(big.generate(prompts[2:3], seed=seeds[2:3], **kwargs)) == reference[2:3]
-    assert _ids(big.generate(prompts, seed=[s + 1 for s in seeds], **kwargs)) != reference
+    assert _ids(big.generate(prompts[2:3], sampling, seed=seeds[2:3])) == reference[2:3]
+    assert _ids(big.generate(prompts, sampling, seed=[s + 1 for s in seeds])) != reference
     with pytest.raises(ValueError, match="got 1 seeds for 4 prompts"):
-        big.generate(prompts, seed=[1], **kwargs)
+        big.generate(prompts, sampling, seed=[1])
 
 
 def test_greedy_matches_batch_one(tokenizer, tiny_model_factory) -> None:
@@ -76,10 +69,10 @@ def test_greedy_matches_batch_one(tokenizer, tiny_model_factory) -> None:
     prompts = [student_messages(q) for q in QUESTIONS]
     batched = TransformersBackend(model, tokenizer, max_batch_size=8, show_progress=False)
     single = TransformersBackend(model, tokenizer, max_batch_size=1, show_progress=False)
-    result = batched.generate(prompts, num_samples=3, temperature=0.0, max_new_tokens=8, seed=0)
+    result = batched.generate(prompts, Sampling(temperature=0.0, max_new_tokens=8, n=3), seed=0)
     for per_prompt in result:
         assert len({tuple(c.token_ids) for c in per_prompt}) == 1
-    assert _ids(single.generate(prompts, num_samples=1, temperature=0.0, max_new_tokens=8)) == [
+    assert _ids(single.generate(prompts, Sampling(temperature=0.0, max_new_tokens=8))) == [
         per_prompt[:1] for per_prompt in _ids(result)
     ]
     # Plain transformers, one prompt at a time with no padding, agrees too.
@@ -139,14 +132,15 @@ def test_counter_uniform_is_uniform_and_depends_only_on_seed_step_column() -> No
 
 
 def test_bad_settings_are_refused(tiny_backend) -> None:
-    prompts = [student_messages("1+1?")]
-    with pytest.raises(ValueError, match="temperature must be >= 0"):
-        tiny_backend.generate(prompts, temperature=-1)
-    with pytest.raises(ValueError, match="num_samples must be >= 1"):
-        tiny_backend.generate(prompts, num_samples=0)
+    with pytest.raises(ValueError, match="sampling temperature must be >= 0"):
+        Sampling(temperature=-1)
+    with pytest.raises(ValueError, match="number of samples must be >= 1"):
+        Sampling(n=0)
     with pytest.raises(ValueError, match="top_p"):
-        tiny_backend.generate(prompts, top_p=0)
-    assert tiny_backend.generate([], num_samples=2) == []
+        Sampling(top_p=0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        Sampling(max_new_tokens=0)
+    assert tiny_backend.generate([], Sampling(n=2)) == []
     with pytest.raises(ValueError, match="unknown generation backend"):
         make_backend("tgi", model=tiny_backend.model, tokenizer=tiny_backend.tokenizer)
     with pytest.raises(ValueError, match="needs a loaded model"):
@@ -163,7 +157,7 @@ def test_bad_settings_are_refused(tiny_backend) -> None:
 def test_vllm_backend_matches_the_interface() -> None:
     tokenizer = load_tokenizer(BUNDLED_MODEL)
     backend = make_backend("vllm", tokenizer=tokenizer, model_name_or_path=BUNDLED_MODEL, gpu_memory_utilization=0.3)
-    result = backend.generate([student_messages("Calculate 3 + 4.")], num_samples=2, max_new_tokens=64, seed=1)
+    result = backend.generate([student_messages("Calculate 3 + 4.")], Sampling(0.8, 50, 1.0, 64, n=2), seed=1)
     assert len(result) == 1 and len(result[0]) == 2
     for completion in result[0]:
         assert completion.finished == (completion.token_ids[-1] == tokenizer.eos_token_id)
@@ -188,7 +182,7 @@ def test_bundled_model_loads_generates_and_saves(tmp_path: Path) -> None:
 
     backend = TransformersBackend(model, tokenizer, max_batch_size=8, show_progress=False)
     result = backend.generate(
-        [student_messages("Calculate 2 + 2.")], num_samples=2, temperature=0.0, max_new_tokens=200, seed=0
+        [student_messages("Calculate 2 + 2.")], Sampling(temperature=0.0, max_new_tokens=200, n=2)
     )
     completion = result[0][0]
     assert completion.finished and completion.token_ids[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")

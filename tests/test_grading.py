@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ssb_trl.grading import extract_final_answer, grade, parse_gold_answer, verify_answer
-from ssb_trl.sources import QAExample, load_questions
+from ssb_trl.data.grading import extract_final_answer, grade, parse_gold_answer, verify_answer
+from ssb_trl.data.sources import QAExample, QuestionSource, load_questions
 
 
 @pytest.mark.parametrize(
@@ -92,11 +92,9 @@ def test_grade_with_math_verify() -> None:
 
 
 def test_grade_uses_the_reasoning_gym_scorer() -> None:
+    one_digit = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
     examples = load_questions(
-        "reasoning_gym:basic_arithmetic",
-        task_config={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
-        seed=3,
-        size=5,
+        QuestionSource("reasoning_gym:basic_arithmetic", task_config=one_digit, source_seed=3, num_questions=5)
     )
     for example in examples:
         assert example.scorer is not None

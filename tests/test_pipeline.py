@@ -24,9 +24,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ssb_trl.pipeline import DEMO_TASK_CONFIG, NoPairsError, PrepConfig, WorkDir, choose_pair, prepare_ssb_data
-from ssb_trl.prompts import chat_prompt_ids, student_messages
-from ssb_trl.soft_labels import load_soft_label_dataset, validate_soft_label_dataset
+from ssb_trl.contract import load_soft_label_dataset, validate_soft_label_dataset
+from ssb_trl.data import NoPairsError, PrepConfig, prepare_ssb_data
+from ssb_trl.data.prompts import chat_prompt_ids, student_messages
+from ssb_trl.data.sampling import Sampling
+from ssb_trl.data.stages import choose_pair
+from ssb_trl.data.workdir import WorkDir
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = ("1", "2", "3")
@@ -84,6 +87,7 @@ GOLDS = [1, 2, 3, 7, 2, 1, 3, 3, 2, 1, 9, 2]
 
 def small_config(tmp_path: Path, questions: Path, **overrides) -> PrepConfig:
     settings = {
+        "model_name_or_path": "digit-model",  # passed in as an object; the name is recorded as the teacher
         "source": str(questions),
         "num_questions": None,
         "num_rollouts": 4,
@@ -274,9 +278,22 @@ def test_recipe_config_files_parse() -> None:
     )
     assert config.source == "openai/gsm8k" and config.source_config_name == "main"
     assert config.task_config is None and config.answer_fallbacks is False and config.num_questions == 8
-    (default,) = TrlParser((PrepConfig,)).parse_args_and_config([])
-    assert default == PrepConfig() and default.task_config == DEMO_TASK_CONFIG
-    (flags,) = TrlParser((PrepConfig,)).parse_args_and_config(["--task_config", '{"min_digits": 2}'])
-    assert flags.task_config == {"min_digits": 2}
+    assert config.rollout_sampling == Sampling(0.8, 50, 1.0, 1024, n=4)
+    assert config.teacher_sampling == Sampling(0.4, 50, 1.0, 2048, n=2)
+    # The demo's settings live in its YAML, not in the library's defaults.
+    (demo,) = TrlParser((PrepConfig,)).parse_args_and_config(
+        ["--config", str(REPO / "recipes/configs/demo_data.yaml")]
+    )
+    assert demo.task_config == {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+    assert (demo.num_questions, demo.source_seed, demo.seed, demo.answer_fallbacks) == (64, 42, 42, True)
+    assert demo.rollout_sampling == Sampling(0.8, 50, 1.0, 192, n=4)
+    assert demo.teacher_sampling == Sampling(0.4, 50, 1.0, 256, n=4)
+    with pytest.raises(ValueError, match="no question source"):
+        TrlParser((PrepConfig,)).parse_args_and_config([])
+    args = ["--source", "rg:basic_arithmetic", "--num_questions", "4", "--model_name_or_path", "m"]
+    (flags,) = TrlParser((PrepConfig,)).parse_args_and_config([*args, "--task_config", '{"min_digits": 2}'])
+    assert flags.task_config == {"min_digits": 2} and flags.settings()["num_questions"] == 4
     with pytest.raises(ValueError, match="num_rollouts must be >= 2"):
-        PrepConfig(num_rollouts=1)
+        PrepConfig(source="q.jsonl", model_name_or_path="m", num_rollouts=1)
+    with pytest.raises(ValueError, match="no model"):
+        PrepConfig(source="q.jsonl")

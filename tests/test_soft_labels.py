@@ -5,11 +5,8 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from ssb_trl.soft_labels import (
-    SoftLabelMetadata,
-    extract_topk_soft_labels,
-    tokenizer_fingerprint,
-)
+from ssb_trl.contract import SoftLabelMetadata, tokenizer_fingerprint
+from ssb_trl.data.teacher import extract_topk_soft_labels
 
 
 def test_extraction_matches_dense_logits(tokenizer):

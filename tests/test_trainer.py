@@ -9,7 +9,7 @@ from conftest import build_soft_label_dataset, make_tiny_model
 from transformers import AutoModelForCausalLM
 
 from ssb_trl import SSBConfig, SSBTrainer
-from ssb_trl.soft_labels import SoftLabelError, load_soft_label_dataset, save_soft_label_dataset
+from ssb_trl.contract import SoftLabelError, load_soft_label_dataset, save_soft_label_dataset
 
 
 def _args(tmp_path, **kwargs):
@@ -273,3 +273,28 @@ def test_model_given_by_path_and_tokenizer_resolved(tmp_path, tokenizer, data):
     trainer = SSBTrainer(str(tmp_path / "model"), args=_args(tmp_path, max_steps=1), train_dataset=dataset)
     assert trainer.processing_class.chat_template and trainer.processing_class.pad_token is not None
     trainer.train()
+
+
+def test_adapter_on_the_lm_head_is_refused(tmp_path, tokenizer, data):
+    """The loss reads `lm_head.weight` directly: a LoRA adapter on the LM head would be silently ignored."""
+    from peft import LoraConfig, get_peft_model
+
+    from ssb_trl.modeling import patch_forward_with_soft_label_loss
+
+    dataset, _ = data
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"], task_type="CAUSAL_LM")
+    with pytest.raises(ValueError, match="lm_head"):
+        SSBTrainer(
+            make_tiny_model(seed=0),
+            args=_args(tmp_path),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
+    # The forward patch itself refuses too (it is what computes the loss), whoever wrapped the model.
+    peft_model = get_peft_model(make_tiny_model(seed=0), peft_config)
+    with pytest.raises(ValueError, match="adapter on the LM head .* would be ignored"):
+        patch_forward_with_soft_label_loss(peft_model.get_base_model())
+    # LoRA elsewhere is fine.
+    fine = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], task_type="CAUSAL_LM")
+    patch_forward_with_soft_label_loss(get_peft_model(make_tiny_model(seed=0), fine).get_base_model())

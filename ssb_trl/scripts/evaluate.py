@@ -1,14 +1,14 @@
 """Evaluate base, trained and adapter models side by side: pass@1 (greedy), mean@n / pass@n (sampled), length.
 
 Writes `results.json` (with per-question records), `results.md` (table) and `accuracy.png` (bars with 95%
-intervals) to `--output_dir`, and prints the table. Every field of `ssb_trl.evaluation.EvalConfig` is a flag
-and a YAML key.
+intervals) to `--output_dir`, and prints the table. Every field of `ssb_trl.eval.EvalConfig` (the question
+source fields shared with `ssb-trl prepare`, then the models and the decoding) is a flag and a YAML key.
 
     # offline: bundled SmolLM2 vs a trained adapter on held-out reasoning-gym questions
     ssb-trl evaluate --models base=bundled:smollm2-135m-instruct ssb=out/ssb \\
-        --benchmark reasoning_gym --rg_task basic_arithmetic --rg_seed 999 --rg_size 50
+        --source reasoning_gym:basic_arithmetic --source_seed 999 --num_questions 50
     # GPU users, online: MATH-500 pass@1 plus mean@4
-    ssb-trl evaluate --models Qwen/Qwen2.5-3B-Instruct out/qwen-ssb --benchmark math500 \\
+    ssb-trl evaluate --models Qwen/Qwen2.5-3B-Instruct out/qwen-ssb --source math500 \\
         --num_samples 4 --max_new_tokens 4096 --batch_size 64
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from trl import TrlParser
 
-from ssb_trl.evaluation import EvalConfig, render_markdown, run_evaluation
+from ssb_trl.eval import EvalConfig, render_markdown, run_evaluation
 from ssb_trl.scripts import configure_logging
 
 

@@ -2,20 +2,18 @@
 
 All backends share one call::
 
-    backend.generate(prompts, num_samples, temperature, top_k, top_p, max_new_tokens, seed)
-        -> list (one per prompt) of list (one per sample) of Completion
+    backend.generate(prompts, sampling, seed) -> list (one per prompt) of list (one per sample) of Completion
 
-``seed`` is either one int (prompt i then gets ``derive_seed(seed, i)``) or one seed per prompt. In the
+``sampling`` is a :class:`~ssb_trl.data.sampling.Sampling` (``sampling.n`` samples per prompt); ``seed``
+is either one int (prompt i then gets ``derive_seed(seed, i)``) or one seed per prompt. In the
 transformers backend every sequence draws its randomness from its own seed, seeded from its prompt's
-seed and its sample index (a counter-based RNG, see `counter_uniform`), so a sequence's sample does not depend on which other prompts share its batch,
-on the batch size, or on how work is split across processes: the data pipeline relies on this to resume
-and to shard without changing results. (Batched float arithmetic can still differ in the last bits
-between batch shapes; on a given machine and batch layout the output is bit-for-bit repeatable.)
+seed and its sample index (see :mod:`ssb_trl.data.sampling`), so results do not depend on batching or on
+how work is split across processes. (Batched float arithmetic can still differ in the last bits between
+batch shapes; on a given machine and batch layout the output is bit-for-bit repeatable.)
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -25,9 +23,11 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessorList
 
-from ssb_trl.prompts import Messages, chat_prompt_ids
+from ssb_trl.data.prompts import Messages, chat_prompt_ids
+from ssb_trl.data.sampling import Sampling, SeededSampler, derive_seed
+from ssb_trl.models import resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +43,6 @@ class Completion:
     text: str
     token_ids: list[int]
     finished: bool
-
-
-def derive_seed(*parts: Any) -> int:
-    """A stable 63-bit seed from any printable parts (unlike ``hash()``, identical across processes)."""
-    digest = hashlib.sha256("\x1f".join(repr(part) for part in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def _prompt_seeds(seed: int | Sequence[int], num_prompts: int) -> list[int]:
@@ -73,70 +67,6 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return list(dict.fromkeys(int(i) for i in ids))
 
 
-_M32 = 0xFFFFFFFF
-
-
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x * c) mod 2^32 for 0 <= x < 2^32, in int64 without overflow (c split into 16-bit halves)."""
-    return ((x * (c & 0xFFFF)) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _M32
-
-
-def _fmix32(h: torch.Tensor) -> torch.Tensor:
-    """murmur3's 32-bit finaliser: a bijective mix with full avalanche."""
-    h = h ^ (h >> 16)
-    h = _mul32(h, 0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = _mul32(h, 0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
-def counter_uniform(seeds: torch.Tensor, step: int, k: int) -> torch.Tensor:
-    """Uniform (0, 1) noise [rows, k] that depends only on (row seed, step, column): a counter-based RNG.
-
-    Computed on the seeds' device in a few vectorised integer ops, so sampling needs no per-row
-    generator, no host loop and no host-to-device copy per decoding step.
-    """
-    lo, hi = seeds & _M32, (seeds >> 32) & _M32
-    counter = (torch.arange(k, device=seeds.device) + ((step * 0x9E3779B9) & _M32)) & _M32
-    h = _fmix32(_fmix32(counter.unsqueeze(0) ^ lo.unsqueeze(1)) ^ hi.unsqueeze(1))
-    return (h.double() + 0.5) / 2.0**32
-
-
-class SeededSampler(LogitsProcessor):
-    """Temperature / top-k / top-p sampling with one seed per batch row (see `counter_uniform`).
-
-    Used with greedy decoding: it draws the next token itself (Gumbel-max over the top-k/top-p
-    candidates, which is exact sampling from the filtered softmax) and returns scores where only that
-    token is finite, so the greedy step picks it.
-    """
-
-    def __init__(self, seeds: list[int], temperature: float, top_k: int, top_p: float):
-        self.seeds = torch.tensor(seeds, dtype=torch.long)
-        self.step = 0
-        self.temperature = temperature
-        self.top_k = top_k
-        self.top_p = top_p
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        logits = scores.float() / self.temperature
-        vocab = logits.shape[-1]
-        k = min(self.top_k, vocab) if self.top_k and self.top_k > 0 else vocab
-        values, indices = logits.topk(k, dim=-1)  # sorted, largest first
-        if self.top_p < 1.0:
-            probs = values.softmax(dim=-1)
-            mass_before = probs.cumsum(dim=-1) - probs
-            values = values.masked_fill(mass_before >= self.top_p, float("-inf"))
-        if self.seeds.device != values.device:
-            self.seeds = self.seeds.to(values.device)  # once, not every step
-        noise = counter_uniform(self.seeds, self.step, k)
-        self.step += 1
-        gumbel = -torch.log(-torch.log(noise)).to(values.dtype)
-        choice = (values + gumbel).argmax(dim=-1, keepdim=True)
-        tokens = indices.gather(-1, choice)
-        forced = torch.full_like(scores, float("-inf"))
-        return forced.scatter_(-1, tokens, 0.0)
-
-
 class GenerationBackend:
     """Interface shared by the backends (see the module docstring)."""
 
@@ -145,25 +75,10 @@ class GenerationBackend:
     def generate(
         self,
         prompts: list[Messages],
-        num_samples: int = 1,
-        temperature: float = 0.8,
-        top_k: int = 50,
-        top_p: float = 1.0,
-        max_new_tokens: int = 512,
+        sampling: Sampling,
         seed: int | Sequence[int] = 0,
     ) -> list[list[Completion]]:
         raise NotImplementedError
-
-
-def _check_sampling(num_samples: int, temperature: float, top_k: int, top_p: float, max_new_tokens: int) -> None:
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"need top_k >= 0 (0 = off) and 0 < top_p <= 1, got top_k={top_k}, top_p={top_p}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
 
 
 class TransformersBackend(GenerationBackend):
@@ -171,8 +86,8 @@ class TransformersBackend(GenerationBackend):
 
     Each (prompt, sample) pair is one row; rows are sorted by prompt length (longest first, so memory
     problems show up at once) and cut into batches of at most ``max_batch_size`` rows and
-    ``max_batch_tokens`` padded tokens (prompt + new tokens). With ``temperature == 0`` decoding is greedy
-    and each prompt is generated once, its completion repeated ``num_samples`` times. Sampling settings
+    ``max_batch_tokens`` padded tokens (prompt + new tokens). With a greedy ``sampling`` (temperature 0)
+    each prompt is generated once, its completion repeated ``sampling.n`` times. Sampling settings
     come only from the call: the model's own generation-config defaults (e.g. a repetition penalty) are
     deliberately not applied.
     """
@@ -241,21 +156,16 @@ class TransformersBackend(GenerationBackend):
     def generate(
         self,
         prompts: list[Messages],
-        num_samples: int = 1,
-        temperature: float = 0.8,
-        top_k: int = 50,
-        top_p: float = 1.0,
-        max_new_tokens: int = 512,
+        sampling: Sampling,
         seed: int | Sequence[int] = 0,
     ) -> list[list[Completion]]:
-        _check_sampling(num_samples, temperature, top_k, top_p, max_new_tokens)
         if not prompts:
             return []
-        greedy = temperature == 0
+        greedy, max_new_tokens = sampling.greedy, sampling.max_new_tokens
         prompt_seeds = _prompt_seeds(seed, len(prompts))
         encoded = [chat_prompt_ids(self.tokenizer, messages) for messages in prompts]
         lengths = [len(ids) for ids in encoded]
-        samples_to_run = 1 if greedy else num_samples
+        samples_to_run = 1 if greedy else sampling.n
         rows = [(p, s) for p in range(len(prompts)) for s in range(samples_to_run)]
         results: dict[tuple[int, int], Completion] = {}
         device = self.model.device
@@ -280,7 +190,7 @@ class TransformersBackend(GenerationBackend):
             processors = LogitsProcessorList()
             if not greedy:
                 seeds = [derive_seed(prompt_seeds[rows[r][0]], rows[r][1]) for r in batch]
-                processors.append(SeededSampler(seeds, temperature, top_k, top_p))
+                processors.append(SeededSampler(seeds, sampling.temperature, sampling.top_k, sampling.top_p))
             output = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention.to(device),
@@ -296,7 +206,7 @@ class TransformersBackend(GenerationBackend):
             elapsed = max(time.perf_counter() - started, 1e-9)
             progress.set_postfix(new_tok_per_s=f"{new_tokens / elapsed:.0f}")
         progress.close()
-        return [[results[(p, 0 if greedy else s)] for s in range(num_samples)] for p in range(len(prompts))]
+        return [[results[(p, 0 if greedy else s)] for s in range(sampling.n)] for p in range(len(prompts))]
 
 
 class VLLMBackend(GenerationBackend):
@@ -312,8 +222,6 @@ class VLLMBackend(GenerationBackend):
             from vllm import LLM
         except ImportError as exc:
             raise ImportError("the vLLM backend needs vLLM: pip install vllm (GPU machines only)") from exc
-        from ssb_trl.models import resolve_model_path
-
         self.tokenizer = tokenizer
         self.llm = LLM(model=resolve_model_path(model_name_or_path), **engine_kwargs)
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -322,26 +230,21 @@ class VLLMBackend(GenerationBackend):
     def generate(
         self,
         prompts: list[Messages],
-        num_samples: int = 1,
-        temperature: float = 0.8,
-        top_k: int = 50,
-        top_p: float = 1.0,
-        max_new_tokens: int = 512,
+        sampling: Sampling,
         seed: int | Sequence[int] = 0,
     ) -> list[list[Completion]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        _check_sampling(num_samples, temperature, top_k, top_p, max_new_tokens)
         prompt_seeds = _prompt_seeds(seed, len(prompts))
         inputs = [TokensPrompt(prompt_token_ids=chat_prompt_ids(self.tokenizer, m)) for m in prompts]
         params = [
             SamplingParams(
-                n=num_samples,
-                temperature=temperature,
-                top_k=top_k if top_k > 0 else -1,
-                top_p=top_p,
-                max_tokens=max_new_tokens,
+                n=sampling.n,
+                temperature=sampling.temperature,
+                top_k=sampling.top_k if sampling.top_k > 0 else -1,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_new_tokens,
                 seed=prompt_seed % (2**31),
                 skip_special_tokens=True,
             )

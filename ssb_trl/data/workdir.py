@@ -1,39 +1,27 @@
-"""The on-disk state of a resumable data-preparation run, written so that nothing half-written is read.
+"""The on-disk state of a resumable data-preparation run: settings, one file per shard and stage, the result.
 
-Files are written to a temporary name in the same directory, flushed, and renamed into place
-(``os.replace`` is atomic on POSIX), so after a crash a file either holds complete results or does not
-exist.
+Every write goes through :func:`ssb_trl.storage.atomic_path`, so after a crash a file either holds complete
+results or does not exist, and a rerun never takes half-written work for finished work.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+import datasets
+
+from ssb_trl.storage import atomic_path, write_text
+
 WORK_DIRNAME = "ssb_work"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a flushed temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+EMPTY_MARKER = "EMPTY"
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
     """Write one JSON object per line, atomically."""
-    write_atomic(path, "".join(json.dumps(record, sort_keys=True) + "\n" for record in records))
+    write_text(path, "".join(json.dumps(record, sort_keys=True) + "\n" for record in records))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]] | None:
@@ -73,8 +61,33 @@ class WorkDir:
                 f"output_dir {str(self.output_dir)!r} is not empty and holds no SSB data-preparation run; "
                 "choose an empty or new --output_dir"
             )
-        write_atomic(self.settings_path, json.dumps(settings, indent=2, sort_keys=True))
+        write_text(self.settings_path, json.dumps(settings, indent=2, sort_keys=True))
         return False
+
+    def save_rows(self, shard: int, rows: datasets.Dataset) -> None:
+        """Persist a shard's rows; an empty shard gets a marker (datasets cannot load an empty saved dataset)."""
+        with atomic_path(self.shard_path("rows", shard), directory=True) as tmp:
+            if len(rows):
+                rows.save_to_disk(str(tmp))
+            else:
+                (tmp / EMPTY_MARKER).write_text("")
+
+    def load_rows(self, shard: int) -> datasets.Dataset | None:
+        """A shard's rows, or None for a shard that kept none."""
+        path = self.shard_path("rows", shard)
+        return None if (path / EMPTY_MARKER).exists() else datasets.load_from_disk(str(path))
+
+    def publish(self, staging: Path) -> None:
+        """Move a saved dataset from ``staging`` into ``output_dir``; the files loaders look for go last."""
+        last = ("state.json", "dataset_info.json")
+        for old in [*self.output_dir.glob("data-*.arrow"), *(self.output_dir / name for name in last)]:
+            old.unlink(missing_ok=True)
+        files = sorted(
+            staging.iterdir(), key=lambda path: (path.name in last, last.index(path.name) if path.name in last else 0)
+        )
+        for path in files:
+            os.replace(path, self.output_dir / path.name)
+        staging.rmdir()
 
 
 def _describe_differences(old: dict[str, Any], new: dict[str, Any]) -> str:

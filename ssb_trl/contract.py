@@ -1,13 +1,21 @@
-"""The soft-label column format: extract top-K teacher log-probs, describe them, check them.
+"""THE soft-label dataset format: the contract between data preparation and training.
 
-A soft-label dataset has one row per training example (see DESIGN.md):
-  input_ids              student prompt + teacher answer (ending with the end-of-turn token)
-  completion_mask        1 on answer tokens, 0 on the prompt
+One row per training example (TRL prompt-completion format plus the soft labels):
+
+  id, answer             question id and gold answer (provenance; not read by training)
+  prompt, completion     conversational messages; the prompt is the *student* prompt (no hints)
+  input_ids              chat-templated student prompt + teacher answer, ending with the end-of-turn token
+  completion_mask        1 on answer tokens (end-of-turn included), 0 on the prompt
   teacher_topk_ids       [n_answer][K] int32, most probable first
-  teacher_topk_logprobs  [n_answer][K] float16/32, log-probs over the full vocabulary at `temperature`
-Row j of the soft labels is the teacher's distribution over answer token j. The tail bucket
-log(1 - sum(exp(topk))) is derived, never stored. Dataset-level `SoftLabelMetadata` travels in
-`Dataset.info.description` (kept by `save_to_disk`/`load_from_disk`) and in `ssb_metadata.json`.
+  teacher_topk_logprobs  [n_answer][K] float16/32: log-probs over the full vocabulary at `temperature`
+
+Row j of the soft labels is the teacher's distribution over answer token j (predicted at position
+prompt_len + j - 1). The tail bucket log(1 - sum(exp(topk))) is derived, never stored.
+
+Dataset-level :class:`SoftLabelMetadata` (teacher, tokenizer fingerprint, K, temperature, prompt version,
+source and sampling settings) is stored once, as ``ssb_metadata.json`` beside the data, on disk and on the
+Hub alike. In memory it rides in ``Dataset.info.description``, so a loaded dataset carries it into
+``SSBTrainer``. Training refuses, naming the row and the fix, any dataset that breaks this contract.
 """
 
 from __future__ import annotations
@@ -16,22 +24,51 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
-from tqdm.auto import tqdm
+
+from .storage import load_rows, write_json
 
 logger = logging.getLogger(__name__)
+
+ID, ANSWER, PROMPT, COMPLETION = "id", "answer", "prompt", "completion"
+INPUT_IDS, COMPLETION_MASK = "input_ids", "completion_mask"
+TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS = "teacher_topk_ids", "teacher_topk_logprobs"
+SOFT_LABEL_COLUMNS = (INPUT_IDS, COMPLETION_MASK, TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS)
+"""The columns training reads; the others are for people and provenance."""
+LOGPROB_DTYPES = ("float16", "float32")
 
 METADATA_FILENAME = "ssb_metadata.json"
 _METADATA_MARKER = "ssb_trl_soft_labels"
 FORMAT_VERSION = 1
-SOFT_LABEL_COLUMNS = ("input_ids", "completion_mask", "teacher_topk_ids", "teacher_topk_logprobs")
 # fp16 rounding of K log-probs can push their mass a little above 1; beyond this it is a broken row.
 MASS_TOLERANCE = 1e-2
+
+
+def features(logprob_dtype: str = "float16") -> datasets.Features:
+    """Arrow schema of a soft-label dataset as data preparation writes it."""
+    if logprob_dtype not in LOGPROB_DTYPES:
+        raise ValueError(f"logprob_dtype must be one of {LOGPROB_DTYPES}, got {logprob_dtype!r}.")
+    message = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+    return datasets.Features(
+        {
+            ID: datasets.Value("string"),
+            ANSWER: datasets.Value("string"),
+            PROMPT: datasets.List(message),
+            COMPLETION: datasets.List(message),
+            INPUT_IDS: datasets.List(datasets.Value("int32")),
+            COMPLETION_MASK: datasets.List(datasets.Value("int8")),
+            TEACHER_TOPK_IDS: datasets.List(datasets.List(datasets.Value("int32"))),
+            TEACHER_TOPK_LOGPROBS: datasets.List(datasets.List(datasets.Value(logprob_dtype))),
+        }
+    )
 
 
 class SoftLabelError(ValueError):
@@ -60,6 +97,7 @@ class SoftLabelMetadata:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def to_description(self) -> str:
+        """The in-memory carrier: a JSON string for `Dataset.info.description`."""
         return json.dumps({_METADATA_MARKER: self.to_dict()}, sort_keys=True)
 
     @classmethod
@@ -85,132 +123,70 @@ def tokenizer_fingerprint(tokenizer) -> dict:
     return {"vocab_size": len(vocab), "sha256": digest.hexdigest()[:16]}
 
 
-def _validate_extraction_inputs(sequences: list[list[int]], answer_starts: list[int]) -> None:
-    if len(sequences) != len(answer_starts):
-        raise ValueError(f"{len(sequences)} sequences but {len(answer_starts)} answer starts.")
-    for i, (seq, start) in enumerate(zip(sequences, answer_starts)):
-        if not 1 <= start < len(seq):
-            raise ValueError(
-                f"sequence {i}: answer start {start} must be within [1, {len(seq) - 1}] "
-                "(the answer needs a prompt before it and at least one token)."
-            )
+@contextmanager
+def _without_description(dataset: datasets.Dataset) -> Iterator[None]:
+    """Write a dataset with an empty `info.description`: the metadata is stored in its own file only."""
+    saved, dataset.info.description = dataset.info.description, ""
+    try:
+        yield
+    finally:
+        dataset.info.description = saved
 
 
-@torch.no_grad()
-def extract_topk_soft_labels(
-    model: torch.nn.Module,
-    sequences: list[list[int]],
-    answer_starts: list[int],
-    top_k: int = 64,
-    temperature: float = 2.0,
-    batch_size: int = 8,
-    logprob_dtype: str = "float16",
-    show_progress: bool = True,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Teacher-forced top-K log-probs on the answer span of each sequence.
-
-    Row j of a result is the distribution over answer token j (`sequence[answer_start + j]`), read
-    from the logits at position `answer_start + j - 1`, at `temperature`, normalised over the whole
-    vocabulary. Only answer positions are projected to the vocabulary, and top-K runs on the model's
-    device, so memory stays at [batch tokens, hidden] plus one [answer tokens, vocab] slice per sequence.
-    Sequences are processed longest first in right-padded batches.
-
-    Returns, per sequence (input order): (ids int32 [n_answer, K], logprobs [n_answer, K] in `logprob_dtype`).
-    """
-    _validate_extraction_inputs(sequences, answer_starts)
-    if logprob_dtype not in ("float16", "float32"):
-        raise ValueError(f"logprob_dtype must be 'float16' or 'float32', got {logprob_dtype!r}.")
-    lm_head = model.get_output_embeddings()
-    vocab = lm_head.weight.shape[0]
-    if not 1 <= top_k <= vocab:
-        raise ValueError(f"top_k must be in [1, {vocab}] (the vocabulary size), got {top_k}.")
-    device = lm_head.weight.device
-    backbone = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = backbone.base_model
-    pad_id = 0
-    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
-    results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(sequences)
-    was_training = model.training
-    model.eval()
-    for lo in tqdm(range(0, len(order), batch_size), desc="Soft labels", disable=not show_progress, unit="batch"):
-        idx = order[lo : lo + batch_size]
-        width = len(sequences[idx[0]])
-        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            input_ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
-            attention[row, : len(sequences[i])] = 1
-        hidden = backbone(input_ids=input_ids.to(device), attention_mask=attention.to(device)).last_hidden_state
-        for row, i in enumerate(idx):
-            start, end = answer_starts[i], len(sequences[i])
-            h = hidden[row, start - 1 : end - 1]
-            logits = lm_head(h).float() / temperature
-            logprobs = torch.log_softmax(logits, dim=-1)
-            values, ids = logprobs.topk(top_k, dim=-1)
-            results[i] = (
-                ids.to(torch.int32).cpu().numpy(),
-                values.to(getattr(torch, logprob_dtype)).cpu().numpy(),
-            )
-    model.train(was_training)
-    return results  # type: ignore[return-value]
-
-
-def save_soft_label_dataset(dataset, output_dir: str, metadata: SoftLabelMetadata) -> None:
-    """Save with `save_to_disk`, the metadata in the dataset info and beside it as JSON."""
+def save_soft_label_dataset(dataset: datasets.Dataset, output_dir: str, metadata: SoftLabelMetadata) -> None:
+    """Validate, `save_to_disk`, and write the metadata beside the data as `ssb_metadata.json`."""
     validate_soft_label_dataset(dataset, metadata=metadata)
+    with _without_description(dataset):
+        dataset.save_to_disk(output_dir)
+    write_json(Path(output_dir) / METADATA_FILENAME, metadata.to_dict())
     dataset.info.description = metadata.to_description()
-    dataset.save_to_disk(output_dir)
-    tmp = os.path.join(output_dir, METADATA_FILENAME + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(metadata.to_dict(), f, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(output_dir, METADATA_FILENAME))
 
 
-def push_soft_label_dataset_to_hub(dataset, repo_id: str, metadata: SoftLabelMetadata, **kwargs) -> None:
-    """Push to the Hub with the metadata JSON beside the data. Untested here (no network)."""
+def push_soft_label_dataset_to_hub(
+    dataset: datasets.Dataset, repo_id: str, metadata: SoftLabelMetadata, **kwargs
+) -> None:
+    """Push to the Hub with `ssb_metadata.json` beside the data. Untested here (no network)."""
     from huggingface_hub import HfApi
 
-    dataset.info.description = metadata.to_description()
-    dataset.push_to_hub(repo_id, **kwargs)
+    with _without_description(dataset):
+        dataset.push_to_hub(repo_id, **kwargs)
     HfApi().upload_file(
-        path_or_fileobj=json.dumps(metadata.to_dict(), indent=2).encode(),
+        path_or_fileobj=json.dumps(metadata.to_dict(), indent=2, sort_keys=True).encode(),
         path_in_repo=METADATA_FILENAME,
         repo_id=repo_id,
         repo_type="dataset",
     )
 
 
-def load_soft_label_dataset(name_or_path: str, split: str = "train"):
-    """Load a soft-label dataset from a `save_to_disk` directory or the Hub, with its metadata.
+def _metadata_file(name_or_path: str) -> str | None:
+    """Where `ssb_metadata.json` of a local folder or a Hub dataset is (downloaded), or None."""
+    if os.path.isdir(name_or_path):
+        path = os.path.join(name_or_path, METADATA_FILENAME)
+        return path if os.path.isfile(path) else None
+    from huggingface_hub import hf_hub_download
 
-    Returns (dataset, metadata); raises `SoftLabelError` if no metadata can be found.
+    try:
+        return hf_hub_download(name_or_path, METADATA_FILENAME, repo_type="dataset")
+    except Exception as error:  # noqa: BLE001 - any failure means "no file"; reported by the caller
+        logger.debug("no %s for %s: %s", METADATA_FILENAME, name_or_path, error)
+        return None
+
+
+def load_soft_label_dataset(name_or_path: str, split: str = "train") -> tuple[datasets.Dataset, SoftLabelMetadata]:
+    """Load a soft-label dataset (a folder or a Hub dataset id) with its metadata.
+
+    Returns (dataset, metadata), the metadata also attached to `dataset.info.description`; raises
+    `SoftLabelError` if the dataset has no `ssb_metadata.json`.
     """
-    import datasets
-
-    if os.path.isdir(name_or_path) and os.path.exists(os.path.join(name_or_path, "dataset_info.json")):
-        dataset = datasets.load_from_disk(name_or_path)
-        meta_path = os.path.join(name_or_path, METADATA_FILENAME)
-    elif os.path.isdir(name_or_path) and os.path.exists(os.path.join(name_or_path, "dataset_dict.json")):
-        dataset = datasets.load_from_disk(name_or_path)[split]
-        meta_path = os.path.join(name_or_path, METADATA_FILENAME)
-    else:
-        dataset = datasets.load_dataset(name_or_path, split=split)
-        meta_path = None
-        try:
-            from huggingface_hub import hf_hub_download
-
-            meta_path = hf_hub_download(name_or_path, METADATA_FILENAME, repo_type="dataset")
-        except Exception as error:  # noqa: BLE001 - any failure means "no file"; reported below if info lacks it too
-            logger.debug("no %s for %s: %s", METADATA_FILENAME, name_or_path, error)
-    metadata = SoftLabelMetadata.from_description(dataset.info.description)
-    if metadata is None and meta_path and os.path.exists(meta_path):
-        with open(meta_path) as f:
-            metadata = SoftLabelMetadata.from_dict(json.load(f))
-    if metadata is None:
+    dataset = load_rows(name_or_path, split=split)
+    path = _metadata_file(name_or_path)
+    if path is None:
         raise SoftLabelError(
-            f"{name_or_path!r} has no soft-label metadata (neither in its dataset info nor in {METADATA_FILENAME}). "
-            "Make it with `recipes/prepare_ssb_data.py` / `ssb_trl.save_soft_label_dataset`, or add the file."
+            f"{name_or_path!r} has no soft-label metadata ({METADATA_FILENAME}). Make it with data preparation "
+            "(`ssb_trl.data.prepare_ssb_data`) or `ssb_trl.save_soft_label_dataset`, or add the file."
         )
+    with open(path, encoding="utf-8") as f:
+        metadata = SoftLabelMetadata.from_dict(json.load(f))
     dataset.info.description = metadata.to_description()
     return dataset, metadata
 
@@ -223,17 +199,15 @@ def _first(bad: np.ndarray) -> int:
     return int(np.flatnonzero(bad)[0])
 
 
-def check_soft_label_columns(
-    dataset, columns: tuple[str, str] = ("teacher_topk_ids", "teacher_topk_logprobs")
-) -> None:
+def check_soft_label_columns(dataset, columns: tuple[str, str] = (TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS)) -> None:
     """The cheap checks first: the dataset is not empty and has the token and soft-label columns."""
     if len(dataset) == 0:
         raise SoftLabelError("the soft-label dataset is empty: data preparation kept no example. Nothing to train on.")
-    missing = [c for c in ("input_ids", "completion_mask", *columns) if c not in dataset.column_names]
+    missing = [c for c in (INPUT_IDS, COMPLETION_MASK, *columns) if c not in dataset.column_names]
     if missing:
         raise SoftLabelError(
             f"the dataset lacks the soft-label column(s) {missing} (it has {dataset.column_names}). "
-            "SSBTrainer trains on soft labels made by `recipes/prepare_ssb_data.py`; for plain SFT use "
+            "SSBTrainer trains on soft labels made by data preparation (ssb_trl.data); for plain SFT use "
             "trl.SFTTrainer, or set soft_label_ids_column/soft_label_logprobs_column to your column names."
         )
 
@@ -242,7 +216,7 @@ def validate_soft_label_dataset(
     dataset,
     metadata: SoftLabelMetadata | None = None,
     vocab_size: int | None = None,
-    columns: tuple[str, str] = ("teacher_topk_ids", "teacher_topk_logprobs"),
+    columns: tuple[str, str] = (TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS),
     check_mass: bool = True,
 ) -> None:
     """Refuse a dataset that breaks the column contract, naming the first bad row and the fix.
@@ -258,8 +232,8 @@ def validate_soft_label_dataset(
     def col(name):
         return table.column(name).combine_chunks()
 
-    input_len = pc.list_value_length(col("input_ids")).to_numpy(zero_copy_only=False)
-    mask = col("completion_mask")
+    input_len = pc.list_value_length(col(INPUT_IDS)).to_numpy(zero_copy_only=False)
+    mask = col(COMPLETION_MASK)
     mask_len = pc.list_value_length(mask).to_numpy(zero_copy_only=False)
     bad = input_len != mask_len
     if bad.any():
@@ -355,4 +329,48 @@ def check_metadata_compatible(
             f"the soft labels were taken at temperature {metadata.temperature} but SSBConfig.temperature is "
             f"{temperature}. Set temperature={metadata.temperature}, rebuild the soft labels at {temperature}, or set "
             "allow_temperature_renormalization=True to rescale them over the top-K ids (drops the tail bucket)."
+        )
+
+
+def truncate_soft_label_dataset(
+    dataset: datasets.Dataset,
+    max_length: int,
+    columns: tuple[str, str] = (TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS),
+) -> datasets.Dataset:
+    """Cut rows to `max_length` tokens, cutting their soft labels with them; drop rows left with no answer."""
+    ids_column, logprobs_column = columns
+    lengths = [len(ids) for ids in dataset[INPUT_IDS]]
+    if max(lengths) <= max_length:
+        return dataset
+
+    def cut(example):
+        n_prompt = len(example[COMPLETION_MASK]) - sum(example[COMPLETION_MASK])
+        keep = max(0, max_length - n_prompt)
+        return {
+            INPUT_IDS: example[INPUT_IDS][:max_length],
+            COMPLETION_MASK: example[COMPLETION_MASK][:max_length],
+            ids_column: example[ids_column][:keep],
+            logprobs_column: example[logprobs_column][:keep],
+        }
+
+    too_long = sum(length > max_length for length in lengths)
+    truncated = dataset.map(cut, desc=f"Truncating to max_length={max_length}")
+    kept = truncated.filter(lambda example: sum(example[COMPLETION_MASK]) > 0)
+    logger.warning(
+        "%d of %d rows are longer than max_length=%d and were truncated with their soft labels; %d rows had no answer "
+        "token left and were dropped. Raise max_length to keep whole answers (the end-of-turn token teaches stopping).",
+        too_long,
+        len(dataset),
+        max_length,
+        len(dataset) - len(kept),
+    )
+    return kept
+
+
+def check_batch_alignment(num_answer_tokens: int, num_soft_label_rows: int) -> None:
+    """A batch must hold exactly one soft-label row per answer token (labels != -100 after the shift)."""
+    if num_answer_tokens != num_soft_label_rows:
+        raise SoftLabelError(
+            f"the batch has {num_answer_tokens} answer tokens but {num_soft_label_rows} soft-label rows; "
+            "the collator or dataset misaligned them (was input_ids truncated without its soft labels?)."
         )

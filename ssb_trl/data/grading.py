@@ -21,10 +21,7 @@ import functools
 import logging
 import re
 import threading
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ssb_trl.sources import QAExample
+from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +40,16 @@ _NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+
 _THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}")
 _NUMBER_WITH_UNIT_RE = re.compile(r"^([-+]?\d+(?:\.\d+)?)\s*[A-Za-z][A-Za-z .]*$")
+
+
+class Gradable(Protocol):
+    """What grading needs of a question (``ssb_trl.data.sources.QAExample``): its gold answer, and its own
+    scorer where it has one. A protocol, so that grading imports nothing from the sources."""
+
+    answer: str
+    scorer: dict[str, Any] | None
+
+    def score(self, predicted: str) -> float: ...
 
 
 def _last_boxed(text: str) -> str | None:
@@ -161,7 +168,7 @@ def verify_answer(predicted: str | None, gold: str) -> bool:
     return False
 
 
-def grade(completion_text: str, example: QAExample, fallbacks: bool = True) -> bool:
+def grade(completion_text: str, example: Gradable, fallbacks: bool = True) -> bool:
     """Is ``completion_text`` a correct answer to ``example``?
 
     Examples that carry their own scorer (reasoning-gym tasks) are judged by it, on the extracted final
@@ -171,7 +178,5 @@ def grade(completion_text: str, example: QAExample, fallbacks: bool = True) -> b
     if predicted is None:
         return False
     if example.scorer:
-        from ssb_trl.sources import score_with_source_scorer
-
-        return score_with_source_scorer(predicted, example) >= 1.0 - 1e-9
+        return example.score(predicted) >= 1.0 - 1e-9
     return verify_answer(predicted, example.answer)

@@ -1,0 +1,29 @@
+"""Data preparation: plain question/answer pairs -> a soft-label dataset (METHOD.md steps 1-6).
+
+sources     QuestionSource: Hub / local file / reasoning-gym -> QAExample (with its scorer)
+grading     final-answer extraction + verification
+prompts     student and hinted-teacher prompts (versioned)
+sampling    Sampling settings and seeded, batch-independent sampling
+generation  backends (batched transformers, vLLM) behind one generate(prompts, sampling, seed)
+teacher     soft-label extraction (teacher-forced top-K log-probs)
+config      PrepConfig = QuestionSource + rollout and teacher Sampling + soft labels + engine
+stages      rollouts -> pair -> teacher -> rows, pure functions
+workdir     the run's files on disk (settings, shards, result)
+pipeline    shards, resumption, processes, the final dataset
+"""
+
+from ssb_trl.data.config import PrepConfig
+from ssb_trl.data.pipeline import NoPairsError, PrepSummary, prepare_ssb_data
+from ssb_trl.data.sampling import Sampling
+from ssb_trl.data.sources import QAExample, QuestionSource, load_questions
+
+__all__ = [
+    "NoPairsError",
+    "PrepConfig",
+    "PrepSummary",
+    "QAExample",
+    "QuestionSource",
+    "Sampling",
+    "load_questions",
+    "prepare_ssb_data",
+]

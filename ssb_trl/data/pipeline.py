@@ -1,0 +1,326 @@
+"""SSB data preparation as one resumable, shardable job: which stage runs where, and the final dataset.
+
+The stages themselves (METHOD.md steps 1-6) are in :mod:`ssb_trl.data.stages`; the files in
+:mod:`ssb_trl.data.workdir`. Questions are cut into fixed shards of ``shard_size``; for each
+shard the three expensive stages (student rollouts, teacher answers, soft labels) each persist their
+result under ``<output_dir>/ssb_work/`` as soon as it exists, written to a temporary name and renamed
+into place, so a crash never leaves a file that a rerun would take for finished work. A rerun skips
+every stage already on disk. Every random draw is seeded from ``(seed, question id, stage, attempt)``,
+so a resumed run, a run on N processes (shards are dealt round-robin to processes under
+``accelerate launch``) and an uninterrupted run produce the same dataset. The settings of a run are
+recorded in ``ssb_work/settings.json``; an output directory holding a run with other settings is
+refused rather than mixed.
+
+When every shard is done, the main process concatenates the shard rows into one soft-label dataset
+(:mod:`ssb_trl.contract` format) in ``output_dir``, writes ``ssb_summary.json`` and logs a summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import datasets
+import torch
+from accelerate import PartialState
+from tqdm.auto import tqdm
+
+from ssb_trl.contract import (
+    COMPLETION_MASK,
+    SoftLabelMetadata,
+    features,
+    push_soft_label_dataset_to_hub,
+    save_soft_label_dataset,
+    tokenizer_fingerprint,
+)
+from ssb_trl.data.config import RUNTIME_ONLY_FIELDS, PrepConfig
+from ssb_trl.data.generation import GenerationBackend, make_backend
+from ssb_trl.data.prompts import PROMPT_TEMPLATE_VERSION
+from ssb_trl.data.sources import QAExample, load_questions
+from ssb_trl.data.stages import build_rows, run_rollouts, run_teacher
+from ssb_trl.data.workdir import WorkDir, read_jsonl, write_jsonl
+from ssb_trl.models import load_model_and_tokenizer, load_tokenizer
+from ssb_trl.storage import write_json, write_text
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RUNTIME_ONLY_FIELDS", "NoPairsError", "PrepConfig", "PrepSummary", "prepare_ssb_data", "summarize"]
+
+SUMMARY_FILENAME = "ssb_summary.json"
+
+
+class NoPairsError(ValueError):
+    """No question produced a training row; partial results stay on disk."""
+
+
+@dataclass
+class PrepSummary:
+    """What a run produced; written to ``ssb_summary.json`` next to the dataset."""
+
+    questions: int = 0
+    rollouts: int = 0
+    rollouts_correct: int = 0
+    rollouts_without_answer: int = 0
+    rollouts_truncated: int = 0
+    pairs: int = 0
+    teacher_attempts: int = 0
+    teacher_kept: int = 0
+    answer_tokens: int = 0
+    dataset_bytes: int = 0
+    bytes_per_answer_token: float = 0.0
+    full_vocab_float32_bytes_per_token: int = 0
+    output_dir: str = ""
+
+    @property
+    def rollout_accuracy(self) -> float:
+        return self.rollouts_correct / self.rollouts if self.rollouts else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rollout_accuracy": self.rollout_accuracy}
+
+    def table(self) -> str:
+        rows = [
+            ("questions", f"{self.questions}"),
+            ("rollouts", f"{self.rollouts}"),
+            ("rollout accuracy", f"{self.rollout_accuracy:.1%} ({self.rollouts_correct}/{self.rollouts})"),
+            ("rollouts without an answer / cut short", f"{self.rollouts_without_answer} / {self.rollouts_truncated}"),
+            ("pairs (questions with a right and a wrong rollout)", f"{self.pairs}"),
+            ("teacher answers kept / attempts", f"{self.teacher_kept} / {self.teacher_attempts}"),
+            ("answer tokens", f"{self.answer_tokens}"),
+            (
+                "bytes per answer token on disk",
+                f"{self.bytes_per_answer_token:.0f} (full-vocab float32: {self.full_vocab_float32_bytes_per_token})",
+            ),
+        ]
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Orchestration
+
+
+def _process_shard(
+    shard: int,
+    questions: list[QAExample],
+    work: WorkDir,
+    backend: GenerationBackend,
+    model: Any,
+    tokenizer: Any,
+    config: PrepConfig,
+    eos_id: int,
+    show_progress: bool,
+) -> None:
+    rollout_path = work.shard_path("rollouts", shard)
+    rollouts = read_jsonl(rollout_path)
+    if rollouts is None:
+        rollouts = run_rollouts(backend, questions, config)
+        write_jsonl(rollout_path, rollouts)
+    teacher_path = work.shard_path("teacher", shard)
+    teacher = read_jsonl(teacher_path)
+    if teacher is None:
+        teacher = run_teacher(backend, questions, rollouts, config)
+        write_jsonl(teacher_path, teacher)
+    if not work.shard_path("rows", shard).is_dir():
+        work.save_rows(
+            shard, build_rows(model, tokenizer, questions, rollouts, teacher, config, eos_id, show_progress)
+        )
+
+
+def _questions_digest(questions: list[QAExample]) -> str:
+    digest = hashlib.sha256()
+    for question in questions:
+        digest.update(json.dumps(question.to_dict(), sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def summarize(work: WorkDir, num_shards: int, config: PrepConfig, vocab_size: int) -> PrepSummary:
+    """Count everything from the shard files (so it covers every process's work)."""
+    summary = PrepSummary(output_dir=str(work.output_dir), full_vocab_float32_bytes_per_token=4 * vocab_size)
+    for shard in range(num_shards):
+        for record in read_jsonl(work.shard_path("rollouts", shard)) or []:
+            summary.questions += 1
+            for rollout in record["rollouts"]:
+                summary.rollouts += 1
+                summary.rollouts_correct += int(rollout["correct"])
+                summary.rollouts_without_answer += int(rollout["answer"] is None)
+                summary.rollouts_truncated += int(not rollout["finished"])
+        for record in read_jsonl(work.shard_path("teacher", shard)) or []:
+            summary.pairs += int(record["pair"] is not None)
+            summary.teacher_attempts += len(record["attempts"])
+            summary.teacher_kept += int(record["kept_attempt"] is not None)
+    return summary
+
+
+def _finalize(
+    work: WorkDir, num_shards: int, config: PrepConfig, tokenizer: Any, vocab_size: int
+) -> tuple[PrepSummary, datasets.Dataset]:
+    missing = [s for s in range(num_shards) if not work.shard_path("rows", s).is_dir()]
+    if missing:
+        raise RuntimeError(f"shards {missing[:10]} have no rows on disk; a process failed. Rerun to finish them.")
+    non_empty = [rows for rows in map(work.load_rows, range(num_shards)) if rows is not None]
+    if non_empty:
+        dataset = datasets.concatenate_datasets(non_empty)
+    else:
+        row_features = features(config.logprob_dtype)
+        dataset = datasets.Dataset.from_dict({name: [] for name in row_features}, features=row_features)
+    summary = summarize(work, num_shards, config, vocab_size)
+    if len(dataset) == 0:
+        if summary.pairs == 0:
+            raise NoPairsError(
+                f"no question yielded a pair (a correct and an incorrect rollout): {summary.questions} questions, "
+                f"rollout accuracy {summary.rollout_accuracy:.1%}, {summary.rollouts_without_answer} rollouts without "
+                "an answer. Try more samples (--num_rollouts), a higher --rollout_temperature, more questions, or a "
+                "question set better matched to the model (easier if accuracy is ~0%, harder if ~100%). "
+                f"Rollouts are kept in {work.root}."
+            )
+        raise NoPairsError(
+            f"{summary.pairs} questions had a pair but the teacher never produced a verified-correct, finished answer "
+            f"({summary.teacher_attempts} attempts). Try more --teacher_retries, a larger --teacher_max_new_tokens, or "
+            f"more questions. Work so far is kept in {work.root}."
+        )
+    metadata = SoftLabelMetadata(
+        teacher_model=config.model_name_or_path,
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+        top_k=config.soft_label_top_k,
+        temperature=config.soft_label_temperature,
+        prompt_template_version=PROMPT_TEMPLATE_VERSION,
+        source={
+            **config.settings(),
+            "seed": config.seed,
+            "rollout_sampling": asdict(config.rollout_sampling),
+            "teacher_sampling": asdict(config.teacher_sampling),
+            "generation_backend": config.generation_backend,
+        },
+        logprob_dtype=config.logprob_dtype,
+    )
+    staging = work.root / "final.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    save_soft_label_dataset(dataset, str(staging), metadata)
+    work.publish(staging)
+    data_files = list(work.output_dir.glob("data-*.arrow"))
+    summary.answer_tokens = sum(sum(mask) for mask in dataset[COMPLETION_MASK])
+    summary.dataset_bytes = sum(path.stat().st_size for path in data_files)
+    summary.bytes_per_answer_token = summary.dataset_bytes / max(summary.answer_tokens, 1)
+    write_json(work.output_dir / SUMMARY_FILENAME, summary.to_dict())
+    write_text(work.done_path, "done\n")
+    if config.push_to_hub:
+        logger.info("Pushing the dataset to the Hub as %s", config.hub_dataset_id)
+        push_soft_label_dataset_to_hub(dataset, config.hub_dataset_id, metadata, private=config.hub_private)
+    return summary, dataset
+
+
+def _distributed_state(config: PrepConfig) -> Any:
+    """Accelerate's process state; on CPU it must be asked for explicitly, or each process runs alone."""
+    use_cpu = (
+        config.device == "cpu"
+        or not torch.cuda.is_available()
+        or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    )
+    state = PartialState(cpu=use_cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != state.num_processes:
+        raise RuntimeError(
+            f"launched as {launched} processes but accelerate set up {state.num_processes}; the processes would "
+            "duplicate each other's work. On CPU use an accelerate config with distributed_type MULTI_GPU and "
+            "use_cpu: true (see CPU_DISTRIBUTED.md)."
+        )
+    return state
+
+
+def prepare_ssb_data(
+    config: PrepConfig,
+    model: Any = None,
+    tokenizer: Any = None,
+    questions: list[QAExample] | None = None,
+    show_progress: bool = True,
+) -> PrepSummary:
+    """Run (or resume) data preparation; returns the summary (on every process; counts are global).
+
+    ``model``/``tokenizer``/``questions`` may be passed in (e.g. from a notebook); otherwise they come
+    from ``config``. Under ``accelerate launch`` the shards are dealt round-robin to the processes and
+    the main process writes the merged dataset.
+    """
+    state = _distributed_state(config)
+    if questions is None:
+        questions = load_questions(config)
+    work = WorkDir(config.output_dir)
+    settings = {
+        "config": config.fingerprint(),
+        "questions_sha256": _questions_digest(questions),
+        "prompt_template_version": PROMPT_TEMPLATE_VERSION,
+    }
+    if state.is_main_process:
+        resuming = work.claim(settings)
+        # A finished run's summary and marker are rewritten at the end; drop them so no process reads them early.
+        work.done_path.unlink(missing_ok=True)
+        (work.output_dir / SUMMARY_FILENAME).unlink(missing_ok=True)
+        logger.info("%s SSB data preparation in %s", "Resuming" if resuming else "Starting", config.output_dir)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        work.claim(settings)
+    num_shards = (len(questions) + config.shard_size - 1) // config.shard_size
+    my_shards = [s for s in range(num_shards) if s % state.num_processes == state.process_index]
+    todo = [s for s in my_shards if not work.shard_path("rows", s).is_dir()]
+    if todo and model is None:
+        device = config.device or (str(state.device) if state.num_processes > 1 else None)
+        model, tokenizer = load_model_and_tokenizer(
+            config.model_name_or_path,
+            dtype=config.dtype,
+            device=device,
+            tokenizer_name_or_path=config.tokenizer_name_or_path,
+        )
+    elif tokenizer is None:
+        tokenizer = load_tokenizer(config.tokenizer_name_or_path or config.model_name_or_path)
+    inner_progress = show_progress and state.is_local_main_process
+    if todo:
+        if state.num_processes > 1 and model.device.type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // state.num_processes))
+        backend = make_backend(
+            config.generation_backend,
+            model=model,
+            tokenizer=tokenizer,
+            model_name_or_path=config.model_name_or_path,
+            max_batch_size=config.generation_batch_size,
+            max_batch_tokens=config.generation_max_batch_tokens,
+            show_progress=inner_progress,
+            gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        )
+        eos_id = backend.eos_ids[0] if getattr(backend, "eos_ids", None) else tokenizer.eos_token_id
+        logger.info(
+            "Process %d/%d: %d of its %d shards to do (%d questions in %d shards in all)",
+            state.process_index,
+            state.num_processes,
+            len(todo),
+            len(my_shards),
+            len(questions),
+            num_shards,
+        )
+        bar = tqdm(todo, desc=f"Shards (process {state.process_index})", unit="shard", disable=not show_progress)
+        for shard in bar:
+            chunk = questions[shard * config.shard_size : (shard + 1) * config.shard_size]
+            _process_shard(shard, chunk, work, backend, model, tokenizer, config, eos_id, inner_progress)
+    state.wait_for_everyone()
+    vocab_size = int(getattr(getattr(model, "config", None), "vocab_size", 0) or len(tokenizer))
+    error: Exception | None = None
+    if state.is_main_process:
+        try:
+            summary, _ = _finalize(work, num_shards, config, tokenizer, vocab_size)
+            logger.info("SSB data preparation finished; dataset in %s\n%s", config.output_dir, summary.table())
+        except Exception as exc:  # re-raised below, after the other processes have been released
+            error = exc
+    state.wait_for_everyone()
+    if error is not None:
+        raise error
+    summary_path = work.output_dir / SUMMARY_FILENAME
+    if not summary_path.is_file():
+        raise RuntimeError("the main process failed to write the dataset; see its error above")
+    data = json.loads(summary_path.read_text())
+    data.pop("rollout_accuracy", None)
+    return PrepSummary(**data)

@@ -1,0 +1,143 @@
+"""Run an evaluation: generate and grade each model's answers on the evaluation set, then write the reports.
+
+Models are prompted with exactly the student prompt used in training (`ssb_trl.data.prompts.student_messages`)
+and graded with `ssb_trl.data.grading.grade` under the source's own `answer_fallbacks`, so evaluation and
+data preparation cannot drift apart. Per-question records are kept so any figure can be audited.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import torch
+import transformers
+from tqdm.auto import tqdm
+
+import ssb_trl
+from ssb_trl.data.generation import make_backend
+from ssb_trl.data.grading import extract_final_answer, grade
+from ssb_trl.data.prompts import PROMPT_TEMPLATE_VERSION, student_messages
+from ssb_trl.data.sampling import derive_seed
+from ssb_trl.data.sources import QAExample
+from ssb_trl.eval.config import EvalConfig
+from ssb_trl.eval.models import check_models_loadable, load_eval_model, parse_model_specs
+from ssb_trl.eval.questions import load_eval_questions
+from ssb_trl.eval.report import write_report
+from ssb_trl.eval.stats import Accuracy, paired_pass1_comparison, summarize_records
+
+logger = logging.getLogger(__name__)
+
+
+def score_completion(
+    text: str, num_tokens: int, finished: bool, example: QAExample, fallbacks: bool = True
+) -> dict[str, Any]:
+    """Grade one completion and keep what an auditor needs: text, extracted answer, verdict, length, truncation."""
+    return {
+        "text": text,
+        "extracted": extract_final_answer(text, fallbacks=fallbacks),
+        "correct": bool(grade(text, example, fallbacks=fallbacks)),
+        "num_tokens": int(num_tokens),
+        "finished": bool(finished),
+    }
+
+
+def evaluate_model(model: Any, tokenizer: Any, examples: Sequence[QAExample], config: EvalConfig) -> dict[str, Any]:
+    """Generate and grade completions of one loaded model on `examples`; return its summary and per-question records.
+
+    Sampling seeds derive from (seed, question id), so every model sees the same random stream per question
+    (a paired comparison), and a question's samples do not change with `limit` or batch size.
+    """
+    prompts = [student_messages(ex.question, system_prompt=config.system_prompt or None) for ex in examples]
+    backend = make_backend("transformers", model=model, tokenizer=tokenizer, max_batch_size=config.batch_size)
+    timings: dict[str, float] = {}
+    greedy_out = sampled_out = None
+    if config.greedy:
+        start = time.perf_counter()
+        greedy_out = backend.generate(prompts, config.greedy_sampling)
+        timings["greedy_s"] = time.perf_counter() - start
+    if config.sampling is not None:
+        start = time.perf_counter()
+        seeds = [derive_seed(config.seed, ex.id) for ex in examples]
+        sampled_out = backend.generate(prompts, config.sampling, seed=seeds)
+        timings["sampled_s"] = time.perf_counter() - start
+    fallbacks = config.answer_fallbacks
+    records = []
+    for index, ex in enumerate(tqdm(examples, desc="Grading", unit="question")):
+        record: dict[str, Any] = {
+            "id": ex.id,
+            "question": ex.question,
+            "gold": ex.answer,
+            "greedy": None,
+            "samples": [],
+        }
+        if greedy_out is not None:
+            c = greedy_out[index][0]
+            record["greedy"] = score_completion(c.text, len(c.token_ids), c.finished, ex, fallbacks)
+        if sampled_out is not None:
+            record["samples"] = [
+                score_completion(c.text, len(c.token_ids), c.finished, ex, fallbacks) for c in sampled_out[index]
+            ]
+        records.append(record)
+    summary = summarize_records(records, config.num_samples)
+    summary["timings"] = timings
+    summary["records"] = records
+    return summary
+
+
+def _environment() -> dict[str, str]:
+    return {
+        "ssb_trl": ssb_trl.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+
+
+def run_evaluation(config: EvalConfig) -> dict[str, Any]:
+    """Evaluate every model in `config.models` and write the reports; return the full report dict.
+
+    Everything that can be checked cheaply (model entries, the evaluation set, its gold answers, model configs)
+    is checked before the first model is loaded. Results are rewritten after each model, so a crash keeps the
+    models already done.
+    """
+    specs = parse_model_specs(config.models, config.adapter_base_model)
+    examples, source = load_eval_questions(config)
+    check_models_loadable(specs)
+    report: dict[str, Any] = {
+        "config": asdict(config),
+        "benchmark": source,
+        "prompt_template_version": PROMPT_TEMPLATE_VERSION,
+        "environment": _environment(),
+        "models": [],
+        "comparisons": [],
+    }
+    logger.info("Evaluating %d model(s) on %d questions: %s", len(specs), len(examples), source["description"])
+    device = None if config.device == "auto" else config.device
+    for spec in specs:
+        started = time.perf_counter()
+        model, tokenizer = load_eval_model(spec, dtype=config.dtype, device=device)
+        result = evaluate_model(model, tokenizer, examples, config)
+        del model
+        gc.collect()
+        result = {
+            "label": spec.label,
+            "model": spec.name_or_path,
+            "adapter_base": spec.adapter_base,
+            **result,
+            "seconds": time.perf_counter() - started,
+        }
+        report["models"].append(result)
+        if config.greedy and len(report["models"]) > 1:
+            report["comparisons"] = [paired_pass1_comparison(report["models"][0], m) for m in report["models"][1:]]
+        summary = ", ".join(f"{k} {Accuracy(**m).fmt()}" for k, m in result["metrics"].items())
+        logger.info("%s: %s", spec.label, summary)
+        write_report(report, config.output_dir, plot=False)
+    write_report(report, config.output_dir, plot=config.plot)
+    return report
