@@ -155,7 +155,7 @@ def part_generation(p: dict) -> list[dict]:
 
 
 def part_zero3_smoke(p: dict, workdir: str) -> dict:
-    """Two SSB steps under `accelerate launch` with recipes/accelerate_configs/deepspeed_zero3.yaml."""
+    """Two SSB steps under `accelerate launch` with ssb_trl/accelerate_configs/deepspeed_zero3.yaml."""
     from datasets import Dataset
 
     from ssb_trl.contract import SoftLabelMetadata, save_soft_label_dataset, tokenizer_fingerprint
@@ -174,7 +174,7 @@ def part_zero3_smoke(p: dict, workdir: str) -> dict:
         "-m",
         "accelerate.commands.launch",
         "--config_file",
-        os.path.join(root, "recipes/accelerate_configs/deepspeed_zero3.yaml"),
+        os.path.join(root, "ssb_trl/accelerate_configs/deepspeed_zero3.yaml"),
         "--num_processes",
         "1",
     ]

@@ -1,10 +1,10 @@
-"""The ``ssb-trl`` command: ``ssb-trl prepare|train|evaluate [flags]``, like TRL's ``trl sft``.
+"""The ``ssb-trl`` command: ``ssb-trl prepare|train|evaluate|inspect [flags]``, like TRL's ``trl sft``.
 
 ``prepare`` and ``train`` run through ``accelerate launch`` as TRL's commands do: flags the script does not
 know (``--num_processes 8``, ``--config_file x.yaml``, ``--mixed_precision bf16``) go to accelerate, and
 ``--accelerate_config NAME`` picks a config shipped in ``ssb_trl/accelerate_configs`` (``ddp``,
-``deepspeed_zero2``, ``deepspeed_zero3``, ``deepspeed_zero3_offload``) or a YAML path. ``evaluate`` runs in
-this process (one process writes one report).
+``deepspeed_zero2``, ``deepspeed_zero3``, ``deepspeed_zero3_offload``) or a YAML path. ``evaluate`` and
+``inspect`` run in this process (one process writes one report).
 """
 
 from __future__ import annotations
@@ -19,10 +19,14 @@ from accelerate.commands.launch import launch_command, launch_command_parser
 
 from ssb_trl.scripts import configure_logging
 
-COMMANDS = {
-    "prepare": "Prepare a soft-label dataset (rollouts, hinted teacher, top-K soft labels); resumable",
-    "train": "Train with SSBTrainer on a soft-label dataset",
-    "evaluate": "Evaluate models side by side: pass@1, mean@n with 95% intervals",
+COMMANDS = {  # command -> (module in ssb_trl.scripts, help)
+    "prepare": ("prepare", "Prepare a soft-label dataset (rollouts, hinted teacher, top-K soft labels); resumable"),
+    "train": ("train", "Train with SSBTrainer on a soft-label dataset"),
+    "evaluate": (
+        "evaluate",
+        "Evaluate models side by side: pass@1, mean@n with 95%% intervals",
+    ),  # argparse %-formats help
+    "inspect": ("inspect_data", "Inspect a soft-label dataset: size, K, T, top-K mass, bytes, one decoded row"),
 }
 LAUNCHED_COMMANDS = ("prepare", "train")
 
@@ -63,7 +67,8 @@ def _without(args: list[str], subsequence: list[str]) -> list[str]:
 
 def run_command(command: str, args: list[str]) -> None:
     """Parse ``args`` with the script's own parser (``-h`` works, bad flags fail here), then run it."""
-    module = importlib.import_module(f"ssb_trl.scripts.{command}")
+    module_name = COMMANDS[command][0]
+    module = importlib.import_module(f"ssb_trl.scripts.{module_name}")
     parser = module.make_parser(prog=f"ssb-trl {command}")
     if command not in LAUNCHED_COMMANDS:
         configure_logging()
@@ -73,7 +78,7 @@ def run_command(command: str, args: list[str]) -> None:
         args, return_remaining_strings=True, separate_remaining_strings=True
     )
     launch_args = _launch_args(config_unknown + cli_unknown)
-    script = str(importlib.resources.files("ssb_trl.scripts").joinpath(f"{command}.py"))
+    script = str(importlib.resources.files("ssb_trl.scripts").joinpath(f"{module_name}.py"))
     launch_command(launch_command_parser().parse_args(launch_args + [script] + _without(args, cli_unknown)))
 
 
@@ -81,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="ssb-trl", description="Semantic Soft Bootstrapping for TRL.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, help_text in COMMANDS.items():
+    for name, (_, help_text) in COMMANDS.items():
         subparsers.add_parser(name, help=help_text, add_help=False)
     known, _ = parser.parse_known_args(argv)
     if known.command is None:

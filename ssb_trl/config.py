@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from trl import SFTConfig
 
 from .loss import DistillationLossSpec
+from .validation import require_finite_numbers
 
 
 @dataclass
@@ -83,6 +84,7 @@ class SSBConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        require_finite_numbers(self)  # before SFTConfig derives anything from a NaN (learning rate, warmup...)
         super().__post_init__()
         if self.packing or self.padding_free:
             raise ValueError(

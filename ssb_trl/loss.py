@@ -20,6 +20,7 @@ to the vocabulary (see `_chunk_loss_and_grad`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,10 @@ class DistillationLossSpec:
     chunk_size: int | None = None  # answer tokens per chunk; None = sized from the vocabulary
 
     def __post_init__(self):
+        for name in ("temperature", "kd_weight", "ce_weight", "beta"):
+            value = getattr(self, name)
+            if not math.isfinite(value):  # NaN passes every `<` check below and would train NaN weights
+                raise ValueError(f"{name} must be a finite number, got {value}.")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}.")
         if not 0.0 <= self.beta <= 1.0:
@@ -112,6 +117,20 @@ def _addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         acc.addmm_(a.float(), b.float())
 
 
+def _log_sum_pow(e: torch.Tensor, t: float, sum_e: torch.Tensor) -> torch.Tensor:
+    """log(sum(e ** t)) per row, where e = exp((z - max) / t): the log-partition at T = 1, minus the max.
+
+    Each row's largest e is 1, so the sum lies in [1, vocab]. For t >= 1 the t-norm (sum e^t)^(1/t) cannot
+    overflow; for t < 1 it can (a flat 20k vocabulary at t = 0.1 gives 20000^10), so there the powers are
+    summed directly, a few rows at a time to keep the temporary small.
+    """
+    if t == 1.0:
+        return sum_e.log()
+    if t > 1.0:
+        return t * torch.linalg.vector_norm(e, ord=t, dim=-1).log()
+    return torch.cat([rows.pow(t).sum(-1) for rows in e.split(64)]).log()
+
+
 def _chunk_loss_and_grad(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -128,7 +147,7 @@ def _chunk_loss_and_grad(
     costs few passes over memory. With e = exp((z - max) / T), p = e / sum(e):
       student top-K log-probs = (z_topk - max) / T - log sum(e)
       student tail mass       = sum of e outside the top-K / sum(e)   (summed directly: exact when tiny)
-      CE at T = 1             = max + log sum(e^T) - z_target
+      CE at T = 1             = max + log sum(e^T) - z_target     (see `_log_sum_pow`)
     """
     t = spec.temperature
     z = _logits_fp32(hidden, weight, bias)
@@ -143,11 +162,15 @@ def _chunk_loss_and_grad(
     e.scatter_(-1, ids, topk_e)
     sum_e = tail_e + topk_e.sum(-1)
     log_sum_e = sum_e.log()
-    ce = (z_max + t * torch.linalg.vector_norm(e, ord=t, dim=-1).log() - target_z).sum()
+    ce = (z_max + _log_sum_pow(e, t, sum_e) - target_z).sum()
 
     topk_logp = (topk_z - z_max.unsqueeze(-1)) / t - log_sum_e.unsqueeze(-1)
     if spec.use_tail_bucket:
-        log_tail = tail_e.log() - log_sum_e  # -inf when the tail underflows; clamped (zero gradient) below
+        # log(1 - S) for the student's top-K mass S: from S itself when the tail is large (the difference of two
+        # big logs would lose the digits that matter at high T), from the directly summed tail when it is tiny
+        # (-inf when it underflows; clamped, with zero gradient, below).
+        topk_mass = topk_e.sum(-1) / sum_e
+        log_tail = torch.where(topk_mass < 0.5, torch.log1p(-topk_mass), tail_e.log() - log_sum_e)
         coarse = torch.cat([topk_logp, log_tail.clamp(min=_MIN_LOG_PROB).unsqueeze(-1)], dim=-1)
     else:
         log_tail = None
@@ -237,7 +260,8 @@ class SparseDistillationFunction(torch.autograd.Function):
                     _addmm_fp32(grad_w, grad_logits.t(), h)
                 if need_b:
                     grad_b += grad_logits.float().sum(0)
-        loss_sum = spec.kd_weight * kd_sum + spec.ce_weight * ce_sum
+        # Only weighted terms enter: 0 * (a huge term) must not become NaN.
+        loss_sum = sum(w * term for w, term in ((spec.kd_weight, kd_sum), (spec.ce_weight, ce_sum)) if w > 0)
         ctx.grads = (grad_h, grad_w, grad_b)  # fp32, released in backward
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
         stats = torch.stack([kd_sum, ce_sum, agree.float()])

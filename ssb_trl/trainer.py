@@ -262,6 +262,13 @@ class SSBTrainer(SFTTrainer):
         n_seq = torch.tensor(inputs[INPUT_IDS].shape[0], device=outputs.stats.device, dtype=torch.float32)
         local = torch.cat([outputs.stats.detach().float(), outputs.num_answer_tokens.float().view(1), n_seq.view(1)])
         kd_sum, ce_sum, agree, n_tokens, n_sequences = self.accelerator.gather_for_metrics(local.view(1, -1)).sum(0)
+        if not (torch.isfinite(kd_sum) and torch.isfinite(ce_sum)):
+            # Trainer's logging_nan_inf_filter would hide this and the optimizer would write NaN weights.
+            raise FloatingPointError(
+                f"non-finite SSB loss at step {self.state.global_step} ({mode}): kd_sum={kd_sum.item()}, "
+                f"ce_sum={ce_sum.item()} over {int(n_tokens.item())} answer tokens. Check the soft labels "
+                "(ssb_trl.validate_soft_label_dataset), the learning rate and the loss settings."
+            )
         sums = self._ssb_sums[mode]
         sums["kd"] += kd_sum.item()
         sums["ce"] += ce_sum.item()

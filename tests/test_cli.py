@@ -28,7 +28,7 @@ def test_each_command_shows_its_own_flags(command: str) -> None:
         [sys.executable, "-m", "ssb_trl", command, "--help"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-    assert f"usage: ssb-trl {command}" in proc.stdout and "--config" in proc.stdout
+    assert f"usage: ssb-trl {command}" in proc.stdout and "--output_dir" in proc.stdout
 
 
 def test_accelerate_config_names_resolve_to_shipped_files(tmp_path: Path) -> None:
@@ -49,3 +49,35 @@ def test_accelerate_config_names_resolve_to_shipped_files(tmp_path: Path) -> Non
 def test_flags_for_accelerate_are_taken_out_of_the_script_arguments() -> None:
     args = ["--config", "a.yaml", "--num_processes", "2", "--seed", "3"]
     assert cli._without(args, ["--num_processes", "2"]) == ["--config", "a.yaml", "--seed", "3"]
+
+
+def test_inspect_reports_the_dataset_and_decodes_a_row(tmp_path: Path, tokenizer, tokenizer_dir: str) -> None:
+    import numpy as np
+    from conftest import build_soft_label_dataset, make_tiny_model
+
+    from ssb_trl.soft_labels import save_soft_label_dataset
+
+    dataset, metadata = build_soft_label_dataset(make_tiny_model(seed=1), tokenizer, n_rows=5, top_k=8)
+    save_soft_label_dataset(dataset, str(tmp_path / "data"), metadata)
+    out = tmp_path / "stats.json"
+    argv = ["inspect", "--dataset_name", str(tmp_path / "data"), "--tokenizer_name_or_path", tokenizer_dir]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ssb_trl", *argv, "--row", "1", "--output_json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    stats = json.loads(out.read_text())
+    lengths = [len(ids) for ids in dataset["teacher_topk_ids"]]
+    masses = np.concatenate([np.exp(np.array(lp)).sum(-1) for lp in dataset["teacher_topk_logprobs"]])
+    assert stats["rows"] == 5 and stats["answer_tokens"] == sum(lengths) and stats["top_k"] == 8
+    assert stats["top_k_mass_percentiles"]["p50"] == pytest.approx(float(np.median(masses)), rel=1e-6)
+    assert stats["bytes_per_answer_token"]["on_disk"] > 0
+    answer = [t for t, m in zip(dataset[1]["input_ids"], dataset[1]["completion_mask"]) if m]
+    assert f"Row 1: {len(dataset[1]['input_ids']) - len(answer)} prompt tokens, {len(answer)} answer tokens" in (
+        proc.stdout
+    )
+    assert repr(tokenizer.decode([answer[0]])) in proc.stdout  # the first answer token, decoded

@@ -1,0 +1,153 @@
+"""Inspect a soft-label dataset before training on it: size, K, T, teacher, top-K mass, storage, one example.
+
+    ssb-trl inspect --dataset_name outputs/demo/data
+    ssb-trl inspect --dataset_name user/my-ssb-data --row 3 --max_tokens 40
+
+The top-K mass is the share of the teacher's probability held by the stored K ids on each answer token
+(the rest is the tail bucket); a low mass means K is small for this teacher and temperature.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+from datasets import Dataset
+from transformers import PreTrainedTokenizerBase
+from trl import TrlParser
+
+from ssb_trl.models import load_tokenizer
+from ssb_trl.scripts import configure_logging
+from ssb_trl.soft_labels import SoftLabelMetadata, load_soft_label_dataset
+
+
+@dataclass
+class InspectArguments:
+    dataset_name: str = field(
+        metadata={"help": "Soft-label dataset: a directory written by `ssb-trl prepare`, or a Hub id."}
+    )
+    split: str = field(default="train", metadata={"help": "Split to inspect (Hub datasets and DatasetDicts)."})
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "Tokenizer to decode the example with; default: the teacher's."}
+    )
+    row: int = field(default=0, metadata={"help": "Row shown decoded, with the teacher's top-5 per answer token."})
+    max_tokens: int = field(default=24, metadata={"help": "Answer tokens shown for that row."})
+    output_json: str | None = field(default=None, metadata={"help": "Also write the statistics to this JSON file."})
+
+
+def _flat(dataset: Dataset, column: str) -> np.ndarray:
+    """[n_answer_tokens, K] array from a list<list<number>> column, without going through Python lists."""
+    chunked = dataset.data.column(column)
+    per_token = pc.list_flatten(chunked)
+    k = len(per_token[0]) if len(per_token) else 0
+    return pc.list_flatten(per_token).to_numpy(zero_copy_only=False).reshape(-1, k)
+
+
+def _directory_bytes(path: str) -> int | None:
+    if not os.path.isdir(path):
+        return None
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+def soft_label_statistics(dataset: Dataset, metadata: SoftLabelMetadata, path: str) -> dict[str, Any]:
+    """Rows, answer tokens, K, T, teacher, percentiles of the top-K mass, and bytes per answer token."""
+    logprobs = _flat(dataset, "teacher_topk_logprobs").astype(np.float64)
+    mass = np.exp(logprobs).sum(-1)
+    answer_lengths = np.array([len(ids) for ids in dataset["teacher_topk_ids"]])
+    n_tokens = int(answer_lengths.sum())
+    on_disk = _directory_bytes(path)
+    return {
+        "dataset": path,
+        "rows": len(dataset),
+        "answer_tokens": n_tokens,
+        "answer_tokens_per_row": {"mean": float(answer_lengths.mean()), "min": int(answer_lengths.min()),
+                                  "max": int(answer_lengths.max())},
+        "top_k": metadata.top_k,
+        "temperature": metadata.temperature,
+        "teacher_model": metadata.teacher_model,
+        "prompt_template_version": metadata.prompt_template_version,
+        "logprob_dtype": metadata.logprob_dtype,
+        "top_k_mass_percentiles": {f"p{q}": float(np.percentile(mass, q)) for q in (5, 25, 50, 75, 95)},
+        "bytes_per_answer_token": {
+            "in_memory": dataset.data.nbytes / max(n_tokens, 1),
+            "on_disk": None if on_disk is None else on_disk / max(n_tokens, 1),
+        },
+    }  # fmt: skip
+
+
+def render_example(dataset: Dataset, tokenizer: PreTrainedTokenizerBase | None, row: int, max_tokens: int) -> str:
+    """One row: the student prompt, then each answer token with the teacher's top-5 and their probabilities."""
+    if not 0 <= row < len(dataset):
+        raise ValueError(f"--row {row} is outside the dataset (0..{len(dataset) - 1})")
+    example = dataset[row]
+    ids, mask = example["input_ids"], example["completion_mask"]
+    answer = [t for t, m in zip(ids, mask) if m]
+    name = tokenizer.decode if tokenizer is not None else str
+    prompt = [t for t, m in zip(ids, mask) if not m]
+    lines = [f"Row {row}: {len(prompt)} prompt tokens, {len(answer)} answer tokens", "", "Prompt:", ""]
+    lines.append(tokenizer.decode(prompt) if tokenizer is not None else str(prompt))
+    lines += ["", "| # | answer token | teacher top-5 (probability) |", "| ---: | --- | --- |"]
+    for j, (token, top_ids, top_lp) in enumerate(
+        zip(answer, example["teacher_topk_ids"], example["teacher_topk_logprobs"])
+    ):
+        if j == max_tokens:
+            lines.append(f"| ... | {len(answer) - max_tokens} more | |")
+            break
+        top = ", ".join(f"{name([i])!r} {np.exp(lp):.2f}" for i, lp in zip(top_ids[:5], top_lp[:5]))
+        lines.append(f"| {j} | {name([token])!r} | {top} |")
+    return "\n".join(lines)
+
+
+def render_statistics(stats: dict[str, Any]) -> str:
+    mass = stats["top_k_mass_percentiles"]
+    size = stats["bytes_per_answer_token"]
+    on_disk = "n/a (not a local directory)" if size["on_disk"] is None else f"{size['on_disk']:.0f}"
+    lengths = stats["answer_tokens_per_row"]
+    return "\n".join(
+        [
+            f"Soft-label dataset {stats['dataset']}",
+            "",
+            "| what | value |",
+            "| --- | --- |",
+            f"| rows | {stats['rows']} |",
+            f"| answer tokens | {stats['answer_tokens']} (per row: mean {lengths['mean']:.1f}, "
+            f"min {lengths['min']}, max {lengths['max']}) |",
+            f"| K, temperature | {stats['top_k']}, {stats['temperature']} |",
+            f"| teacher | {stats['teacher_model']} (prompts {stats['prompt_template_version']}) |",
+            "| top-K mass p5 / p25 / p50 / p75 / p95 | "
+            + " / ".join(f"{mass[p]:.3f}" for p in ("p5", "p25", "p50", "p75", "p95"))
+            + " |",
+            f"| bytes per answer token | on disk {on_disk}, in memory {size['in_memory']:.0f} "
+            f"({stats['logprob_dtype']} log-probs) |",
+        ]
+    )
+
+
+def main(args: InspectArguments) -> dict[str, Any]:
+    """Print the statistics and one decoded example; return the statistics."""
+    dataset, metadata = load_soft_label_dataset(args.dataset_name, split=args.split)
+    stats = soft_label_statistics(dataset, metadata, args.dataset_name)
+    tokenizer_name = args.tokenizer_name_or_path or metadata.teacher_model
+    try:
+        tokenizer = load_tokenizer(tokenizer_name, require_chat_template=False)
+    except (OSError, ValueError, ImportError) as error:
+        print(f"(tokenizer {tokenizer_name!r} could not be loaded, so ids are shown: {error})")
+        tokenizer = None
+    print(render_statistics(stats), render_example(dataset, tokenizer, args.row, args.max_tokens), sep="\n\n")
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            json.dump(stats, f, indent=2)
+    return stats
+
+
+def make_parser(prog: str | None = None) -> TrlParser:
+    return TrlParser((InspectArguments,), prog=prog)
+
+
+if __name__ == "__main__":
+    configure_logging()
+    main(*make_parser().parse_args_and_config())
