@@ -108,7 +108,7 @@ def test_mcnemar_and_paired_comparison() -> None:
 
 
 def test_summarize_records_on_real_grading() -> None:
-    """pass@1 / mean@n / pass@n and lengths from completions graded by ssb_trl.grading (no shortcuts)."""
+    """pass@1 / mean@n / pass@n and lengths from completions graded by ssb_trl.data.grading (no shortcuts)."""
     examples = [
         QAExample(id="a", question="2+2?", answer="4"),
         QAExample(id="b", question="Half of 3?", answer="\\frac{3}{2}"),

@@ -140,6 +140,8 @@ def test_bad_settings_are_refused(tiny_backend) -> None:
         Sampling(top_p=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         Sampling(max_new_tokens=0)
+    with pytest.raises(ValueError, match="finite"):
+        Sampling(temperature=float("nan"))
     assert tiny_backend.generate([], Sampling(n=2)) == []
     with pytest.raises(ValueError, match="unknown generation backend"):
         make_backend("tgi", model=tiny_backend.model, tokenizer=tiny_backend.tokenizer)

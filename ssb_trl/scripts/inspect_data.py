@@ -20,9 +20,9 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 from trl import TrlParser
 
+from ssb_trl.contract import SoftLabelMetadata, load_soft_label_dataset
 from ssb_trl.models import load_tokenizer
 from ssb_trl.scripts import configure_logging
-from ssb_trl.soft_labels import SoftLabelMetadata, load_soft_label_dataset
 
 
 @dataclass
