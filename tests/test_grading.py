@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -262,3 +264,12 @@ def test_unparsable_gold_answers_are_counted_and_warned_once(caplog: pytest.LogC
     assert len(warnings) == 1
     assert "3 of 6 gold answers from unparsable-golds-test" in warnings[0]
     assert "q2" in warnings[0]
+
+
+def test_load_questions_warns_about_unparsable_golds(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "golds.jsonl"
+    rows = [{"question": "a?", "answer": "4"}, {"question": "b?", "answer": r"\frac{1}{"}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with caplog.at_level(logging.WARNING, logger="ssb_trl.grading"):
+        load_questions(str(path))
+    assert any("1 of 2 gold answers" in record.getMessage() for record in caplog.records)
