@@ -22,8 +22,9 @@ stripping off (it takes ``t``, ``h``, ``m``... for units, so ``5t`` would equal 
 Math-Verify runs in a child process (one per concurrent caller, started on first use, reused): its own
 timeouts use ``signal.alarm``, which only works in the main thread, and some sympy calls (``10^{10^{10}}``)
 cannot be interrupted at all. A comparison that takes longer than ``MATH_VERIFY_TIMEOUT_S`` kills the child
-(a fresh one starts on the next call) and counts as not correct. So every call returns in bounded time from
-any thread or process (data-loader workers included) and grading is thread-safe.
+(a fresh one starts on the next call) and counts as not correct. So every call returns within
+``MATH_VERIFY_TIMEOUT_S`` (plus about a second when a worker has to start) from any thread or process,
+data-loader workers included, and grading is thread-safe. POSIX only (``select`` on pipes).
 
 :func:`check_gold_answers` warns, once per source, about gold answers Math-Verify cannot parse: only an
 exact text match can grade an answer to them correct.
