@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssb_trl.grading import parse_gold_answer
+from ssb_trl.grading import check_gold_answers, parse_gold_answer
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +201,7 @@ def load_questions(
             examples.append(QAExample(id=example_id, question=str(question), answer=answer))
         if skipped:
             logger.warning("Skipped %d rows of %s with an empty question or answer", skipped, source)
+        check_gold_answers(examples, source)
         label = source
     if num_questions is not None:
         examples = examples[:num_questions]
