@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ssb_trl.data.grading import parse_gold_answer
+from ssb_trl.data.grading import check_gold_answers, parse_gold_answer
 from ssb_trl.storage import load_rows
 
 logger = logging.getLogger(__name__)
@@ -258,6 +258,7 @@ def _load_rows_as_examples(source: QuestionSource) -> list[QAExample]:
         examples.append(QAExample(id=example_id, question=str(question), answer=answer))
     if skipped:
         logger.warning("Skipped %d rows of %s with an empty question or answer", skipped, source.source)
+    check_gold_answers(examples, source.source)
     return examples
 
 
