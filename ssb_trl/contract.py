@@ -41,8 +41,6 @@ logger = logging.getLogger(__name__)
 ID, ANSWER, PROMPT, COMPLETION = "id", "answer", "prompt", "completion"
 INPUT_IDS, COMPLETION_MASK = "input_ids", "completion_mask"
 TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS = "teacher_topk_ids", "teacher_topk_logprobs"
-SOFT_LABEL_COLUMNS = (INPUT_IDS, COMPLETION_MASK, TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS)
-"""The columns training reads; the others are for people and provenance."""
 LOGPROB_DTYPES = ("float16", "float32")
 
 METADATA_FILENAME = "ssb_metadata.json"
