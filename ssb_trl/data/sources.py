@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from ssb_trl.data.grading import check_gold_answers, parse_gold_answer
-from ssb_trl.storage import load_rows
+from ssb_trl.storage import hub_offline, load_rows
 
 logger = logging.getLogger(__name__)
 
 REASONING_GYM_PREFIXES = ("reasoning_gym:", "rg:")
+DEFAULT_MAX_QUESTION_CHARS = 20_000
+"""Longest question kept by default (about 5,000 tokens of English); longer ones are skipped, never cut."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,13 @@ class QuestionSource:
             "rarely box. Data preparation and evaluation of this source grade alike."
         },
     )
+    max_question_chars: int = field(
+        default=DEFAULT_MAX_QUESTION_CHARS,
+        metadata={
+            "help": "Questions longer than this many characters are skipped (with a warning that counts them): "
+            "they would not fit a prompt, and cutting a question changes it."
+        },
+    )
 
     def __post_init__(self) -> None:
         self.task_config = parse_json_mapping(self.task_config, "task_config")
@@ -137,6 +146,8 @@ class QuestionSource:
             raise ValueError(f"num_questions must be >= 1 (or unset for all), got {self.num_questions}")
         if self.reasoning_gym_task is not None and self.num_questions is None:
             raise ValueError("a reasoning-gym source generates its questions: set num_questions")
+        if self.max_question_chars < 1:
+            raise ValueError(f"max_question_chars must be >= 1, got {self.max_question_chars}")
 
     @property
     def reasoning_gym_task(self) -> str | None:
@@ -151,17 +162,21 @@ class QuestionSource:
         return {f.name: getattr(self, f.name) for f in fields(QuestionSource)}
 
     def describe(self) -> dict[str, Any]:
-        """The settings plus a one-line description for reports."""
+        """The settings plus what the source is (``kind``) and a one-line description for reports."""
         task, preset = self.reasoning_gym_task, BENCHMARK_PRESETS.get(self.source or "")
+        path = Path(self.source or "").expanduser()
         if task is not None:
-            description = f"reasoning-gym {task} (seed {self.source_seed})"
+            kind, description = "reasoning-gym", f"reasoning-gym {task} (seed {self.source_seed})"
         elif preset is not None:
-            description = preset.description
-        elif Path(self.source or "").expanduser().exists():
-            description = f"local file {self.source}"
+            kind = "benchmark preset"
+            description = f"{preset.description}, Hub {preset.dataset_name} split {self.source_split}"
+        elif path.is_file():
+            kind, description = "local file", f"local file {self.source}"
+        elif path.is_dir():
+            kind, description = "local folder", f"local folder {self.source} (split {self.source_split})"
         else:
-            description = f"Hub dataset {self.source}"
-        return {**self.settings(), "description": description}
+            kind, description = "Hub dataset", f"Hub dataset {self.source} (split {self.source_split})"
+        return {**self.settings(), "kind": kind, "description": description}
 
 
 @dataclass
@@ -232,10 +247,41 @@ def _load_reasoning_gym(task: str, task_config: dict[str, Any] | None, seed: int
     return examples
 
 
-def _load_rows_as_examples(source: QuestionSource) -> list[QAExample]:
+def _unknown_source_hint(source: str) -> str:
+    """What a source name that loads nothing might have meant: a preset, a local file, reasoning-gym."""
+    hint = (
+        f" {source!r} is not a benchmark preset ({', '.join(BENCHMARK_PRESETS)}), nor an existing local file or "
+        "folder; use a preset name, a Hub dataset id, 'reasoning_gym:<task>', or a local "
+        ".jsonl/.json/.parquet/.csv file"
+    )
+    if hub_offline():
+        hint += (
+            " (offline: copy the dataset as a file, e.g. --source questions.jsonl --question_field problem "
+            "--answer_field answer)"
+        )
+    return hint + "."
+
+
+def _load_rows_as_examples(source: QuestionSource, report: dict[str, Any]) -> list[QAExample]:
     preset = BENCHMARK_PRESETS.get(source.source)
     location = preset.dataset_name if preset else source.source
-    rows = load_rows(location, split=source.source_split, config_name=source.source_config_name)
+    try:
+        rows = load_rows(location, split=source.source_split, config_name=source.source_config_name)
+    except ValueError as exc:
+        if Path(location).expanduser().exists() or "has no split" in str(exc):
+            raise
+        if preset is not None:
+            raise ValueError(
+                f"{exc} Benchmark preset {preset.name!r} is the Hub dataset {preset.dataset_name!r}"
+                + (
+                    f"; offline, download it elsewhere and pass it as a local file: --source {preset.name}.jsonl "
+                    f"--question_field {preset.question_field} --answer_field {preset.answer_field}"
+                    if hub_offline()
+                    else ""
+                )
+                + "."
+            ) from exc
+        raise ValueError(f"{exc}{_unknown_source_hint(location)}") from exc
     split_label = "train" if Path(location).expanduser().is_file() else source.source_split
     columns = list(rows.column_names)
     wanted = (source.question_field, source.answer_field, source.id_field)
@@ -245,39 +291,58 @@ def _load_rows_as_examples(source: QuestionSource) -> list[QAExample]:
             f"source {source.source!r} has no field(s) {missing}; its columns are {columns}. "
             "Set question_field/answer_field (and id_field) to the right column names"
         )
+    report["rows_available"] = len(rows)
     if source.num_questions is not None:
         rows = rows.select(range(min(source.num_questions, len(rows))))
-    examples, skipped = [], 0
+    examples, skipped, too_long, longest = [], 0, 0, 0
     for index, row in enumerate(rows):
         question, raw_answer = row[source.question_field], row[source.answer_field]
         answer = parse_gold_answer(raw_answer) if raw_answer is not None else ""
         if not question or not str(question).strip() or not answer:
             skipped += 1
             continue
+        if len(str(question)) > source.max_question_chars:
+            too_long += 1
+            longest = max(longest, len(str(question)))
+            continue
         example_id = str(row[source.id_field]) if source.id_field else f"{split_label}/{index}"
         examples.append(QAExample(id=example_id, question=str(question), answer=answer))
     if skipped:
         logger.warning("Skipped %d rows of %s with an empty question or answer", skipped, source.source)
+    if too_long:
+        logger.warning(
+            "Skipped %d of %d questions of %s longer than max_question_chars=%d characters (longest: %d); "
+            "raise --max_question_chars to keep them",
+            too_long,
+            len(rows),
+            source.source,
+            source.max_question_chars,
+            longest,
+        )
+    report.update(rows_read=len(rows), skipped_empty=skipped, skipped_too_long=too_long)
     check_gold_answers(examples, source.source)
     return examples
 
 
-def load_questions(source: QuestionSource) -> list[QAExample]:
+def load_questions(source: QuestionSource, report: dict[str, Any] | None = None) -> list[QAExample]:
     """Load the questions of ``source`` with their gold answers (see the module docstring for the forms).
 
     Raises with a clear message for an unknown source, missing fields, or a source that yields no usable
-    example.
+    example. ``report``, when given, receives the counts of rows read and skipped (empty, too long).
     """
     if not source.source:
         raise ValueError("no question source given; pass a Hub dataset name, a local file or 'reasoning_gym:<task>'")
+    report = {} if report is None else report
     task = source.reasoning_gym_task
     if task is not None:
         examples = _load_reasoning_gym(task, source.task_config, source.source_seed, source.num_questions)
+        report.update(rows_read=len(examples), skipped_empty=0, skipped_too_long=0)
     else:
-        examples = _load_rows_as_examples(source)
+        examples = _load_rows_as_examples(source, report)
     if not examples:
         raise ValueError(
-            f"source {source.source!r} yielded no questions (empty split, or every row lacks a question/answer)"
+            f"source {source.source!r} yielded no questions (empty split, every row lacks a question/answer, or "
+            f"every question is longer than max_question_chars={source.max_question_chars})"
         )
     ids = [example.id for example in examples]
     if len(set(ids)) != len(ids):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ssb_trl.data.prompts import DEFAULT_SYSTEM_PROMPT
 from ssb_trl.data.sampling import Sampling
 from ssb_trl.data.sources import QuestionSource
+from ssb_trl.validation import require_finite_numbers
 
 
 @dataclass
@@ -93,6 +94,7 @@ class EvalConfig(QuestionSource):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require_finite_numbers(self)  # also the sampling fields of a greedy-only run, which Sampling never sees
         if isinstance(self.models, str):
             self.models = [self.models]
         if isinstance(self.exclude_questions_from, str):

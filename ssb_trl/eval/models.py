@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from peft import PeftModel
+from transformers import AutoConfig
 
-from ssb_trl.models import check_model_available, load_model_and_tokenizer, load_tokenizer
+from ssb_trl.models import check_model_available, load_model_and_tokenizer, load_tokenizer, resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +84,22 @@ def parse_model_specs(models: Sequence[str], adapter_base_model: str | None = No
     return specs
 
 
-def check_models_loadable(specs: Sequence[ModelSpec]) -> None:
-    """Read each model's config (cheap) so that an unreachable model fails before any model is evaluated."""
+def context_length(name_or_path: str) -> int | None:
+    """The most positions a model's config says it handles (``max_position_embeddings``), or None if unstated."""
+    config = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text_config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def check_models_loadable(specs: Sequence[ModelSpec], max_new_tokens: int | None = None) -> None:
+    """Read each model's config (cheap) so that an unreachable model, or an answer length beyond its context
+    window, fails before any model is evaluated."""
     for spec in specs:
         for name in [spec.adapter_base] if spec.is_adapter else [spec.name_or_path]:
             try:
                 check_model_available(name)
+                limit = context_length(name) if max_new_tokens is not None else None
             except Exception as exc:  # any loading failure: re-raised with the fix
                 role = f"base model of adapter {spec.name_or_path!r}" if spec.is_adapter else "model"
                 fix = " For an adapter, --adapter_base_model overrides the recorded base." if spec.is_adapter else ""
@@ -97,6 +108,11 @@ def check_models_loadable(specs: Sequence[ModelSpec]) -> None:
                     "Pass an existing local directory, or a Hub id with network access (unset HF_HUB_OFFLINE) or "
                     f"already in the local cache.{fix}"
                 ) from exc
+            if limit is not None and max_new_tokens > limit:
+                raise ValueError(
+                    f"max_new_tokens={max_new_tokens} is more than model {name!r} (for {spec.label!r}) can hold: its "
+                    f"context window is {limit} positions, prompt included. Pass --max_new_tokens below {limit}."
+                )
 
 
 def load_eval_model(spec: ModelSpec, dtype: str = "auto", device: str | None = None) -> tuple[Any, Any]:

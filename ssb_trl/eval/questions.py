@@ -58,8 +58,9 @@ def load_eval_questions(config: EvalConfig) -> tuple[list[QAExample], dict[str, 
     excluded: set[str] = set()
     for path in config.exclude_questions_from:
         excluded |= training_questions(path)
+    counts: dict[str, Any] = {}
     try:
-        examples = load_questions(config)
+        examples = load_questions(config, report=counts)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         hint = ""
         if config.reasoning_gym_task is None:
@@ -95,5 +96,6 @@ def load_eval_questions(config: EvalConfig) -> tuple[list[QAExample], dict[str, 
             f"{len(missing_gold)} of {len(examples)} evaluation questions have no gold answer (e.g. {missing_gold[:3]}); "
             "accuracy cannot be measured without one. Fill the answer field or point answer_field at the right column."
         )
+    source.update(counts)
     source["evaluated"] = len(examples)
     return examples, source

@@ -30,6 +30,7 @@ from ssb_trl.eval.models import check_models_loadable, load_eval_model, parse_mo
 from ssb_trl.eval.questions import load_eval_questions
 from ssb_trl.eval.report import write_report
 from ssb_trl.eval.stats import Accuracy, paired_pass1_comparison, summarize_records
+from ssb_trl.storage import check_writable_dir
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +104,14 @@ def _environment() -> dict[str, str]:
 def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     """Evaluate every model in `config.models` and write the reports; return the full report dict.
 
-    Everything that can be checked cheaply (model entries, the evaluation set, its gold answers, model configs)
-    is checked before the first model is loaded. Results are rewritten after each model, so a crash keeps the
+    Everything that can be checked cheaply (model entries, the evaluation set, its gold answers, model configs and
+    context windows, a writable output_dir) is checked before the first model is loaded. Results are rewritten after each model, so a crash keeps the
     models already done.
     """
     specs = parse_model_specs(config.models, config.adapter_base_model)
     examples, source = load_eval_questions(config)
-    check_models_loadable(specs)
+    check_models_loadable(specs, max_new_tokens=config.max_new_tokens)
+    check_writable_dir(config.output_dir, "output_dir")  # before the first model runs, not at its first write
     report: dict[str, Any] = {
         "config": asdict(config),
         "benchmark": source,

@@ -14,10 +14,46 @@ source fields shared with `ssb-trl prepare`, then the models and the decoding) i
 
 from __future__ import annotations
 
+import sys
+
 from trl import TrlParser
 
+from ssb_trl.data.sources import BENCHMARK_PRESETS
 from ssb_trl.eval import EvalConfig, render_markdown, run_evaluation
 from ssb_trl.scripts import configure_logging
+
+_SOURCE_FORMS = (
+    f"a benchmark preset ({', '.join(BENCHMARK_PRESETS)}), a Hub dataset id, 'reasoning_gym:<task>', or a local "
+    ".jsonl/.json/.parquet/.csv file or dataset folder (the route that works offline)"
+)
+RENAMED_FLAGS = {  # 0.1 flag -> what to write now (README, "Renamed in 0.2")
+    "--benchmark": f"--source: {_SOURCE_FORMS}",
+    "--dataset_name": f"--source: {_SOURCE_FORMS}",
+    "--dataset_config": "--source_config_name",
+    "--dataset_split": "--source_split",
+    "--rg_task": "--source reasoning_gym:<task>",
+    "--rg_config": "--task_config",
+    "--rg_seed": "--source_seed",
+    "--rg_size": "--num_questions",
+    "--temperature": "--sampling_temperature (the sampling temperature of mean@n)",
+    "--top_k": "--sampling_top_k",
+    "--top_p": "--sampling_top_p",
+}
+
+
+class EvalParser(TrlParser):
+    """TrlParser that names the new flag when a user types one renamed in 0.2 (e.g. ``--benchmark``)."""
+
+    def parse_args_and_config(self, args=None, *rest, **kwargs):
+        argv = list(sys.argv[1:] if args is None else args)
+        used = [arg.split("=", 1)[0] for arg in argv if arg.split("=", 1)[0] in RENAMED_FLAGS]
+        if used:
+            self.error(
+                "renamed flag(s): "
+                + "; ".join(f"{flag} is now {RENAMED_FLAGS[flag]}" for flag in dict.fromkeys(used))
+                + " (see the README, 'Renamed in 0.2')"
+            )
+        return super().parse_args_and_config(args, *rest, **kwargs)
 
 
 def main(eval_config: EvalConfig) -> dict:
@@ -29,7 +65,7 @@ def main(eval_config: EvalConfig) -> dict:
 
 
 def make_parser(prog: str | None = None) -> TrlParser:
-    return TrlParser((EvalConfig,), prog=prog)
+    return EvalParser((EvalConfig,), prog=prog)
 
 
 if __name__ == "__main__":
