@@ -18,6 +18,7 @@ from ssb_trl.contract import LOGPROB_DTYPES
 from ssb_trl.data.prompts import DEFAULT_SYSTEM_PROMPT
 from ssb_trl.data.sampling import Sampling
 from ssb_trl.data.sources import QuestionSource
+from ssb_trl.validation import require_finite_numbers
 
 # Settings that change how fast a run goes but not what it produces: a resumed run may change them.
 RUNTIME_ONLY_FIELDS = frozenset(
@@ -33,6 +34,30 @@ RUNTIME_ONLY_FIELDS = frozenset(
         "hub_private",
     }
 )
+
+# Which stage of a run each output-determining setting feeds; a rerun that changes only settings of later stages
+# reuses the earlier stages' files (see ssb_trl.data.pipeline). Every other field that is not runtime-only
+# (source, model, seed, rollout sampling, shard_size, ...) feeds the rollouts, the first stage.
+STAGES = ("rollouts", "teacher", "rows")
+TEACHER_FIELDS = frozenset(
+    {
+        "teacher_temperature",
+        "teacher_top_k",
+        "teacher_top_p",
+        "teacher_max_new_tokens",
+        "teacher_retries",
+        "teacher_attempts_in_parallel",
+    }
+)
+ROWS_FIELDS = frozenset({"soft_label_top_k", "soft_label_temperature", "logprob_dtype"})
+# Settings that only choose which questions are used: compared question by question (shard by shard) instead.
+QUESTION_COUNT_FIELDS = frozenset({"num_questions", "max_question_chars"})
+GENERATION_BACKENDS = ("transformers", "vllm", "auto")
+
+
+def stage_of(name: str) -> str:
+    """The first stage a setting feeds: 'rollouts', 'teacher' or 'rows'."""
+    return "rows" if name in ROWS_FIELDS else "teacher" if name in TEACHER_FIELDS else "rollouts"
 
 
 @dataclass
@@ -112,6 +137,7 @@ class PrepConfig(QuestionSource):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require_finite_numbers(self)
         checks = [
             (bool(self.source), "no question source: set --source (a Hub dataset, a file, or 'reasoning_gym:<task>')"),
             (bool(self.model_name_or_path), "no model: set --model_name_or_path (it is both student and teacher)"),
@@ -121,6 +147,19 @@ class PrepConfig(QuestionSource):
             (self.soft_label_top_k >= 1, "soft_label_top_k must be >= 1"),
             (self.soft_label_temperature > 0, "soft_label_temperature must be > 0"),
             (self.logprob_dtype in LOGPROB_DTYPES, "logprob_dtype must be float16 or float32"),
+            (
+                self.generation_backend in GENERATION_BACKENDS,
+                f"generation_backend must be one of {list(GENERATION_BACKENDS)}, got {self.generation_backend!r}",
+            ),
+            (
+                0 < self.vllm_gpu_memory_utilization <= 1,
+                f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}",
+            ),
+            (self.soft_label_batch_size >= 1, "soft_label_batch_size must be >= 1"),
+            (
+                self.generation_batch_size is None or self.generation_batch_size >= 1,
+                "generation_batch_size must be >= 1",
+            ),
             (not self.push_to_hub or bool(self.hub_dataset_id), "--push_to_hub needs --hub_dataset_id"),
         ]
         for ok, message in checks:

@@ -7,9 +7,13 @@ result under ``<output_dir>/ssb_work/`` as soon as it exists, written to a tempo
 into place, so a crash never leaves a file that a rerun would take for finished work. A rerun skips
 every stage already on disk. Every random draw is seeded from ``(seed, question id, stage, attempt)``,
 so a resumed run, a run on N processes (shards are dealt round-robin to processes under
-``accelerate launch``) and an uninterrupted run produce the same dataset. The settings of a run are
-recorded in ``ssb_work/settings.json``; an output directory holding a run with other settings is
-refused rather than mixed.
+``accelerate launch``) and an uninterrupted run produce the same dataset. The settings of a run and one
+digest per shard of its questions are recorded in ``ssb_work/settings.json``. A rerun with other settings
+keeps the stages those settings do not feed (see :meth:`ssb_trl.data.workdir.WorkDir.claim`): new teacher
+settings redo teacher answers and soft labels, new soft-label settings only the soft labels, a different
+``num_questions`` only the shards whose questions changed; a change of what the rollouts depend on is refused
+rather than mixed. Settings errors (backend, model, tokenizer, K vs vocabulary, lengths vs context window)
+are caught by :func:`_preflight` before any file is written.
 
 When every shard is done, the main process concatenates the shard rows into one soft-label dataset
 (:mod:`ssb_trl.contract` format) in ``output_dir``, writes ``ssb_summary.json`` and logs a summary.
@@ -22,13 +26,14 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import datasets
 import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
+from transformers import AutoConfig
 
 from ssb_trl.contract import (
     COMPLETION_MASK,
@@ -39,13 +44,13 @@ from ssb_trl.contract import (
     tokenizer_fingerprint,
 )
 from ssb_trl.data.config import RUNTIME_ONLY_FIELDS, PrepConfig
-from ssb_trl.data.generation import GenerationBackend, make_backend
+from ssb_trl.data.generation import GenerationBackend, make_backend, vllm_available
 from ssb_trl.data.prompts import PROMPT_TEMPLATE_VERSION
 from ssb_trl.data.sources import QAExample, load_questions
 from ssb_trl.data.stages import build_rows, run_rollouts, run_teacher
 from ssb_trl.data.workdir import WorkDir, read_jsonl, write_jsonl
-from ssb_trl.models import load_model_and_tokenizer, load_tokenizer
-from ssb_trl.storage import write_json, write_text
+from ssb_trl.models import check_model_available, load_model_and_tokenizer, load_tokenizer, resolve_model_path
+from ssb_trl.storage import check_writable_dir, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +96,7 @@ class PrepSummary:
             ("rollouts without an answer / cut short", f"{self.rollouts_without_answer} / {self.rollouts_truncated}"),
             ("pairs (questions with a right and a wrong rollout)", f"{self.pairs}"),
             ("teacher answers kept / attempts", f"{self.teacher_kept} / {self.teacher_attempts}"),
+            ("teacher yield (pairs with a kept answer)", f"{self.teacher_kept} / {self.pairs}"),
             ("answer tokens", f"{self.answer_tokens}"),
             (
                 "bytes per answer token on disk",
@@ -133,10 +139,77 @@ def _process_shard(
 
 
 def _questions_digest(questions: list[QAExample]) -> str:
+    """The digest runs before 0.2.x recorded (all questions at once), to resume their folders."""
     digest = hashlib.sha256()
     for question in questions:
         digest.update(json.dumps(question.to_dict(), sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def _shard_digests(questions: list[QAExample], shard_size: int) -> list[str]:
+    """One digest per shard of what its questions are. A reasoning-gym scorer records the size of the generated
+    set, which grows with num_questions while the first questions stay the same: it is left out."""
+    digests = []
+    for start in range(0, len(questions), shard_size):
+        digest = hashlib.sha256()
+        for question in questions[start : start + shard_size]:
+            scorer = {k: v for k, v in (question.scorer or {}).items() if k != "size"}
+            record = {"id": question.id, "question": question.question, "answer": question.answer, "scorer": scorer}
+            digest.update(json.dumps(record, sort_keys=True).encode())
+        digests.append(digest.hexdigest())
+    return digests
+
+
+def _preflight(config: PrepConfig, model: Any, tokenizer: Any) -> Any:
+    """Check what can fail before any work starts or any file is written (so a corrected rerun is a new run, not
+    a refused one): output_dir, generation backend, model, tokenizer, K vs vocabulary, lengths vs context.
+    Returns the tokenizer (loaded here when not given)."""
+    WorkDir(config.output_dir).check_usable()
+    check_writable_dir(config.output_dir, "output_dir")
+    if config.generation_backend == "vllm" and not vllm_available():
+        raise ImportError(
+            "generation_backend='vllm' but vLLM is not installed; pip install vllm, or use 'transformers'"
+        )
+    name = config.model_name_or_path
+    if model is not None:
+        model_config = model.config
+    else:
+        try:
+            check_model_available(name)
+            model_config = AutoConfig.from_pretrained(resolve_model_path(name))
+        except Exception as exc:  # any loading failure: re-raised with what to fix
+            raise ValueError(
+                f"cannot load model {name!r} ({type(exc).__name__}: {exc}). Nothing was written; pass an existing "
+                "local model directory, 'bundled:smollm2-135m-instruct', or a Hub id with network access (or in "
+                "the local cache) as --model_name_or_path"
+            ) from exc
+    if tokenizer is None:
+        tokenizer_name = config.tokenizer_name_or_path or name
+        try:
+            tokenizer = load_tokenizer(tokenizer_name)
+        except Exception as exc:
+            raise ValueError(
+                f"cannot load the tokenizer {tokenizer_name!r} ({type(exc).__name__}: {exc}). Nothing was written; "
+                "fix --tokenizer_name_or_path (or --model_name_or_path)"
+            ) from exc
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    vocab_size = getattr(text_config, "vocab_size", None) or len(tokenizer)
+    if config.soft_label_top_k > vocab_size:
+        raise ValueError(
+            f"soft_label_top_k={config.soft_label_top_k} is larger than the vocabulary of {name!r} ({vocab_size} "
+            f"tokens); K must be at most {vocab_size} (64 is the default). Nothing was written."
+        )
+    context = getattr(text_config, "max_position_embeddings", None)
+    for flag, value in (
+        ("rollout_max_new_tokens", config.rollout_max_new_tokens),
+        ("teacher_max_new_tokens", config.teacher_max_new_tokens),
+    ):
+        if isinstance(context, int) and value > context:
+            raise ValueError(
+                f"{flag}={value} is more than {name!r} can hold: its context window is {context} positions, prompt "
+                f"included. Pass --{flag} below {context}. Nothing was written."
+            )
+    return tokenizer
 
 
 def summarize(work: WorkDir, num_shards: int, config: PrepConfig, vocab_size: int) -> PrepSummary:
@@ -171,18 +244,30 @@ def _finalize(
         dataset = datasets.Dataset.from_dict({name: [] for name in row_features}, features=row_features)
     summary = summarize(work, num_shards, config, vocab_size)
     if len(dataset) == 0:
+        logger.warning(
+            "SSB data preparation kept no teacher answer; summary of %s:\n%s", work.output_dir, summary.table()
+        )
+        figures = (
+            f"{summary.questions} questions, rollout accuracy {summary.rollout_accuracy:.1%} "
+            f"({summary.rollouts_correct}/{summary.rollouts}), {summary.rollouts_without_answer} rollouts without an "
+            f"answer, {summary.pairs} pairs, teacher yield {summary.teacher_kept}/{summary.pairs}"
+        )
+        more_questions = (
+            f"rerun into the same --output_dir with a larger --num_questions (now {summary.questions}): the finished "
+            "shards are kept and only the new questions are sampled"
+        )
         if summary.pairs == 0:
             raise NoPairsError(
-                f"no question yielded a pair (a correct and an incorrect rollout): {summary.questions} questions, "
-                f"rollout accuracy {summary.rollout_accuracy:.1%}, {summary.rollouts_without_answer} rollouts without "
-                "an answer. Try more samples (--num_rollouts), a higher --rollout_temperature, more questions, or a "
-                "question set better matched to the model (easier if accuracy is ~0%, harder if ~100%). "
+                f"no question yielded a pair (a correct and an incorrect rollout): {figures}. To fix it, {more_questions}"
+                ". Settings that change the rollouts themselves (--num_rollouts, a higher --rollout_temperature, "
+                "another model or question set: easier if accuracy is ~0%, harder if ~100%) need a new --output_dir. "
                 f"Rollouts are kept in {work.root}."
             )
         raise NoPairsError(
-            f"{summary.pairs} questions had a pair but the teacher never produced a verified-correct, finished answer "
-            f"({summary.teacher_attempts} attempts). Try more --teacher_retries, a larger --teacher_max_new_tokens, or "
-            f"more questions. Work so far is kept in {work.root}."
+            f"the teacher never produced a verified-correct, finished answer: {figures} "
+            f"({summary.teacher_attempts} attempts). To fix it, rerun into the same --output_dir with more "
+            "--teacher_retries or a larger --teacher_max_new_tokens (the rollouts are reused; only the teacher answers "
+            f"are redone), or {more_questions}. Work so far is kept in {work.root}."
         )
     metadata = SoftLabelMetadata(
         teacher_model=config.model_name_or_path,
@@ -250,21 +335,29 @@ def prepare_ssb_data(
     state = _distributed_state(config)
     if questions is None:
         questions = load_questions(config)
+    tokenizer = _preflight(config, model, tokenizer)
     work = WorkDir(config.output_dir)
     settings = {
         "config": config.fingerprint(),
-        "questions_sha256": _questions_digest(questions),
+        "questions": {"count": len(questions), "shard_sha256": _shard_digests(questions, config.shard_size)},
         "prompt_template_version": PROMPT_TEMPLATE_VERSION,
     }
     if state.is_main_process:
-        resuming = work.claim(settings)
+        resuming = work.read_settings() is not None
+        notes = work.claim(
+            settings,
+            defaults={f.name: f.default for f in fields(PrepConfig)},
+            legacy_questions_sha256=_questions_digest(questions),
+        )
         # A finished run's summary and marker are rewritten at the end; drop them so no process reads them early.
         work.done_path.unlink(missing_ok=True)
         (work.output_dir / SUMMARY_FILENAME).unlink(missing_ok=True)
         logger.info("%s SSB data preparation in %s", "Resuming" if resuming else "Starting", config.output_dir)
+        for note in notes:
+            logger.warning("%s: %s", config.output_dir, note)
     state.wait_for_everyone()
     if not state.is_main_process:
-        work.claim(settings)
+        work.check_claimed(settings)
     num_shards = (len(questions) + config.shard_size - 1) // config.shard_size
     my_shards = [s for s in range(num_shards) if s % state.num_processes == state.process_index]
     todo = [s for s in my_shards if not work.shard_path("rows", s).is_dir()]
@@ -276,8 +369,6 @@ def prepare_ssb_data(
             device=device,
             tokenizer_name_or_path=config.tokenizer_name_or_path,
         )
-    elif tokenizer is None:
-        tokenizer = load_tokenizer(config.tokenizer_name_or_path or config.model_name_or_path)
     inner_progress = show_progress and state.is_local_main_process
     if todo:
         if state.num_processes > 1 and model.device.type == "cpu":

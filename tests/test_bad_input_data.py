@@ -1,0 +1,217 @@
+"""Bad input in data preparation (issue 10): settings caught before any work, reruns that change later-stage
+settings or num_questions, runs that end without pairs. Runs use the bigram "digit model" of test_pipeline.py
+(real tokenizer, generation, grading and soft-label extraction, in seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+from test_pipeline import GOLDS, make_digit_model, small_config, write_questions
+
+from ssb_trl.contract import load_soft_label_dataset
+from ssb_trl.data import NoPairsError, PrepConfig, prepare_ssb_data
+from ssb_trl.data.sources import QuestionSource, load_questions
+from ssb_trl.data.workdir import WorkDir
+
+RG = "reasoning_gym:basic_arithmetic"
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _messages(caplog: pytest.LogCaptureFixture) -> str:
+    return "\n".join(record.getMessage() for record in caplog.records)
+
+
+# ------------------------------------------------------------------------------------------------ settings
+
+
+def test_num_questions_defaults_to_every_question_of_the_source(tmp_path: Path) -> None:
+    path = write_questions(tmp_path / "q.jsonl", list(range(40)))
+    config = PrepConfig(source=str(path), model_name_or_path="m")
+    assert config.num_questions is None and len(load_questions(config)) == 40
+
+
+def test_reasoning_gym_questions_keep_their_order_when_num_questions_grows() -> None:
+    from ssb_trl.data.pipeline import _shard_digests
+
+    small = load_questions(QuestionSource(source=RG, source_seed=7, num_questions=5))
+    large = load_questions(QuestionSource(source=RG, source_seed=7, num_questions=9))
+    assert [(q.id, q.question, q.answer) for q in small] == [(q.id, q.question, q.answer) for q in large[:5]]
+    # The recorded per-shard digests agree for the shards both runs fill, so the first shards are kept.
+    assert _shard_digests(small, 2)[:2] == _shard_digests(large, 2)[:2]
+    assert _shard_digests(small, 2)[2] != _shard_digests(large, 2)[2]  # the partly filled shard is redone
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"vllm_gpu_memory_utilization": math.nan}, r"finite numbers, got vllm_gpu_memory_utilization=nan"),
+        ({"rollout_top_p": math.inf}, "finite numbers"),
+        ({"generation_backend": "vlm"}, r"generation_backend must be one of \['transformers', 'vllm', 'auto'\]"),
+        ({"max_question_chars": 0}, "max_question_chars must be >= 1"),
+    ],
+)
+def test_bad_prep_settings_are_refused_by_the_config(overrides: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PrepConfig(source="q.jsonl", model_name_or_path="m", **overrides)
+
+
+def test_setting_errors_stop_before_anything_is_written(tmp_path: Path, tokenizer) -> None:
+    model = make_digit_model(tokenizer)
+    questions = write_questions(tmp_path / "q.jsonl", GOLDS[:6])
+    work = WorkDir(tmp_path / "out")
+    with pytest.raises(ValueError, match=r"soft_label_top_k=60000 is larger than the vocabulary .* \(49152 tokens\)"):
+        prepare_ssb_data(small_config(tmp_path, questions, soft_label_top_k=60000), model=model, tokenizer=tokenizer)
+    assert not work.root.exists()
+    with pytest.raises(ValueError, match=r"rollout_max_new_tokens=100000 is more than .* context window is 2048"):
+        prepare_ssb_data(
+            small_config(tmp_path, questions, rollout_max_new_tokens=100_000), model=model, tokenizer=tokenizer
+        )
+    with pytest.raises(ValueError, match=r"cannot load model '.*no-such-model'.*Nothing was written"):
+        prepare_ssb_data(small_config(tmp_path, questions, model_name_or_path=str(tmp_path / "no-such-model")))
+    assert not work.root.exists()
+    # The corrected run in the same folder is a new run, not a refused one.
+    summary = prepare_ssb_data(
+        small_config(tmp_path, questions), model=model, tokenizer=tokenizer, show_progress=False
+    )
+    assert summary.questions == 6 and work.done_path.exists()
+    # An output_dir that is a file is refused up front too.
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    with pytest.raises(ValueError, match="is a file"):
+        prepare_ssb_data(small_config(tmp_path, questions, output_dir=str(a_file)), model=model, tokenizer=tokenizer)
+    assert a_file.read_text() == "mine"
+
+
+# ------------------------------------------------------------------------------------------------ reruns
+
+
+def test_changing_later_stage_settings_reuses_the_earlier_stages(
+    tmp_path: Path, tokenizer, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = make_digit_model(tokenizer)
+    questions = write_questions(tmp_path / "q.jsonl", GOLDS[:6])
+    work = WorkDir(tmp_path / "out")
+    first = prepare_ssb_data(small_config(tmp_path, questions), model=model, tokenizer=tokenizer, show_progress=False)
+    rollouts = {shard: _stamp(work.shard_path("rollouts", shard)) for shard in (0, 1)}
+
+    with caplog.at_level(logging.WARNING):
+        more_retries = small_config(tmp_path, questions, teacher_retries=4)
+        second = prepare_ssb_data(more_retries, model=model, tokenizer=tokenizer, show_progress=False)
+    assert (
+        "settings changed (teacher_retries: 2 -> 4): reusing the finished rollouts (2 shards); "
+        "redoing teacher answers, soft-label rows" in _messages(caplog)
+    )
+    assert {shard: _stamp(work.shard_path("rollouts", shard)) for shard in (0, 1)} == rollouts
+    assert (second.rollouts_correct, second.pairs) == (first.rollouts_correct, first.pairs)
+    assert second.teacher_attempts == 5 * second.pairs  # the teacher stage really ran again, with 1 + 4 attempts
+
+    teacher = {shard: _stamp(work.shard_path("teacher", shard)) for shard in (0, 1)}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        smaller_k = small_config(tmp_path, questions, teacher_retries=4, soft_label_top_k=4)
+        prepare_ssb_data(smaller_k, model=model, tokenizer=tokenizer, show_progress=False)
+    assert (
+        "settings changed (soft_label_top_k: 8 -> 4): reusing the finished rollouts (2 shards), teacher (2 shards); "
+        "redoing soft-label rows" in _messages(caplog)
+    )
+    assert {shard: _stamp(work.shard_path("teacher", shard)) for shard in (0, 1)} == teacher
+    dataset, metadata = load_soft_label_dataset(str(work.output_dir))
+    assert metadata.top_k == 4 and all(len(ids) == 4 for row in dataset["teacher_topk_ids"] for ids in row)
+    # The same dataset as a fresh run with the final settings.
+    fresh = small_config(
+        tmp_path, questions, teacher_retries=4, soft_label_top_k=4, output_dir=str(tmp_path / "fresh")
+    )
+    prepare_ssb_data(fresh, model=model, tokenizer=tokenizer, show_progress=False)
+    assert load_soft_label_dataset(fresh.output_dir)[0].to_list() == dataset.to_list()
+    # A change of what the rollouts depend on would discard them: still refused, naming what may change instead.
+    with pytest.raises(ValueError, match=r"different settings \(seed: 42 -> 1\).*num_questions may change"):
+        prepare_ssb_data(
+            small_config(tmp_path, questions, seed=1, teacher_retries=4, soft_label_top_k=4),
+            model=model,
+            tokenizer=tokenizer,
+        )
+
+
+def test_growing_num_questions_adds_shards_and_keeps_the_finished_ones(
+    tmp_path: Path, tokenizer, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = make_digit_model(tokenizer)
+    questions = write_questions(tmp_path / "q.jsonl", GOLDS)
+    work = WorkDir(tmp_path / "out")
+    prepare_ssb_data(small_config(tmp_path, questions, num_questions=7), model=model, tokenizer=tokenizer)
+    kept = {shard: _stamp(work.shard_path("rows", shard)) for shard in (0, 1)}
+    with caplog.at_level(logging.WARNING):
+        grown = prepare_ssb_data(small_config(tmp_path, questions, num_questions=12), model=model, tokenizer=tokenizer)
+    assert (
+        "num_questions changed (7 -> 12 questions): keeping 2 finished shards, redoing shard(s) [2] "
+        "(their questions changed: a partly filled last shard); 2 of 4 shards to do" in _messages(caplog)
+    )
+    assert {shard: _stamp(work.shard_path("rows", shard)) for shard in (0, 1)} == kept
+    assert grown.questions == 12
+    fresh = small_config(tmp_path, questions, num_questions=12, output_dir=str(tmp_path / "fresh"))
+    prepare_ssb_data(fresh, model=model, tokenizer=tokenizer, show_progress=False)
+    assert (
+        load_soft_label_dataset(str(work.output_dir))[0].to_list()
+        == load_soft_label_dataset(fresh.output_dir)[0].to_list()
+    )
+
+
+def test_no_pairs_prints_the_summary_and_its_hint_works(
+    tmp_path: Path, tokenizer, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = make_digit_model(tokenizer)
+    questions = write_questions(tmp_path / "q.jsonl", [7, 8, 9, *GOLDS])  # the digit model never answers 7, 8, 9
+    with caplog.at_level(logging.WARNING), pytest.raises(NoPairsError) as error:
+        prepare_ssb_data(small_config(tmp_path, questions, num_questions=3), model=model, tokenizer=tokenizer)
+    message = str(error.value)
+    assert "3 questions, rollout accuracy 0.0% (0/12)" in message and "0 pairs, teacher yield 0/0" in message
+    assert "rerun into the same --output_dir with a larger --num_questions (now 3)" in message
+    assert "pairs (questions with a right and a wrong rollout)" in _messages(caplog)  # the summary table, logged first
+    # Following the hint is accepted, and works.
+    summary = prepare_ssb_data(small_config(tmp_path, questions, num_questions=15), model=model, tokenizer=tokenizer)
+    assert summary.questions == 15 and summary.teacher_kept > 0
+
+
+def test_no_kept_teacher_answer_prints_the_summary_and_its_hint_works(tmp_path: Path, tokenizer) -> None:
+    model = make_digit_model(tokenizer)
+    questions = write_questions(tmp_path / "q.jsonl", GOLDS[:6])
+    # A digit and the end of turn take 2 tokens: with 1 no teacher answer ever finishes.
+    cut = small_config(tmp_path, questions, teacher_max_new_tokens=1)
+    with pytest.raises(
+        NoPairsError, match=r"teacher never produced .*teacher yield 0/[1-9].*larger --teacher_max_new"
+    ):
+        prepare_ssb_data(cut, model=model, tokenizer=tokenizer)
+    summary = prepare_ssb_data(small_config(tmp_path, questions), model=model, tokenizer=tokenizer)
+    assert summary.teacher_kept > 0
+
+
+def test_a_folder_recorded_by_the_previous_version_still_resumes(tmp_path: Path, tokenizer) -> None:
+    """make demo resumes outputs/demo/data: settings.json written before per-shard digests and max_question_chars."""
+    from ssb_trl.data.pipeline import _questions_digest
+
+    model = make_digit_model(tokenizer)
+    questions = write_questions(tmp_path / "q.jsonl", GOLDS[:6])
+    config = small_config(tmp_path, questions)
+    prepare_ssb_data(config, model=model, tokenizer=tokenizer, show_progress=False)
+    work = WorkDir(config.output_dir)
+    recorded = json.loads(work.settings_path.read_text())
+    old_config = {k: v for k, v in recorded["config"].items() if k != "max_question_chars"}
+    legacy = {
+        "config": old_config,
+        "questions_sha256": _questions_digest(load_questions(config)),
+        "prompt_template_version": recorded["prompt_template_version"],
+    }
+    work.settings_path.write_text(json.dumps(legacy))
+    rows = {shard: _stamp(work.shard_path("rows", shard)) for shard in (0, 1)}
+    prepare_ssb_data(config, model=model, tokenizer=tokenizer, show_progress=False)
+    assert {shard: _stamp(work.shard_path("rows", shard)) for shard in (0, 1)} == rows
+    assert json.loads(work.settings_path.read_text()) == recorded  # upgraded to the current record
