@@ -86,7 +86,7 @@ def test_saved_dataset_directory(tmp_path: Path) -> None:
         "7",
         "2000",
     ]
-    with pytest.raises(ValueError, match="not 'train'"):
+    with pytest.raises(ValueError, match="has no split 'train'; its splits are \\['test'\\]"):
         load_questions(QuestionSource(str(tmp_path / "dd")))
 
 
@@ -149,8 +149,9 @@ def test_directory_of_split_files_loads_like_a_hub_repo(tmp_path: Path) -> None:
 def test_presets_fill_only_the_unset_fields() -> None:
     math500 = QuestionSource("math500")
     assert (math500.source_split, math500.question_field, math500.answer_field) == ("test", "problem", "answer")
-    assert math500.describe()["description"] == "MATH-500 test (500 problems)"
+    assert math500.describe()["description"] == "MATH-500 test (500 problems), Hub HuggingFaceH4/MATH-500 split test"
     gsm8k = QuestionSource("gsm8k", source_split="train")
+    assert gsm8k.describe()["description"] == "Hub openai/gsm8k split train (fields of preset gsm8k)"
     assert (gsm8k.source_config_name, gsm8k.source_split) == ("main", "train")
     plain = QuestionSource("some/dataset")
     assert (plain.source_split, plain.question_field, plain.answer_field) == ("train", "question", "answer")

@@ -169,7 +169,10 @@ class QuestionSource:
             kind, description = "reasoning-gym", f"reasoning-gym {task} (seed {self.source_seed})"
         elif preset is not None:
             kind = "benchmark preset"
-            description = f"{preset.description}, Hub {preset.dataset_name} split {self.source_split}"
+            if self.source_split == preset.split:
+                description = f"{preset.description}, Hub {preset.dataset_name} split {self.source_split}"
+            else:  # the preset's description names its own split: do not claim it for another
+                description = f"Hub {preset.dataset_name} split {self.source_split} (fields of preset {preset.name})"
         elif path.is_file():
             kind, description = "local file", f"local file {self.source}"
         elif path.is_dir():
