@@ -215,3 +215,13 @@ def test_a_folder_recorded_by_the_previous_version_still_resumes(tmp_path: Path,
     prepare_ssb_data(config, model=model, tokenizer=tokenizer, show_progress=False)
     assert {shard: _stamp(work.shard_path("rows", shard)) for shard in (0, 1)} == rows
     assert json.loads(work.settings_path.read_text()) == recorded  # upgraded to the current record
+
+
+def test_a_corrupt_settings_file_says_how_to_recover(tmp_path: Path, tokenizer) -> None:
+    model = make_digit_model(tokenizer)
+    config = small_config(tmp_path, write_questions(tmp_path / "q.jsonl", GOLDS[:3]))
+    work = WorkDir(config.output_dir)
+    work.settings_path.parent.mkdir(parents=True)
+    work.settings_path.write_text('{"config": ')  # a disk filled up mid-write by another tool, say
+    with pytest.raises(ValueError, match=r"settings\.json is unreadable .*; delete .*ssb_work to start"):
+        prepare_ssb_data(config, model=model, tokenizer=tokenizer, show_progress=False)

@@ -160,11 +160,12 @@ def _shard_digests(questions: list[QAExample], shard_size: int) -> list[str]:
     return digests
 
 
-def _preflight(config: PrepConfig, model: Any, tokenizer: Any) -> Any:
+def _preflight(config: PrepConfig, model: Any, tokenizer: Any, main_process: bool = True) -> Any:
     """Check what can fail before any work starts or any file is written (so a corrected rerun is a new run, not
     a refused one): output_dir, generation backend, model, tokenizer, K vs vocabulary, lengths vs context.
     Returns the tokenizer (loaded here when not given)."""
-    WorkDir(config.output_dir).check_usable()
+    if main_process:  # the others would race with the main process creating the run's files
+        WorkDir(config.output_dir).check_usable()
     check_writable_dir(config.output_dir, "output_dir")
     if config.generation_backend == "vllm" and not vllm_available():
         raise ImportError(
@@ -335,7 +336,7 @@ def prepare_ssb_data(
     state = _distributed_state(config)
     if questions is None:
         questions = load_questions(config)
-    tokenizer = _preflight(config, model, tokenizer)
+    tokenizer = _preflight(config, model, tokenizer, main_process=state.is_main_process)
     work = WorkDir(config.output_dir)
     settings = {
         "config": config.fingerprint(),
