@@ -197,6 +197,21 @@ def _first(bad: np.ndarray) -> int:
     return int(np.flatnonzero(bad)[0])
 
 
+def _require_integer_lists(arrow_type: pa.DataType, name: str) -> None:
+    """Token ids and masks must be stored as integers: float ids would be floored silently by the collator."""
+    value_type = arrow_type
+    while (
+        pa.types.is_list(value_type) or pa.types.is_large_list(value_type) or pa.types.is_fixed_size_list(value_type)
+    ):
+        value_type = value_type.value_type
+    if not pa.types.is_integer(value_type):
+        raise SoftLabelError(
+            f"the soft-label dataset stores {name} as {value_type}, not integers. Token ids and masks must be "
+            "integers; float ids would be floored silently. Check that the values are whole numbers and cast the "
+            "column to int32 (the schema is ssb_trl.contract.features()), or rebuild the dataset."
+        )
+
+
 def check_soft_label_columns(dataset, columns: tuple[str, str] = (TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS)) -> None:
     """The cheap checks first: the dataset is not empty and has the token and soft-label columns."""
     if len(dataset) == 0:
@@ -230,6 +245,8 @@ def validate_soft_label_dataset(
     def col(name):
         return table.column(name).combine_chunks()
 
+    for name in (INPUT_IDS, COMPLETION_MASK, ids_col):
+        _require_integer_lists(table.column(name).type, name)
     input_len = pc.list_value_length(col(INPUT_IDS)).to_numpy(zero_copy_only=False)
     mask = col(COMPLETION_MASK)
     mask_len = pc.list_value_length(mask).to_numpy(zero_copy_only=False)
@@ -239,6 +256,26 @@ def validate_soft_label_dataset(
         raise _row_error(i, f"input_ids has {input_len[i]} tokens but completion_mask {mask_len[i]}", "Rebuild it.")
     mask_values = pc.list_flatten(mask).to_numpy(zero_copy_only=False).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(mask_len)])
+    token_of_row = np.repeat(np.arange(len(mask_len)), mask_len)
+    bad = (mask_values != 0) & (mask_values != 1)
+    if bad.any():
+        j = _first(bad)
+        raise _row_error(
+            token_of_row[j],
+            f"completion_mask holds the value {mask_values[j]} (only 0 = prompt and 1 = answer token are allowed)",
+            "Rebuild the row with a 0/1 mask; SSB counts answer tokens by summing it.",
+        )
+    if vocab_size is not None:
+        input_values = pc.list_flatten(col(INPUT_IDS)).to_numpy(zero_copy_only=False)
+        bad = (input_values < 0) | (input_values >= vocab_size)
+        if bad.any():
+            j = _first(bad)
+            raise _row_error(
+                token_of_row[j],
+                f"input_ids holds the token id {input_values[j]}, outside the model's vocabulary [0, {vocab_size})",
+                "The row was tokenized for another model; rebuild the dataset with this model's tokenizer "
+                "(or resize the model's embeddings if you added tokens).",
+            )
     n_answer = np.add.reduceat(mask_values, offsets[:-1]) if len(mask_values) else np.zeros(len(mask_len), np.int64)
     n_answer = np.where(mask_len > 0, n_answer, 0)
     # The answer must be one contiguous span after a non-empty prompt: that is how positions line up.
@@ -270,6 +307,7 @@ def validate_soft_label_dataset(
     k_ids = pc.list_value_length(ids_inner).to_numpy(zero_copy_only=False)
     k_logp = pc.list_value_length(logp_inner).to_numpy(zero_copy_only=False)
     token_row = np.repeat(np.arange(len(ids_rows)), ids_rows)
+    offsets_ids = np.concatenate([[0], np.cumsum(ids_rows)])
     k = int(metadata.top_k) if metadata is not None else int(k_ids[0])
     bad = (k_ids != k) | (k_logp != k)
     if bad.any():
@@ -290,6 +328,30 @@ def validate_soft_label_dataset(
     if bad.any():
         i = token_row[_first(bad)]
         raise _row_error(i, "NaN or infinite teacher log-prob", "Rebuild the row; the teacher pass overflowed.")
+    if k > 1:
+        sorted_ids = np.sort(flat_ids, axis=-1)
+        bad = (sorted_ids[:, 1:] == sorted_ids[:, :-1]).any(-1)
+        if bad.any():
+            t = _first(bad)
+            i, answer_token = token_row[t], t - offsets_ids[token_row[t]]
+            repeated = sorted_ids[t, 1:][sorted_ids[t, 1:] == sorted_ids[t, :-1]][0]
+            raise _row_error(
+                i,
+                f"answer token {answer_token} lists the teacher id {repeated} twice in its top-K {ids_col}",
+                "Each token's top-K ids must be distinct (the K most probable tokens, as torch.topk returns them); "
+                "rebuild the soft labels with ssb_trl.extract_topk_soft_labels.",
+            )
+        bad = (flat_logp[:, 1:] > flat_logp[:, :-1]).any(-1)
+        if bad.any():
+            t = _first(bad)
+            i, answer_token = token_row[t], t - offsets_ids[token_row[t]]
+            raise _row_error(
+                i,
+                f"answer token {answer_token}: {logp_col} increase along K ({flat_logp[t].tolist()[:4]}...); the "
+                "top-K must be stored most probable first",
+                "Sort each token's ids and log-probs together by descending log-prob (torch.topk(..., sorted=True) "
+                "does); ids sorted by value are a common cause.",
+            )
     if check_mass:
         mass = np.exp(flat_logp.astype(np.float64)).sum(-1)
         bad = (flat_logp > 1e-3).any(-1) | (mass > 1.0 + MASS_TOLERANCE)
