@@ -10,8 +10,9 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers.trainer import OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCHEDULER_NAME
 from trl import SFTTrainer
 from trl.trainer.utils import get_config_model_id
 
@@ -34,6 +35,36 @@ from .modeling import patch_forward_with_soft_label_loss
 from .models import prepare_tokenizer
 
 logger = logging.getLogger(__name__)
+
+
+def _require_dataset(dataset: Any, argument: str) -> None:
+    """SSBTrainer checks and truncates every row before training: it needs a map-style `datasets.Dataset`."""
+    if isinstance(dataset, Dataset):
+        return
+    kind = type(dataset).__name__
+    if isinstance(dataset, DatasetDict):
+        splits = list(dataset)
+        eval_hint = " and eval_dataset=dataset['test']" if "test" in splits and argument == "train_dataset" else ""
+        raise TypeError(
+            f"{argument} is a DatasetDict with the splits {splits}; SSBTrainer trains on one split. Pass "
+            f"{argument}=dataset[{splits[0] if splits else 'train'!r}]{eval_hint}, or load one split: "
+            "ssb_trl.load_soft_label_dataset(path, split=...)."
+        )
+    if isinstance(dataset, (IterableDataset, IterableDatasetDict)):
+        raise TypeError(
+            f"{argument} is a streaming {kind}; SSBTrainer validates every row against the model and truncates "
+            "soft labels with their tokens before training, which needs a map-style datasets.Dataset. Load it "
+            "without streaming=True (ssb_trl.load_soft_label_dataset does), or materialise it with "
+            "datasets.Dataset.from_generator."
+        )
+    if isinstance(dataset, (list, tuple)):
+        raise TypeError(
+            f"{argument} is a {kind} of {len(dataset)} items, not a datasets.Dataset. Build one from rows with "
+            "datasets.Dataset.from_list(rows) and keep its metadata with ssb_trl.save_soft_label_dataset / "
+            "load_soft_label_dataset"
+            + ("; several eval sets go in a dict name -> Dataset." if argument != "train_dataset" else ".")
+        )
+    raise TypeError(f"{argument} must be a datasets.Dataset (a soft-label dataset), got {kind}.")
 
 
 def _resolve_tokenizer(model, processing_class) -> PreTrainedTokenizerBase:
@@ -98,7 +129,15 @@ class SSBTrainer(SFTTrainer):
             )
         columns = (args.soft_label_ids_column, args.soft_label_logprobs_column)
         # Checked before SFTTrainer peeks at the first row, so that an empty or plain dataset gets a clear error.
-        eval_sets = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset} if eval_dataset else {}
+        _require_dataset(train_dataset, "train_dataset")
+        if isinstance(eval_dataset, dict):  # named eval sets, a DatasetDict included: metrics get eval_<name>_
+            eval_sets = dict(eval_dataset)
+            for eval_name, dataset in eval_sets.items():
+                _require_dataset(dataset, f"eval_dataset[{eval_name!r}]")
+        else:
+            eval_sets = {} if eval_dataset is None else {"eval": eval_dataset}
+            if eval_dataset is not None:
+                _require_dataset(eval_dataset, "eval_dataset")
         for dataset in (train_dataset, *eval_sets.values()):
             check_soft_label_columns(dataset, columns)
         tokenizer = _resolve_tokenizer(model, processing_class)
@@ -204,6 +243,34 @@ class SSBTrainer(SFTTrainer):
         os.makedirs(destination, exist_ok=True)
         with open(os.path.join(destination, "README.md"), "w") as f:
             f.write(card)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """As Trainer does, but say so loudly when a checkpoint lacks the optimizer or scheduler state.
+
+        Trainer then silently starts both afresh: Adam's moments from zero and the learning-rate schedule
+        from its warmup, which changes the run (and can spike the loss) without a word.
+        """
+        if checkpoint is not None and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            present = set(os.listdir(checkpoint)) if os.path.isdir(checkpoint) else set()
+            missing = [
+                name
+                for name, alternatives in (
+                    (OPTIMIZER_NAME, (OPTIMIZER_NAME, OPTIMIZER_NAME_BIN)),
+                    (SCHEDULER_NAME, (SCHEDULER_NAME,)),
+                )
+                if not present.intersection(alternatives)
+            ]
+            if missing:
+                logger.warning(
+                    "RESUMING WITHOUT OPTIMIZER STATE: checkpoint %s has no %s, so the optimizer state (Adam "
+                    "moments) AND the learning-rate schedule restart from scratch instead of continuing (Trainer loads "
+                    "neither unless both exist). The weights and the step count are resumed. To "
+                    "continue exactly, resume from a checkpoint that has both files (save_only_model=False), or "
+                    "accept the restart.",
+                    checkpoint,
+                    " and ".join(missing),
+                )
+        super()._load_optimizer_and_scheduler(checkpoint)
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
