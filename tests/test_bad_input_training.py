@@ -13,6 +13,7 @@ import shutil
 
 import datasets
 import pytest
+import torch
 from conftest import build_soft_label_dataset, make_tiny_model
 
 from ssb_trl import SSBConfig, SSBTrainer
@@ -275,3 +276,163 @@ def test_resume_from_a_checkpoint_without_optimizer_or_scheduler_warns(tmp_path,
         assert f"RESUMING WITHOUT OPTIMIZER STATE: checkpoint {tmp_path / name} has no {name}" in caplog.text
         assert "learning-rate schedule restart from scratch" in caplog.text
         assert resumed.state.global_step == 2
+
+
+# ---- 3. what a TRL user expects: compute_metrics, predict, metric prefixes ---------------------------------------
+
+
+def _mean_answer_length(dataset):
+    return sum(sum(row["completion_mask"]) for row in dataset) / len(dataset)
+
+
+def _dense_argmax(model, dataset):
+    """The reference: the unpatched forward's full logits, argmax per position (what SFTTrainer users compute)."""
+    model.eval()
+    with torch.no_grad():
+        return [
+            model(input_ids=torch.tensor([row["input_ids"]]), use_cache=False).logits[0].argmax(-1) for row in dataset
+        ]
+
+
+def test_compute_metrics_gets_student_argmax_on_answer_tokens(tmp_path, tokenizer, data):
+    dataset, _ = data
+    seen = []
+
+    def compute_metrics(prediction):
+        seen.append(prediction)
+        preds, labels = prediction.predictions[:, :-1], prediction.label_ids[:, 1:]
+        answer = labels != -100
+        return {"token_accuracy": float((preds[answer] == labels[answer]).mean())}
+
+    trainer = SSBTrainer(
+        make_tiny_model(seed=0),
+        args=_args(tmp_path, per_device_eval_batch_size=3),  # 8 rows: batches of unequal widths are padded
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+    )
+    metrics = trainer.evaluate()
+    (prediction,) = seen
+    assert prediction.predictions.shape == prediction.label_ids.shape == (8, max(len(r["input_ids"]) for r in dataset))
+    reference = _dense_argmax(trainer.model, dataset)
+    for row, preds, labels, dense in zip(dataset, prediction.predictions, prediction.label_ids, reference):
+        n, mask = len(row["input_ids"]), torch.tensor(row["completion_mask"])
+        assert (labels[:n] == torch.where(mask.bool(), torch.tensor(row["input_ids"]), -100).numpy()).all()
+        predicts_answer = mask[1:].bool()
+        assert (preds[: n - 1][predicts_answer.numpy()] == dense[:-1][predicts_answer].numpy()).all()
+        assert (preds[: n - 1][~predicts_answer.numpy()] == -100).all() and (preds[n - 1 :] == -100).all()
+    assert 0.0 <= metrics["eval_token_accuracy"] <= 1.0 and "eval_kd_loss" in metrics
+
+
+def test_preprocess_logits_for_metrics_is_refused_with_the_reason(tmp_path, tokenizer, data):
+    dataset, _ = data
+    with pytest.raises(ValueError, match="never builds the .batch, seq, vocab. logits.*argmax token ids"):
+        SSBTrainer(
+            make_tiny_model(seed=0),
+            args=_args(tmp_path),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
+        )
+
+
+def test_predict_returns_predictions_and_does_not_leak_into_evaluate(tmp_path, tokenizer, data):
+    dataset, _ = data
+    lengths = sorted(range(8), key=lambda i: sum(dataset[i]["completion_mask"]))
+    short, long = dataset.select(lengths[:4]), dataset.select(lengths[4:])
+    assert _mean_answer_length(short) < _mean_answer_length(long)
+    trainer = SSBTrainer(
+        make_tiny_model(seed=0),
+        args=_args(tmp_path),
+        train_dataset=dataset,
+        eval_dataset=short,
+        processing_class=tokenizer,
+    )
+    trainer.model.eval()
+    predicted = trainer.predict(long)
+    assert predicted.predictions is not None and predicted.label_ids is not None
+    assert predicted.predictions.shape == predicted.label_ids.shape
+    assert predicted.metrics["test_mean_answer_length"] == pytest.approx(_mean_answer_length(long))
+    assert {"test_kd_loss", "test_ce_loss", "test_top1_agreement"} <= set(predicted.metrics)
+    assert not any(key.startswith("eval_") for key in predicted.metrics)
+    metrics = trainer.evaluate()
+    assert metrics["eval_mean_answer_length"] == pytest.approx(_mean_answer_length(short))
+
+
+def test_ssb_metrics_follow_the_names_of_an_eval_dataset_dict(tmp_path, tokenizer, data):
+    dataset, _ = data
+    sets = {"small": dataset.select(range(2)), "rest": dataset.select(range(2, 8))}
+    trainer = SSBTrainer(
+        make_tiny_model(seed=0),
+        args=_args(tmp_path, eval_strategy="steps", eval_steps=1),
+        train_dataset=dataset,
+        eval_dataset=sets,
+        processing_class=tokenizer,
+    )
+    trainer.train()  # evaluates each set after the step
+    logged = {key for entry in trainer.state.log_history for key in entry}
+    for name, subset in sets.items():
+        assert {f"eval_{name}_kd_loss", f"eval_{name}_top1_agreement", f"eval_{name}_ce_loss"} <= logged
+        entry = next(e for e in trainer.state.log_history if f"eval_{name}_mean_answer_length" in e)
+        assert entry[f"eval_{name}_mean_answer_length"] == pytest.approx(_mean_answer_length(subset))
+    assert "eval_kd_loss" not in logged
+    metrics = trainer.evaluate(metric_key_prefix="final")
+    assert "final_small_kd_loss" in metrics and "final_rest_kd_loss" in metrics
+
+
+# ---- 3b. the model card and the adapter name their base model --------------------------------------------------
+
+
+def test_adapter_from_the_bundled_model_records_its_portable_name(tmp_path, tokenizer, data):
+    """1 LoRA step from the real bundled SmolLM2 (loaded from its cache folder, a path on this machine)."""
+    from peft import LoraConfig
+
+    from ssb_trl.eval.models import parse_model_specs
+    from ssb_trl.models import BUNDLED_MODEL, bundled_model_dir, load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(BUNDLED_MODEL, device="cpu")
+    cache = str(bundled_model_dir())
+    assert model.config._name_or_path == cache  # what PEFT and TRL would record
+    trainer = SSBTrainer(
+        model,
+        args=_args(tmp_path, per_device_train_batch_size=2),
+        train_dataset=data[0].select(range(2)),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], task_type="CAUSAL_LM"),
+    )
+    trainer.train()
+    trainer.save_model(str(tmp_path / "ssb-adapter"))
+    adapter_config = json.loads((tmp_path / "ssb-adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == BUNDLED_MODEL
+    card = (tmp_path / "ssb-adapter" / "README.md").read_text()
+    assert "# Model Card for ssb-adapter" in card and "None" not in card and cache not in card
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    assert f"`{BUNDLED_MODEL}` ([HuggingFaceTB/SmolLM2-135M-Instruct](https://huggingface.co/HuggingFace" in card
+    (spec,) = parse_model_specs([f"ssb={tmp_path / 'ssb-adapter'}"])  # evaluation finds the base by that name
+    assert spec.adapter_base == BUNDLED_MODEL
+
+
+def test_model_card_names_a_local_or_hub_base_model(tmp_path, tokenizer, data):
+    dataset = data[0].select(range(2))
+    local = tmp_path / "my-base"
+    make_tiny_model(seed=0).save_pretrained(local)
+    tokenizer.save_pretrained(local)
+    hub = make_tiny_model(seed=0)
+    hub.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"  # as from_pretrained(<Hub id>) sets it
+    for model, expected in (
+        (str(local), f"fine-tuned version of `{local}` (a local model)"),
+        (hub, "fine-tuned version of [HuggingFaceTB/SmolLM2-135M-Instruct](https://huggingface.co/HuggingFaceTB/"),
+        (make_tiny_model(seed=0), "fine-tuned version of a model built from its config"),
+    ):
+        trainer = SSBTrainer(
+            model,
+            args=_args(tmp_path, per_device_train_batch_size=2),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
+        trainer.save_model(str(tmp_path / "saved"))
+        card = (tmp_path / "saved" / "README.md").read_text()
+        assert "# Model Card for saved" in card and expected in card, card[:600]
+        assert "huggingface.co/None" not in card and "for None" not in card
+        assert f'model="{tmp_path / "saved"}"' in card  # the quick start loads the saved folder
