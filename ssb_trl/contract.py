@@ -310,14 +310,29 @@ def _first(bad: np.ndarray) -> int:
     return int(np.flatnonzero(bad)[0])
 
 
-def _require_integer_lists(arrow_type: pa.DataType, name: str) -> None:
+def _is_list(arrow_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)
+    )
+
+
+def _rows_with_nulls(array: pa.Array) -> np.ndarray:
+    """Per row: does it hold a null at any nesting level? (Arrow would turn a null id into NaN, then into an id.)"""
+    bad = pc.is_null(array).to_numpy(zero_copy_only=False).copy()
+    if _is_list(array.type) and len(array):
+        child_bad = _rows_with_nulls(pc.list_flatten(array))
+        if child_bad.any():
+            parents = pc.list_parent_indices(array).to_numpy(zero_copy_only=False)
+            bad[np.unique(parents[child_bad])] = True
+    return bad
+
+
+def _require_integer_lists(arrow_type: pa.DataType, name: str, allow_bool: bool = False) -> None:
     """Token ids and masks must be stored as integers: float ids would be floored silently by the collator."""
     value_type = arrow_type
-    while (
-        pa.types.is_list(value_type) or pa.types.is_large_list(value_type) or pa.types.is_fixed_size_list(value_type)
-    ):
+    while _is_list(value_type):
         value_type = value_type.value_type
-    if not pa.types.is_integer(value_type):
+    if not (pa.types.is_integer(value_type) or (allow_bool and pa.types.is_boolean(value_type))):
         raise SoftLabelError(
             f"the soft-label dataset stores {name} as {value_type}, not integers. Token ids and masks must be "
             "integers; float ids would be floored silently. Check that the values are whole numbers and cast the "
@@ -365,8 +380,16 @@ def validate_soft_label_dataset(
     def col(name):
         return table.column(name).combine_chunks()
 
+    for name in (INPUT_IDS, COMPLETION_MASK, ids_col, logp_col):
+        bad = _rows_with_nulls(col(name))
+        if bad.any():
+            raise _row_error(
+                _first(bad),
+                f"{name} holds a missing (null) value",
+                "Rebuild the row: every token needs its id and mask, and every answer token its K ids and log-probs.",
+            )
     for name in (INPUT_IDS, COMPLETION_MASK, ids_col):
-        _require_integer_lists(table.column(name).type, name)
+        _require_integer_lists(table.column(name).type, name, allow_bool=name == COMPLETION_MASK)
     input_len = pc.list_value_length(col(INPUT_IDS)).to_numpy(zero_copy_only=False)
     mask = col(COMPLETION_MASK)
     mask_len = pc.list_value_length(mask).to_numpy(zero_copy_only=False)

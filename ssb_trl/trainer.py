@@ -238,9 +238,14 @@ class SSBTrainer(SFTTrainer):
             columns=columns,
         )
         if self.args.max_length is not None:
+            shortest_prompt = min(len(mask) - sum(mask) for mask in dataset[COMPLETION_MASK])
             dataset = truncate_soft_label_dataset(dataset, self.args.max_length, columns)
-        if len(dataset) == 0:
-            raise SoftLabelError(f"the {name} dataset has no row left after truncation to max_length.")
+            if len(dataset) == 0:
+                raise SoftLabelError(
+                    f"the {name} dataset has no row left after truncation to max_length={self.args.max_length}: its "
+                    f"shortest prompt has {shortest_prompt} tokens, so no answer token fits. Raise max_length well "
+                    "above the prompt lengths (or set max_length=None to keep whole rows)."
+                )
         return dataset.select_columns([INPUT_IDS, COMPLETION_MASK, *columns])
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:

@@ -436,3 +436,37 @@ def test_model_card_names_a_local_or_hub_base_model(tmp_path, tokenizer, data):
         assert "# Model Card for saved" in card and expected in card, card[:600]
         assert "huggingface.co/None" not in card and "for None" not in card
         assert f'model="{tmp_path / "saved"}"' in card  # the quick start loads the saved folder
+
+
+# ---- found by a further hostile pass ---------------------------------------------------------------------------
+
+
+def test_null_values_are_refused_not_turned_into_ids(tmp_path, tokenizer, data):
+    """A null id became NaN in numpy and passed every comparison; a null token row crashed with a raw ValueError."""
+    dataset, _ = data
+    ids = dataset[6]["teacher_topk_ids"]
+    ids[2][3] = None
+    with pytest.raises(SoftLabelError, match=r"row 6: teacher_topk_ids holds a missing \(null\) value"):
+        _trainer(tmp_path, tokenizer, _edit_row(dataset, 6, teacher_topk_ids=ids))
+    ids[2] = None
+    with pytest.raises(SoftLabelError, match=r"row 6: teacher_topk_ids holds a missing \(null\) value"):
+        _trainer(tmp_path, tokenizer, _edit_row(dataset, 6, teacher_topk_ids=ids))
+
+
+def test_a_boolean_completion_mask_is_accepted(tmp_path, tokenizer, data):
+    dataset, _ = data
+    rows = dataset.to_list()
+    for row in rows:
+        row["completion_mask"] = [bool(v) for v in row["completion_mask"]]
+    as_bool = datasets.Dataset.from_list(rows)
+    as_bool.info.description = dataset.info.description
+    assert as_bool.features["completion_mask"].feature.dtype == "bool"
+    trainer = _trainer(tmp_path, tokenizer, as_bool, per_device_train_batch_size=2)
+    trainer.train()
+    assert trainer.state.log_history[0]["mean_answer_length"] > 0
+
+
+def test_max_length_below_every_prompt_says_so(tmp_path, tokenizer, data):
+    dataset, _ = data
+    with pytest.raises(SoftLabelError, match=r"no row left after truncation to max_length=5: its shortest prompt has"):
+        _trainer(tmp_path, tokenizer, dataset, max_length=5)
