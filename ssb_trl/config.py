@@ -86,6 +86,11 @@ class SSBConfig(SFTConfig):
     def __post_init__(self):
         require_finite_numbers(self)  # before SFTConfig derives anything from a NaN (learning rate, warmup...)
         super().__post_init__()
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(
+                f"max_length must be >= 1 token (or None for no truncation), got {self.max_length}. It cuts each row "
+                "(prompt + answer) and its soft labels; set it above your longest prompt so answers survive."
+            )
         if self.packing or self.padding_free:
             raise ValueError(
                 "SSBTrainer does not support packing or padding_free yet: the soft labels are aligned per sequence. "

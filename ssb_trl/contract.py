@@ -170,21 +170,134 @@ def _metadata_file(name_or_path: str) -> str | None:
         return None
 
 
-def load_soft_label_dataset(name_or_path: str, split: str = "train") -> tuple[datasets.Dataset, SoftLabelMetadata]:
-    """Load a soft-label dataset (a folder or a Hub dataset id) with its metadata.
+SOFT_LABEL_FILE_SUFFIXES = (".arrow", ".parquet", ".jsonl", ".json")
+"""Single files `load_soft_label_dataset` reads (with `ssb_metadata.json` in the same folder)."""
 
-    Returns (dataset, metadata), the metadata also attached to `dataset.info.description`; raises
-    `SoftLabelError` if the dataset has no `ssb_metadata.json`.
-    """
-    dataset = load_rows(name_or_path, split=split)
-    path = _metadata_file(name_or_path)
-    if path is None:
+
+def read_metadata_file(path: str | os.PathLike[str]) -> SoftLabelMetadata:
+    """Parse and check an `ssb_metadata.json`; a corrupt or incomplete file gets a `SoftLabelError` naming it."""
+    fix = (
+        f"It is written by data preparation and ssb_trl.save_soft_label_dataset: restore {METADATA_FILENAME} from "
+        "where the dataset was made (the preparation output_dir or the Hub repository), or rebuild the dataset."
+    )
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SoftLabelError(f"{str(path)!r} is not valid JSON ({error}). {fix}") from error
+    if not isinstance(data, dict):
+        raise SoftLabelError(f"{str(path)!r} holds a JSON {type(data).__name__}, not an object of fields. {fix}")
+    problems = [f"{name} is missing" for name in ("teacher_model", "tokenizer_fingerprint", "top_k", "temperature")]
+    problems = [p for p in problems if p.split()[0] not in data]
+    top_k, temperature = data.get("top_k"), data.get("temperature")
+    if "top_k" in data and not (isinstance(top_k, int) and not isinstance(top_k, bool) and top_k >= 1):
+        problems.append(f"top_k must be an integer >= 1, got {top_k!r}")
+    if "temperature" in data and not (
+        isinstance(temperature, (int, float))
+        and not isinstance(temperature, bool)
+        and np.isfinite(temperature)
+        and temperature > 0
+    ):
+        problems.append(f"temperature must be a finite number > 0, got {temperature!r}")
+    if "tokenizer_fingerprint" in data and not isinstance(data["tokenizer_fingerprint"], dict):
+        problems.append(f"tokenizer_fingerprint must be an object, got {data['tokenizer_fingerprint']!r}")
+    if problems:
+        raise SoftLabelError(f"{str(path)!r} is not valid soft-label metadata: {'; '.join(problems)}. {fix}")
+    return SoftLabelMetadata.from_dict(data)
+
+
+def _unfinished_preparation_error(folder: Path, name_or_path: str) -> SoftLabelError | None:
+    """A preparation output_dir that holds the run's work folder but no published dataset: say how to resume."""
+    from .data.workdir import WorkDir  # lazy: ssb_trl.data imports this module
+
+    work = WorkDir(folder)
+    if not work.root.is_dir() or (folder / "dataset_info.json").is_file():
+        return None
+    return SoftLabelError(
+        f"{name_or_path!r} holds a data-preparation run that did not finish: its work folder {str(work.root)!r} is "
+        "there but no soft-label dataset was written (the run was stopped, failed, or kept no example; its log "
+        "says which). Resume it by rerunning `ssb-trl prepare` with the same settings and "
+        f"--output_dir {name_or_path} (they are recorded in {str(work.settings_path)!r}); finished stages are "
+        "reused. Train on this folder once that run ends with its summary."
+    )
+
+
+def _load_single_file(path: Path, name_or_path: str) -> datasets.Dataset:
+    suffix = path.suffix.lower()
+    if suffix not in SOFT_LABEL_FILE_SUFFIXES:
         raise SoftLabelError(
-            f"{name_or_path!r} has no soft-label metadata ({METADATA_FILENAME}). Make it with data preparation "
-            "(`ssb_trl.data.prepare_ssb_data`) or `ssb_trl.save_soft_label_dataset`, or add the file."
+            f"{name_or_path!r} is a {suffix or 'suffix-less'} file; a soft-label dataset is a folder (written by "
+            f"`ssb-trl prepare` or ssb_trl.save_soft_label_dataset), a Hub dataset id, or one "
+            f"{'/'.join(SOFT_LABEL_FILE_SUFFIXES)} file with {METADATA_FILENAME} in the same folder."
         )
-    with open(path, encoding="utf-8") as f:
-        metadata = SoftLabelMetadata.from_dict(json.load(f))
+    if suffix != ".arrow":
+        return load_rows(str(path), split=None)
+    state = path.parent / "state.json"
+    if state.is_file():  # one file of a folder written by save_to_disk: the other files hold more rows
+        try:
+            files = [f["filename"] for f in json.loads(state.read_text(encoding="utf-8")).get("_data_files", [])]
+        except (OSError, ValueError, TypeError, KeyError):
+            files = []
+        if len(files) > 1:
+            raise SoftLabelError(
+                f"{name_or_path!r} is 1 of the {len(files)} files of the dataset saved in {str(path.parent)!r}; "
+                f"loading it alone would drop the other rows. Load the folder: "
+                f"load_soft_label_dataset({str(path.parent)!r})."
+            )
+    try:
+        return datasets.Dataset.from_file(str(path))  # save_to_disk's streaming format, memory-mapped
+    except (pa.ArrowInvalid, OSError):
+        return datasets.load_dataset("arrow", data_files=str(path), split="train")  # the Arrow IPC file format
+
+
+def _check_split(folder: Path, name_or_path: str, split: str | None) -> None:
+    """A folder saved from a DatasetDict must have the asked split; say which ones it has."""
+    dict_file = folder / "dataset_dict.json"
+    if split is None or not dict_file.is_file():
+        return
+    try:
+        splits = list(json.loads(dict_file.read_text(encoding="utf-8"))["splits"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if split not in splits:
+        raise SoftLabelError(
+            f"{name_or_path!r} has the splits {splits}, not {split!r}. Pass split=one of them (`ssb-trl train`: "
+            "--dataset_train_split NAME)."
+        )
+
+
+def load_soft_label_dataset(name_or_path: str, split: str = "train") -> tuple[datasets.Dataset, SoftLabelMetadata]:
+    """Load a soft-label dataset with its metadata: a folder, a Hub dataset id, or one data file.
+
+    A single `.arrow` (as `save_to_disk` writes it), `.parquet`, `.jsonl` or `.json` file is one split; its
+    metadata is the `ssb_metadata.json` in the same folder. Returns (dataset, metadata), the metadata also
+    attached to `dataset.info.description`. Raises `SoftLabelError`, saying what to do, for a dataset without
+    (or with a corrupt) `ssb_metadata.json`, a missing split, or the folder of an unfinished preparation run.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        dataset = _load_single_file(path, name_or_path)
+        metadata_path = path.parent / METADATA_FILENAME
+        if not metadata_path.is_file():
+            raise SoftLabelError(
+                f"{name_or_path!r} has no soft-label metadata: there is no {METADATA_FILENAME} in its folder "
+                f"({str(path.parent)!r}). Copy the {METADATA_FILENAME} written with the data (by `ssb-trl prepare` or "
+                "ssb_trl.save_soft_label_dataset) beside the file, or load the folder the dataset was saved to."
+            )
+    else:
+        if path.is_dir():
+            unfinished = _unfinished_preparation_error(path, name_or_path)
+            if unfinished is not None:
+                raise unfinished
+            _check_split(path, name_or_path, split)
+        dataset = load_rows(name_or_path, split=split)
+        metadata_path = _metadata_file(name_or_path)
+        if metadata_path is None:
+            raise SoftLabelError(
+                f"{name_or_path!r} has no soft-label metadata ({METADATA_FILENAME}). Make it with data preparation "
+                "(`ssb-trl prepare` or ssb_trl.data.prepare_ssb_data) or ssb_trl.save_soft_label_dataset, or add "
+                "the file."
+            )
+    metadata = read_metadata_file(metadata_path)
     dataset.info.description = metadata.to_description()
     return dataset, metadata
 
@@ -197,6 +310,36 @@ def _first(bad: np.ndarray) -> int:
     return int(np.flatnonzero(bad)[0])
 
 
+def _is_list(arrow_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)
+    )
+
+
+def _rows_with_nulls(array: pa.Array) -> np.ndarray:
+    """Per row: does it hold a null at any nesting level? (Arrow would turn a null id into NaN, then into an id.)"""
+    bad = pc.is_null(array).to_numpy(zero_copy_only=False).copy()
+    if _is_list(array.type) and len(array):
+        child_bad = _rows_with_nulls(pc.list_flatten(array))
+        if child_bad.any():
+            parents = pc.list_parent_indices(array).to_numpy(zero_copy_only=False)
+            bad[np.unique(parents[child_bad])] = True
+    return bad
+
+
+def _require_integer_lists(arrow_type: pa.DataType, name: str, allow_bool: bool = False) -> None:
+    """Token ids and masks must be stored as integers: float ids would be floored silently by the collator."""
+    value_type = arrow_type
+    while _is_list(value_type):
+        value_type = value_type.value_type
+    if not (pa.types.is_integer(value_type) or (allow_bool and pa.types.is_boolean(value_type))):
+        raise SoftLabelError(
+            f"the soft-label dataset stores {name} as {value_type}, not integers. Token ids and masks must be "
+            "integers; float ids would be floored silently. Check that the values are whole numbers and cast the "
+            "column to int32 (the schema is ssb_trl.contract.features()), or rebuild the dataset."
+        )
+
+
 def check_soft_label_columns(dataset, columns: tuple[str, str] = (TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS)) -> None:
     """The cheap checks first: the dataset is not empty and has the token and soft-label columns."""
     if len(dataset) == 0:
@@ -204,9 +347,16 @@ def check_soft_label_columns(dataset, columns: tuple[str, str] = (TEACHER_TOPK_I
     missing = [c for c in (INPUT_IDS, COMPLETION_MASK, *columns) if c not in dataset.column_names]
     if missing:
         raise SoftLabelError(
-            f"the dataset lacks the soft-label column(s) {missing} (it has {dataset.column_names}). "
-            "SSBTrainer trains on soft labels made by data preparation (ssb_trl.data); for plain SFT use "
-            "trl.SFTTrainer, or set soft_label_ids_column/soft_label_logprobs_column to your column names."
+            f"the dataset lacks the soft-label column(s) {missing} (it has {dataset.column_names}). SSBTrainer "
+            "trains on a soft-label dataset: per row the tokenized prompt + answer (input_ids, completion_mask) and, "
+            "for every answer token, the teacher's top-K token ids and log-probs (the format: ssb_trl.contract). "
+            "Make one from question/answer data with the recipe: `ssb-trl prepare --source your_questions.jsonl "
+            "--model_name_or_path MODEL --output_dir DATA_DIR` (the model answers, is hinted, and becomes the "
+            "teacher), then ssb_trl.load_soft_label_dataset(DATA_DIR). Or from your own teacher in Python: "
+            "ssb_trl.extract_topk_soft_labels(teacher, sequences, answer_starts, top_k, temperature) -> one row per "
+            "example (input_ids, completion_mask, teacher_topk_ids, teacher_topk_logprobs) -> "
+            "ssb_trl.save_soft_label_dataset(datasets.Dataset.from_list(rows), DATA_DIR, ssb_trl.SoftLabelMetadata("
+            "...)). To train on plain prompt/completion text, use trl.SFTTrainer."
         )
 
 
@@ -230,6 +380,16 @@ def validate_soft_label_dataset(
     def col(name):
         return table.column(name).combine_chunks()
 
+    for name in (INPUT_IDS, COMPLETION_MASK, ids_col, logp_col):
+        bad = _rows_with_nulls(col(name))
+        if bad.any():
+            raise _row_error(
+                _first(bad),
+                f"{name} holds a missing (null) value",
+                "Rebuild the row: every token needs its id and mask, and every answer token its K ids and log-probs.",
+            )
+    for name in (INPUT_IDS, COMPLETION_MASK, ids_col):
+        _require_integer_lists(table.column(name).type, name, allow_bool=name == COMPLETION_MASK)
     input_len = pc.list_value_length(col(INPUT_IDS)).to_numpy(zero_copy_only=False)
     mask = col(COMPLETION_MASK)
     mask_len = pc.list_value_length(mask).to_numpy(zero_copy_only=False)
@@ -239,6 +399,26 @@ def validate_soft_label_dataset(
         raise _row_error(i, f"input_ids has {input_len[i]} tokens but completion_mask {mask_len[i]}", "Rebuild it.")
     mask_values = pc.list_flatten(mask).to_numpy(zero_copy_only=False).astype(np.int64)
     offsets = np.concatenate([[0], np.cumsum(mask_len)])
+    token_of_row = np.repeat(np.arange(len(mask_len)), mask_len)
+    bad = (mask_values != 0) & (mask_values != 1)
+    if bad.any():
+        j = _first(bad)
+        raise _row_error(
+            token_of_row[j],
+            f"completion_mask holds the value {mask_values[j]} (only 0 = prompt and 1 = answer token are allowed)",
+            "Rebuild the row with a 0/1 mask; SSB counts answer tokens by summing it.",
+        )
+    if vocab_size is not None:
+        input_values = pc.list_flatten(col(INPUT_IDS)).to_numpy(zero_copy_only=False)
+        bad = (input_values < 0) | (input_values >= vocab_size)
+        if bad.any():
+            j = _first(bad)
+            raise _row_error(
+                token_of_row[j],
+                f"input_ids holds the token id {input_values[j]}, outside the model's vocabulary [0, {vocab_size})",
+                "The row was tokenized for another model; rebuild the dataset with this model's tokenizer "
+                "(or resize the model's embeddings if you added tokens).",
+            )
     n_answer = np.add.reduceat(mask_values, offsets[:-1]) if len(mask_values) else np.zeros(len(mask_len), np.int64)
     n_answer = np.where(mask_len > 0, n_answer, 0)
     # The answer must be one contiguous span after a non-empty prompt: that is how positions line up.
@@ -270,6 +450,7 @@ def validate_soft_label_dataset(
     k_ids = pc.list_value_length(ids_inner).to_numpy(zero_copy_only=False)
     k_logp = pc.list_value_length(logp_inner).to_numpy(zero_copy_only=False)
     token_row = np.repeat(np.arange(len(ids_rows)), ids_rows)
+    offsets_ids = np.concatenate([[0], np.cumsum(ids_rows)])
     k = int(metadata.top_k) if metadata is not None else int(k_ids[0])
     bad = (k_ids != k) | (k_logp != k)
     if bad.any():
@@ -290,6 +471,30 @@ def validate_soft_label_dataset(
     if bad.any():
         i = token_row[_first(bad)]
         raise _row_error(i, "NaN or infinite teacher log-prob", "Rebuild the row; the teacher pass overflowed.")
+    if k > 1:
+        sorted_ids = np.sort(flat_ids, axis=-1)
+        bad = (sorted_ids[:, 1:] == sorted_ids[:, :-1]).any(-1)
+        if bad.any():
+            t = _first(bad)
+            i, answer_token = token_row[t], t - offsets_ids[token_row[t]]
+            repeated = sorted_ids[t, 1:][sorted_ids[t, 1:] == sorted_ids[t, :-1]][0]
+            raise _row_error(
+                i,
+                f"answer token {answer_token} lists the teacher id {repeated} twice in its top-K {ids_col}",
+                "Each token's top-K ids must be distinct (the K most probable tokens, as torch.topk returns them); "
+                "rebuild the soft labels with ssb_trl.extract_topk_soft_labels.",
+            )
+        bad = (flat_logp[:, 1:] > flat_logp[:, :-1]).any(-1)
+        if bad.any():
+            t = _first(bad)
+            i, answer_token = token_row[t], t - offsets_ids[token_row[t]]
+            raise _row_error(
+                i,
+                f"answer token {answer_token}: {logp_col} increase along K ({flat_logp[t].tolist()[:4]}...); the "
+                "top-K must be stored most probable first",
+                "Sort each token's ids and log-probs together by descending log-prob (torch.topk(..., sorted=True) "
+                "does); ids sorted by value are a common cause.",
+            )
     if check_mass:
         mass = np.exp(flat_logp.astype(np.float64)).sum(-1)
         bad = (flat_logp > 1e-3).any(-1) | (mass > 1.0 + MASS_TOLERANCE)

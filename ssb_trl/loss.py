@@ -141,7 +141,7 @@ def _chunk_loss_and_grad(
     spec: DistillationLossSpec,
     need_grad: bool,
 ):
-    """Loss sums, stats and d(loss)/d(logits) for one chunk of answer tokens.
+    """Loss sums, stats, the student's argmax ids and d(loss)/d(logits) for one chunk of answer tokens.
 
     One fp32 [chunk, vocab] buffer is reused throughout (logits -> exp -> gradient) so that the chunk
     costs few passes over memory. With e = exp((z - max) / T), p = e / sum(e):
@@ -181,7 +181,7 @@ def _chunk_loss_and_grad(
         kd = generalized_jsd(coarse, teacher, spec.beta).sum() * t * t
         grad_coarse = torch.autograd.grad(kd, coarse)[0] if need_grad else None
     if not need_grad:
-        return kd.detach(), ce, agree, None
+        return kd.detach(), ce, agree, student_top1, None
 
     grad_ce = None
     if spec.ce_weight > 0:  # softmax(z) - onehot(target), with softmax(z) = e^T / sum(e^T)
@@ -190,7 +190,7 @@ def _chunk_loss_and_grad(
         grad_ce.scatter_add_(-1, targets.unsqueeze(-1), -torch.ones_like(target_z).unsqueeze(-1))
         grad_ce.mul_(spec.ce_weight)
     if spec.kd_weight == 0:
-        return kd.detach(), ce, agree, grad_ce
+        return kd.detach(), ce, agree, student_top1, grad_ce
     # Chain rule from the coarse log-probs to z / T, with p = softmax(z / T), S = top-K mass of p,
     # g_i = dL/dlog q_i and g_t = dL/dlog q_tail:
     #   v outside the top-K: dL/d(z_v / T) = p_v * (-sum_i g_i + g_t * S / (1 - S))
@@ -212,14 +212,16 @@ def _chunk_loss_and_grad(
         grad.scatter_add_(-1, ids, (g_topk - p_topk * (g_tail * inv_tail).unsqueeze(-1)) * factor)
     if grad_ce is not None:
         grad += grad_ce
-    return kd.detach(), ce, agree, grad
+    return kd.detach(), ce, agree, student_top1, grad
 
 
 class SparseDistillationFunction(torch.autograd.Function):
     """sum over answer tokens of kd_weight * T^2 * D(teacher, student) + ce_weight * CE, from hidden states.
 
-    Returns (loss_sum, stats) where stats = [kd_sum, ce_sum, top1_agreements] (no gradient). The
-    gradients are computed in forward, chunk by chunk, and scaled by the incoming gradient in backward.
+    Returns (loss_sum, stats, predictions) where stats = [kd_sum, ce_sum, top1_agreements] and predictions =
+    the student's argmax id per answer token [N] (neither has a gradient; the argmax is the one the chunk
+    computes anyway, so no logits are kept). The gradients are computed in forward, chunk by chunk, and
+    scaled by the incoming gradient in backward.
     """
 
     @staticmethod
@@ -240,13 +242,14 @@ class SparseDistillationFunction(torch.autograd.Function):
         kd_sum = hidden.new_zeros((), dtype=torch.float32)
         ce_sum = hidden.new_zeros((), dtype=torch.float32)
         agree = hidden.new_zeros((), dtype=torch.long)
+        predictions = torch.empty(n_tokens, dtype=torch.long, device=hidden.device)
         chunk = spec.chunk_size or auto_chunk_size(weight.shape[0])
         teacher_ids = teacher_ids.long()
         targets = targets.long()
         for start in range(0, n_tokens, chunk):
             end = min(start + chunk, n_tokens)
             h = hidden[start:end].to(compute_dtype)
-            kd, ce, n_agree, grad_logits = _chunk_loss_and_grad(
+            kd, ce, n_agree, predictions[start:end], grad_logits = _chunk_loss_and_grad(
                 h, w, b, teacher_ids[start:end], teacher_logprobs[start:end], targets[start:end], spec, need_grad
             )
             kd_sum += kd
@@ -265,11 +268,11 @@ class SparseDistillationFunction(torch.autograd.Function):
         ctx.grads = (grad_h, grad_w, grad_b)  # fp32, released in backward
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
         stats = torch.stack([kd_sum, ce_sum, agree.float()])
-        ctx.mark_non_differentiable(stats)
-        return loss_sum, stats
+        ctx.mark_non_differentiable(stats, predictions)
+        return loss_sum, stats, predictions
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_stats):
+    def backward(ctx, grad_loss, _grad_stats, _grad_predictions):
         grads = []
         for g, dtype in zip(ctx.grads, ctx.dtypes):
             grads.append(None if g is None else (g * grad_loss).to(dtype))
@@ -285,7 +288,8 @@ def sparse_distillation_loss(
     teacher_logprobs: torch.Tensor,
     targets: torch.Tensor,
     spec: DistillationLossSpec,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    return_predictions: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed SSB loss over answer tokens from their hidden states; see `SparseDistillationFunction`.
 
     Args:
@@ -294,10 +298,13 @@ def sparse_distillation_loss(
         teacher_ids: [N, K] teacher top-K token ids, most probable first.
         teacher_logprobs: [N, K] teacher log-probs at `spec.temperature`, normalised over the full vocabulary.
         targets: [N] the answer tokens themselves (for the hard-label CE term and its logging).
+        return_predictions: also return the student's argmax id per answer token ([N] long, no gradient).
     Returns:
-        (loss_sum, stats): the differentiable sum, and [kd_sum, ce_sum, top1_agreements] for logging.
+        (loss_sum, stats): the differentiable sum, and [kd_sum, ce_sum, top1_agreements] for logging;
+        (loss_sum, stats, predictions) with `return_predictions`.
     """
     grad_enabled = torch.is_grad_enabled()  # under no_grad (eval) skip the gradient matmuls
-    return SparseDistillationFunction.apply(
+    loss_sum, stats, predictions = SparseDistillationFunction.apply(
         hidden, weight, bias, teacher_ids, teacher_logprobs, targets, spec, grad_enabled
     )
+    return (loss_sum, stats, predictions) if return_predictions else (loss_sum, stats)

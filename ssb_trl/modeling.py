@@ -25,11 +25,14 @@ from .loss import DistillationLossSpec, sparse_distillation_loss
 
 @dataclass
 class SoftLabelOutput(ModelOutput):
-    """`loss_sum`: differentiable loss summed over answer tokens; `stats`: [kd_sum, ce_sum, top1_agreements]."""
+    """`loss_sum`: differentiable loss summed over answer tokens; `stats`: [kd_sum, ce_sum, top1_agreements];
+    `predictions`: the student's argmax id per answer token, in the order of the answer positions (row-major).
+    No logits: they are never built for the batch."""
 
     loss_sum: torch.Tensor | None = None
     stats: torch.Tensor | None = None
     num_answer_tokens: torch.Tensor | None = None
+    predictions: torch.Tensor | None = None
 
 
 def check_supported(model: PreTrainedModel) -> None:
@@ -80,7 +83,7 @@ def patch_forward_with_soft_label_loss(model: PreTrainedModel) -> None:
         lm_head = self.get_output_embeddings()
         device = lm_head.weight.device
         with maybe_gather_lm_head_ctx(lm_head.weight, lm_head.bias):
-            loss_sum, stats = sparse_distillation_loss(
+            loss_sum, stats, predictions = sparse_distillation_loss(
                 hidden[answer].to(device),
                 lm_head.weight,
                 lm_head.bias,
@@ -88,8 +91,9 @@ def patch_forward_with_soft_label_loss(model: PreTrainedModel) -> None:
                 teacher_topk_logprobs.to(device),
                 shifted[answer].to(device),
                 ssb_loss_spec,
+                return_predictions=True,
             )
-        return SoftLabelOutput(loss_sum=loss_sum, stats=stats, num_answer_tokens=answer.sum())
+        return SoftLabelOutput(loss_sum=loss_sum, stats=stats, num_answer_tokens=answer.sum(), predictions=predictions)
 
     model.forward = types.MethodType(forward, model)
     model._ssb_forward_patched = True

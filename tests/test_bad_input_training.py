@@ -1,0 +1,472 @@
+"""Issue 10, training side: bad soft-label data, files, folders, checkpoints and TRL expectations.
+
+Every case uses the real SmolLM2 tokenizer, tiny real models and real `datasets`; each asserts the message a
+user sees (what is wrong, where, how to fix it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+
+import datasets
+import pytest
+import torch
+from conftest import build_soft_label_dataset, make_tiny_model
+
+from ssb_trl import SSBConfig, SSBTrainer
+from ssb_trl.contract import SoftLabelError, SoftLabelMetadata, load_soft_label_dataset, save_soft_label_dataset
+
+
+def _args(tmp_path, **kwargs):
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        learning_rate=1e-2,
+        max_steps=1,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        gradient_checkpointing=False,
+        bf16=False,
+        seed=0,
+    )
+    defaults.update(kwargs)
+    return SSBConfig(**defaults)
+
+
+@pytest.fixture()
+def data(tokenizer):
+    return build_soft_label_dataset(make_tiny_model(seed=1), tokenizer, n_rows=8, top_k=8)
+
+
+def _trainer(tmp_path, tokenizer, dataset, model=None, **kwargs):
+    return SSBTrainer(
+        model or make_tiny_model(seed=0),
+        args=_args(tmp_path, **kwargs),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+
+
+def _edit_row(dataset, row, **changes):
+    rows = dataset.to_list()
+    rows[row].update(changes)
+    edited = datasets.Dataset.from_list(rows)
+    edited.info.description = dataset.info.description
+    return edited
+
+
+# ---- 1. soft-label rows that used to pass validation -----------------------------------------------------------
+
+
+def test_duplicate_teacher_ids_are_refused(tmp_path, tokenizer, data):
+    dataset, _ = data
+    ids = dataset[3]["teacher_topk_ids"]
+    ids[1][2] = ids[1][0]
+    with pytest.raises(SoftLabelError, match=r"row 3: answer token 1 lists the teacher id \d+ twice .* distinct"):
+        _trainer(tmp_path, tokenizer, _edit_row(dataset, 3, teacher_topk_ids=ids))
+
+
+def test_ids_sorted_by_value_instead_of_probability_are_refused(tmp_path, tokenizer, data):
+    """Ids stored in ascending order (log-probs permuted with them) used to pass and zero top1_agreement."""
+    dataset, _ = data
+    ids, logprobs = dataset[5]["teacher_topk_ids"], dataset[5]["teacher_topk_logprobs"]
+    order = [sorted(range(len(row)), key=row.__getitem__) for row in ids]
+    ids = [[row[j] for j in o] for row, o in zip(ids, order)]
+    logprobs = [[row[j] for j in o] for row, o in zip(logprobs, order)]
+    bad = _edit_row(dataset, 5, teacher_topk_ids=ids, teacher_topk_logprobs=logprobs)
+    with pytest.raises(SoftLabelError, match="row 5: answer token 0: teacher_topk_logprobs increase along K"):
+        _trainer(tmp_path, tokenizer, bad)
+
+
+def test_float_teacher_ids_are_refused(tmp_path, tokenizer, data):
+    dataset, _ = data
+    bad = dataset.cast_column("teacher_topk_ids", datasets.List(datasets.List(datasets.Value("float32"))))
+    with pytest.raises(SoftLabelError, match="stores teacher_topk_ids as float, not integers.*cast the column"):
+        _trainer(tmp_path, tokenizer, bad)
+
+
+def test_completion_mask_must_be_zero_or_one(tmp_path, tokenizer, data):
+    """[.., 2, 0, 1, ..] has the right sum and a full tail: it passed, then broke the batch alignment mid-run."""
+    dataset, _ = data
+    mask = dataset[4]["completion_mask"]
+    start = mask.index(1)
+    mask[start], mask[start + 1] = 2, 0
+    with pytest.raises(SoftLabelError, match=r"row 4: completion_mask holds the value 2 \(only 0 = prompt"):
+        _trainer(tmp_path, tokenizer, _edit_row(dataset, 4, completion_mask=mask))
+
+
+@pytest.mark.parametrize("token_id", [10**6, -1])
+def test_input_ids_outside_the_vocabulary(tmp_path, tokenizer, data, token_id):
+    """Used to be a raw IndexError from the embedding, once training had started."""
+    dataset, _ = data
+    input_ids = dataset[2]["input_ids"]
+    input_ids[1] = token_id
+    with pytest.raises(SoftLabelError, match=f"row 2: input_ids holds the token id {token_id}, outside .* 49152"):
+        _trainer(tmp_path, tokenizer, _edit_row(dataset, 2, input_ids=input_ids))
+
+
+@pytest.mark.parametrize("max_length", [0, -5])
+def test_max_length_must_be_positive(tmp_path, max_length):
+    with pytest.raises(ValueError, match=f"max_length must be >= 1 token .* got {max_length}"):
+        _args(tmp_path, max_length=max_length)
+
+
+def test_real_soft_labels_still_pass(tmp_path, tokenizer, data):
+    """The new checks accept what extraction writes, float16 included (rounding keeps the order)."""
+    dataset, metadata = data
+    from ssb_trl.contract import features, validate_soft_label_dataset
+
+    rows = dataset.to_list()
+    for row in rows:
+        row["id"], row["answer"] = "q", "1"
+    half = datasets.Dataset.from_list(rows, features=features("float16"))
+    validate_soft_label_dataset(half, vocab_size=49152)
+    validate_soft_label_dataset(dataset, metadata=metadata, vocab_size=49152)
+
+
+# ---- 2. files, folders, dataset types, checkpoints -------------------------------------------------------------
+
+
+def test_load_a_single_arrow_or_parquet_file_with_its_metadata(tmp_path, data):
+    """A file used to be 'unsupported' (.arrow) or 'has no metadata' (.parquet) although ssb_metadata.json was there."""
+    dataset, metadata = data
+    folder = tmp_path / "d"
+    save_soft_label_dataset(dataset, str(folder), metadata)
+    (arrow,) = folder.glob("data-*.arrow")
+    dataset.to_parquet(str(folder / "rows.parquet"))
+    for path in (arrow, folder / "rows.parquet"):
+        loaded, meta = load_soft_label_dataset(str(path))
+        assert meta == metadata and loaded.to_list() == dataset.to_list()
+        assert SoftLabelMetadata.from_description(loaded.info.description) == metadata
+    elsewhere = tmp_path / "alone.parquet"
+    shutil.copy(folder / "rows.parquet", elsewhere)
+    with pytest.raises(
+        SoftLabelError, match=f"no ssb_metadata.json in its folder .*{tmp_path.name}.* beside the file"
+    ):
+        load_soft_label_dataset(str(elsewhere))
+
+
+def test_one_arrow_file_of_a_sharded_folder_is_refused(tmp_path, data):
+    dataset, metadata = data
+    folder = tmp_path / "sharded"
+    dataset.save_to_disk(str(folder), num_shards=2)
+    (folder / "ssb_metadata.json").write_text(json.dumps(metadata.to_dict()))
+    first = sorted(folder.glob("data-*.arrow"))[0]
+    with pytest.raises(SoftLabelError, match="is 1 of the 2 files of the dataset .* Load the folder"):
+        load_soft_label_dataset(str(first))
+    assert len(load_soft_label_dataset(str(folder))[0]) == len(dataset)
+
+
+def test_missing_split_names_the_splits(tmp_path, data):
+    dataset, metadata = data
+    folder = tmp_path / "dd"
+    datasets.DatasetDict({"train": dataset, "test": dataset.select(range(2))}).save_to_disk(str(folder))
+    (folder / "ssb_metadata.json").write_text(json.dumps(metadata.to_dict()))
+    with pytest.raises(SoftLabelError, match=r"has the splits \['train', 'test'\], not 'validation'.*--dataset_train"):
+        load_soft_label_dataset(str(folder), split="validation")
+    assert len(load_soft_label_dataset(str(folder), split="test")[0]) == 2
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("{not json", "is not valid JSON"),
+        (b"\xff\xfe{}", "is not valid JSON"),
+        ("[1, 2]", "holds a JSON list"),
+        ('{"teacher_model": "t", "tokenizer_fingerprint": {}, "temperature": 2.0}', "metadata: top_k is missing"),
+        (
+            '{"teacher_model": "t", "tokenizer_fingerprint": {}, "top_k": 0, "temperature": "hot"}',
+            "top_k must be an integer >= 1, got 0; temperature must be a finite number > 0, got 'hot'",
+        ),
+    ],
+)
+def test_corrupt_metadata_file(tmp_path, data, content, match):
+    dataset, metadata = data
+    folder = tmp_path / "d"
+    save_soft_label_dataset(dataset, str(folder), metadata)
+    path = folder / "ssb_metadata.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(SoftLabelError, match=f"ssb_metadata.json' .*{match}.*restore ssb_metadata.json"):
+        load_soft_label_dataset(str(folder))
+
+
+def test_folder_of_an_unfinished_preparation_run(tmp_path):
+    """The layout a stopped `ssb-trl prepare` leaves: its work folder (settings, a shard's rollouts), no dataset."""
+    from ssb_trl.data.workdir import WorkDir, write_jsonl
+
+    work = WorkDir(tmp_path / "prep")
+    work.claim({"config": {"source": "questions.jsonl"}})
+    write_jsonl(work.shard_path("rollouts", 0), [{"id": "q0", "correct": [True, False]}])
+    with pytest.raises(
+        SoftLabelError, match="did not finish.*rerunning `ssb-trl prepare` with the same settings"
+    ) as e:
+        load_soft_label_dataset(str(tmp_path / "prep"))
+    assert f"--output_dir {tmp_path / 'prep'}" in str(e.value) and "settings.json" in str(e.value)
+
+
+@pytest.mark.parametrize("argument", ["train_dataset", "eval_dataset"])
+def test_dataset_dict_list_and_streaming_datasets_are_refused(tmp_path, tokenizer, data, argument):
+    dataset, _ = data
+    cases = [
+        (
+            datasets.DatasetDict({"train": dataset, "test": dataset}),
+            r"DatasetDict with the splits \['train', 'test'\]",
+        ),
+        (dataset.to_list(), "list of 8 items, not a datasets.Dataset.*Dataset.from_list"),
+        (dataset.to_iterable_dataset(), "streaming IterableDataset.*without streaming=True"),
+    ]
+    for bad, match in cases:
+        if argument == "eval_dataset" and isinstance(bad, datasets.DatasetDict):
+            continue  # a DatasetDict is a dict of named eval sets, as in Trainer (tested below)
+        kwargs = {"train_dataset": dataset, argument: bad}
+        with pytest.raises(TypeError, match=f"{argument} is a {match}"):
+            SSBTrainer(make_tiny_model(seed=0), args=_args(tmp_path), processing_class=tokenizer, **kwargs)
+    bad_member = {"held_out": dataset.to_list()}
+    if argument == "eval_dataset":
+        with pytest.raises(TypeError, match=r"eval_dataset\['held_out'\] is a list of 8 items"):
+            SSBTrainer(
+                make_tiny_model(seed=0),
+                args=_args(tmp_path),
+                processing_class=tokenizer,
+                train_dataset=dataset,
+                eval_dataset=bad_member,
+            )
+
+
+def test_prompt_completion_dataset_gets_told_how_to_make_soft_labels(tmp_path, tokenizer, data):
+    import ssb_trl
+
+    dataset, _ = data
+    plain = dataset.select_columns(["prompt", "completion"])
+    with pytest.raises(SoftLabelError) as error:
+        _trainer(tmp_path, tokenizer, plain)
+    message = str(error.value)
+    assert "lacks the soft-label column(s)" in message and "top-K token ids and log-probs" in message
+    assert "ssb-trl prepare --source" in message and "soft_label_ids_column" not in message
+    for name in (
+        "extract_topk_soft_labels",
+        "save_soft_label_dataset",
+        "load_soft_label_dataset",
+        "SoftLabelMetadata",
+    ):
+        assert f"ssb_trl.{name}" in message and hasattr(ssb_trl, name)
+
+
+def test_resume_from_a_checkpoint_without_optimizer_or_scheduler_warns(tmp_path, tokenizer, data, caplog):
+    dataset, _ = data
+    args = dict(max_steps=2, save_strategy="steps", save_steps=1, per_device_train_batch_size=2)
+    _trainer(tmp_path, tokenizer, dataset, **args).train()
+    checkpoint = tmp_path / "out" / "checkpoint-1"
+    with caplog.at_level(logging.WARNING, logger="ssb_trl"):
+        _trainer(tmp_path, tokenizer, dataset, **args).train(resume_from_checkpoint=str(checkpoint))
+    assert "RESUMING WITHOUT OPTIMIZER STATE" not in caplog.text  # both files there: no warning
+    for name in ("optimizer.pt", "scheduler.pt"):
+        shutil.copytree(checkpoint, tmp_path / name)
+        os.remove(tmp_path / name / name)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ssb_trl"):
+            resumed = _trainer(tmp_path, tokenizer, dataset, **args)
+            resumed.train(resume_from_checkpoint=str(tmp_path / name))
+        assert f"RESUMING WITHOUT OPTIMIZER STATE: checkpoint {tmp_path / name} has no {name}" in caplog.text
+        assert "learning-rate schedule restart from scratch" in caplog.text
+        assert resumed.state.global_step == 2
+
+
+# ---- 3. what a TRL user expects: compute_metrics, predict, metric prefixes ---------------------------------------
+
+
+def _mean_answer_length(dataset):
+    return sum(sum(row["completion_mask"]) for row in dataset) / len(dataset)
+
+
+def _dense_argmax(model, dataset):
+    """The reference: the unpatched forward's full logits, argmax per position (what SFTTrainer users compute)."""
+    model.eval()
+    with torch.no_grad():
+        return [
+            model(input_ids=torch.tensor([row["input_ids"]]), use_cache=False).logits[0].argmax(-1) for row in dataset
+        ]
+
+
+def test_compute_metrics_gets_student_argmax_on_answer_tokens(tmp_path, tokenizer, data):
+    dataset, _ = data
+    seen = []
+
+    def compute_metrics(prediction):
+        seen.append(prediction)
+        preds, labels = prediction.predictions[:, :-1], prediction.label_ids[:, 1:]
+        answer = labels != -100
+        return {"token_accuracy": float((preds[answer] == labels[answer]).mean())}
+
+    trainer = SSBTrainer(
+        make_tiny_model(seed=0),
+        args=_args(tmp_path, per_device_eval_batch_size=3),  # 8 rows: batches of unequal widths are padded
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
+    )
+    metrics = trainer.evaluate()
+    (prediction,) = seen
+    assert prediction.predictions.shape == prediction.label_ids.shape == (8, max(len(r["input_ids"]) for r in dataset))
+    reference = _dense_argmax(trainer.model, dataset)
+    for row, preds, labels, dense in zip(dataset, prediction.predictions, prediction.label_ids, reference):
+        n, mask = len(row["input_ids"]), torch.tensor(row["completion_mask"])
+        assert (labels[:n] == torch.where(mask.bool(), torch.tensor(row["input_ids"]), -100).numpy()).all()
+        predicts_answer = mask[1:].bool()
+        assert (preds[: n - 1][predicts_answer.numpy()] == dense[:-1][predicts_answer].numpy()).all()
+        assert (preds[: n - 1][~predicts_answer.numpy()] == -100).all() and (preds[n - 1 :] == -100).all()
+    assert 0.0 <= metrics["eval_token_accuracy"] <= 1.0 and "eval_kd_loss" in metrics
+
+
+def test_preprocess_logits_for_metrics_is_refused_with_the_reason(tmp_path, tokenizer, data):
+    dataset, _ = data
+    with pytest.raises(ValueError, match="never builds the .batch, seq, vocab. logits.*argmax token ids"):
+        SSBTrainer(
+            make_tiny_model(seed=0),
+            args=_args(tmp_path),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
+        )
+
+
+def test_predict_returns_predictions_and_does_not_leak_into_evaluate(tmp_path, tokenizer, data):
+    dataset, _ = data
+    lengths = sorted(range(8), key=lambda i: sum(dataset[i]["completion_mask"]))
+    short, long = dataset.select(lengths[:4]), dataset.select(lengths[4:])
+    assert _mean_answer_length(short) < _mean_answer_length(long)
+    trainer = SSBTrainer(
+        make_tiny_model(seed=0),
+        args=_args(tmp_path),
+        train_dataset=dataset,
+        eval_dataset=short,
+        processing_class=tokenizer,
+    )
+    trainer.model.eval()
+    predicted = trainer.predict(long)
+    assert predicted.predictions is not None and predicted.label_ids is not None
+    assert predicted.predictions.shape == predicted.label_ids.shape
+    assert predicted.metrics["test_mean_answer_length"] == pytest.approx(_mean_answer_length(long))
+    assert {"test_kd_loss", "test_ce_loss", "test_top1_agreement"} <= set(predicted.metrics)
+    assert not any(key.startswith("eval_") for key in predicted.metrics)
+    metrics = trainer.evaluate()
+    assert metrics["eval_mean_answer_length"] == pytest.approx(_mean_answer_length(short))
+
+
+def test_ssb_metrics_follow_the_names_of_an_eval_dataset_dict(tmp_path, tokenizer, data):
+    dataset, _ = data
+    sets = {"small": dataset.select(range(2)), "rest": dataset.select(range(2, 8))}
+    trainer = SSBTrainer(
+        make_tiny_model(seed=0),
+        args=_args(tmp_path, eval_strategy="steps", eval_steps=1),
+        train_dataset=dataset,
+        eval_dataset=sets,
+        processing_class=tokenizer,
+    )
+    trainer.train()  # evaluates each set after the step
+    logged = {key for entry in trainer.state.log_history for key in entry}
+    for name, subset in sets.items():
+        assert {f"eval_{name}_kd_loss", f"eval_{name}_top1_agreement", f"eval_{name}_ce_loss"} <= logged
+        entry = next(e for e in trainer.state.log_history if f"eval_{name}_mean_answer_length" in e)
+        assert entry[f"eval_{name}_mean_answer_length"] == pytest.approx(_mean_answer_length(subset))
+    assert "eval_kd_loss" not in logged
+    metrics = trainer.evaluate(metric_key_prefix="final")
+    assert "final_small_kd_loss" in metrics and "final_rest_kd_loss" in metrics
+
+
+# ---- 3b. the model card and the adapter name their base model --------------------------------------------------
+
+
+def test_adapter_from_the_bundled_model_records_its_portable_name(tmp_path, tokenizer, data):
+    """1 LoRA step from the real bundled SmolLM2 (loaded from its cache folder, a path on this machine)."""
+    from peft import LoraConfig
+
+    from ssb_trl.eval.models import parse_model_specs
+    from ssb_trl.models import BUNDLED_MODEL, bundled_model_dir, load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(BUNDLED_MODEL, device="cpu")
+    cache = str(bundled_model_dir())
+    assert model.config._name_or_path == cache  # what PEFT and TRL would record
+    trainer = SSBTrainer(
+        model,
+        args=_args(tmp_path, per_device_train_batch_size=2),
+        train_dataset=data[0].select(range(2)),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], task_type="CAUSAL_LM"),
+    )
+    trainer.train()
+    trainer.save_model(str(tmp_path / "ssb-adapter"))
+    adapter_config = json.loads((tmp_path / "ssb-adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == BUNDLED_MODEL
+    card = (tmp_path / "ssb-adapter" / "README.md").read_text()
+    assert "# Model Card for ssb-adapter" in card and "None" not in card and cache not in card
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    assert f"`{BUNDLED_MODEL}` ([HuggingFaceTB/SmolLM2-135M-Instruct](https://huggingface.co/HuggingFace" in card
+    (spec,) = parse_model_specs([f"ssb={tmp_path / 'ssb-adapter'}"])  # evaluation finds the base by that name
+    assert spec.adapter_base == BUNDLED_MODEL
+
+
+def test_model_card_names_a_local_or_hub_base_model(tmp_path, tokenizer, data):
+    dataset = data[0].select(range(2))
+    local = tmp_path / "my-base"
+    make_tiny_model(seed=0).save_pretrained(local)
+    tokenizer.save_pretrained(local)
+    hub = make_tiny_model(seed=0)
+    hub.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"  # as from_pretrained(<Hub id>) sets it
+    for model, expected in (
+        (str(local), f"fine-tuned version of `{local}` (a local model)"),
+        (hub, "fine-tuned version of [HuggingFaceTB/SmolLM2-135M-Instruct](https://huggingface.co/HuggingFaceTB/"),
+        (make_tiny_model(seed=0), "fine-tuned version of a model built from its config"),
+    ):
+        trainer = SSBTrainer(
+            model,
+            args=_args(tmp_path, per_device_train_batch_size=2),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
+        trainer.save_model(str(tmp_path / "saved"))
+        card = (tmp_path / "saved" / "README.md").read_text()
+        assert "# Model Card for saved" in card and expected in card, card[:600]
+        assert "huggingface.co/None" not in card and "for None" not in card
+        assert f'model="{tmp_path / "saved"}"' in card  # the quick start loads the saved folder
+
+
+# ---- found by a further hostile pass ---------------------------------------------------------------------------
+
+
+def test_null_values_are_refused_not_turned_into_ids(tmp_path, tokenizer, data):
+    """A null id became NaN in numpy and passed every comparison; a null token row crashed with a raw ValueError."""
+    dataset, _ = data
+    ids = dataset[6]["teacher_topk_ids"]
+    ids[2][3] = None
+    with pytest.raises(SoftLabelError, match=r"row 6: teacher_topk_ids holds a missing \(null\) value"):
+        _trainer(tmp_path, tokenizer, _edit_row(dataset, 6, teacher_topk_ids=ids))
+    ids[2] = None
+    with pytest.raises(SoftLabelError, match=r"row 6: teacher_topk_ids holds a missing \(null\) value"):
+        _trainer(tmp_path, tokenizer, _edit_row(dataset, 6, teacher_topk_ids=ids))
+
+
+def test_a_boolean_completion_mask_is_accepted(tmp_path, tokenizer, data):
+    dataset, _ = data
+    rows = dataset.to_list()
+    for row in rows:
+        row["completion_mask"] = [bool(v) for v in row["completion_mask"]]
+    as_bool = datasets.Dataset.from_list(rows)
+    as_bool.info.description = dataset.info.description
+    assert as_bool.features["completion_mask"].feature.dtype == "bool"
+    trainer = _trainer(tmp_path, tokenizer, as_bool, per_device_train_batch_size=2)
+    trainer.train()
+    assert trainer.state.log_history[0]["mean_answer_length"] > 0
+
+
+def test_max_length_below_every_prompt_says_so(tmp_path, tokenizer, data):
+    dataset, _ = data
+    with pytest.raises(SoftLabelError, match=r"no row left after truncation to max_length=5: its shortest prompt has"):
+        _trainer(tmp_path, tokenizer, dataset, max_length=5)
