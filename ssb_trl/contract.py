@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .storage import load_rows, write_json
+from .storage import SETTINGS_FILENAME, WORK_DIRNAME, load_rows, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -207,16 +207,14 @@ def read_metadata_file(path: str | os.PathLike[str]) -> SoftLabelMetadata:
 
 def _unfinished_preparation_error(folder: Path, name_or_path: str) -> SoftLabelError | None:
     """A preparation output_dir that holds the run's work folder but no published dataset: say how to resume."""
-    from .data.workdir import WorkDir  # lazy: ssb_trl.data imports this module
-
-    work = WorkDir(folder)
-    if not work.root.is_dir() or (folder / "dataset_info.json").is_file():
+    work_dir = folder / WORK_DIRNAME
+    if not work_dir.is_dir() or (folder / "dataset_info.json").is_file():
         return None
     return SoftLabelError(
-        f"{name_or_path!r} holds a data-preparation run that did not finish: its work folder {str(work.root)!r} is "
+        f"{name_or_path!r} holds a data-preparation run that did not finish: its work folder {str(work_dir)!r} is "
         "there but no soft-label dataset was written (the run was stopped, failed, or kept no example; its log "
         "says which). Resume it by rerunning `ssb-trl prepare` with the same settings and "
-        f"--output_dir {name_or_path} (they are recorded in {str(work.settings_path)!r}); finished stages are "
+        f"--output_dir {name_or_path} (they are recorded in {str(work_dir / SETTINGS_FILENAME)!r}); finished stages are "
         "reused. Train on this folder once that run ends with its summary."
     )
 

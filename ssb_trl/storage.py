@@ -20,6 +20,10 @@ from typing import Any
 
 import datasets
 
+WORK_DIRNAME = "ssb_work"
+"""Folder inside a preparation output_dir holding its unfinished work (shards, settings); see data/workdir.py."""
+SETTINGS_FILENAME = "settings.json"
+
 DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 """Local data files :func:`load_rows` reads, by suffix, and the ``datasets`` builder that reads them."""
 

@@ -15,9 +15,8 @@ from typing import Any
 import datasets
 
 from ssb_trl.data.config import QUESTION_COUNT_FIELDS, STAGES, stage_of
-from ssb_trl.storage import atomic_path, write_text
+from ssb_trl.storage import SETTINGS_FILENAME, WORK_DIRNAME, atomic_path, write_text
 
-WORK_DIRNAME = "ssb_work"
 EMPTY_MARKER = "EMPTY"
 
 
@@ -39,7 +38,7 @@ class WorkDir:
     def __init__(self, output_dir: str | Path):
         self.output_dir = Path(output_dir)
         self.root = self.output_dir / WORK_DIRNAME
-        self.settings_path = self.root / "settings.json"
+        self.settings_path = self.root / SETTINGS_FILENAME
         self.done_path = self.root / "DONE"
 
     def shard_path(self, stage: str, shard: int) -> Path:
