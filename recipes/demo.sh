@@ -5,14 +5,18 @@
 #      same steps)
 #   3. evaluation of base / hard labels / SSB on held-out questions (seed 1234, none seen in training)
 #   4. training-curve and accuracy plots, and the results table
+# Usage: bash recipes/demo.sh [OUT] [ENGINE]; ENGINE (transformers by default, or vllm: `make demo-vllm`) generates
+# the rollouts, the teacher answers and the evaluation answers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-outputs/demo}
+ENGINE=${2:-transformers}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 stage() { echo; echo "=== [$(date +%H:%M:%S), ${SECONDS}s] $*"; }
 
 stage "1/4 prepare SSB data"
-python recipes/prepare_ssb_data.py --config recipes/configs/demo_data.yaml --output_dir "$OUT/data"
+python recipes/prepare_ssb_data.py --config recipes/configs/demo_data.yaml --output_dir "$OUT/data" \
+  --generation_backend "$ENGINE"
 stage "2/4 train: SSB (soft labels) and the hard-label baseline"
 python recipes/train_ssb.py --config recipes/configs/demo.yaml --dataset_name "$OUT/data" --output_dir "$OUT/ssb"
 python recipes/train_ssb.py --config recipes/configs/demo.yaml --dataset_name "$OUT/data" --output_dir "$OUT/sft" \
@@ -20,7 +24,7 @@ python recipes/train_ssb.py --config recipes/configs/demo.yaml --dataset_name "$
 stage "3/4 evaluate base vs hard labels vs SSB on held-out questions"
 python recipes/evaluate.py --config recipes/configs/demo_eval.yaml --output_dir "$OUT/eval" \
   --models "base=bundled:smollm2-135m-instruct" "hard-labels=$OUT/sft" "ssb=$OUT/ssb" \
-  --exclude_questions_from "$OUT/data"
+  --exclude_questions_from "$OUT/data" --generation_backend "$ENGINE"
 stage "4/4 plots"
 python - "$OUT" <<'PY'
 import sys

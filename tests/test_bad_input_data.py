@@ -55,7 +55,10 @@ def test_reasoning_gym_questions_keep_their_order_when_num_questions_grows() -> 
     [
         ({"vllm_gpu_memory_utilization": math.nan}, r"finite numbers, got vllm_gpu_memory_utilization=nan"),
         ({"rollout_top_p": math.inf}, "finite numbers"),
-        ({"generation_backend": "vlm"}, r"generation_backend must be one of \['transformers', 'vllm', 'auto'\]"),
+        ({"generation_backend": "vlm"}, r"generation_backend must be one of \['auto', 'transformers', 'vllm', 'vllm_"),
+        ({"generation_backend": "vllm_server"}, "needs --vllm_server_url"),
+        ({"generation_backend": "transformers", "vllm_server_url": "http://h:1"}, "drop the URL"),
+        ({"vllm_server_max_concurrency": 0}, "vllm_server_max_concurrency must be >= 1"),
         ({"max_question_chars": 0}, "max_question_chars must be >= 1"),
     ],
 )

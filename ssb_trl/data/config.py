@@ -1,7 +1,8 @@
 """Settings of SSB data preparation (:func:`ssb_trl.data.prepare_ssb_data`), TRL-style.
 
 ``PrepConfig`` = the :class:`~ssb_trl.data.sources.QuestionSource` fields (it extends that dataclass, as
-TRL's configs extend ``TrainingArguments``) + rollout sampling + teacher sampling + soft labels + engine.
+TRL's configs extend ``TrainingArguments``) + the generation engine (:class:`~ssb_trl.data.engine.EngineConfig`)
++ rollout sampling + teacher sampling + soft labels.
 Each field carries a ``help`` string, so ``trl.TrlParser`` turns the dataclass into command-line flags and
 YAML keys. The two sampling settings are flat, prefixed fields (``rollout_*``, ``teacher_*``) because a
 parser cannot nest dataclasses; :attr:`PrepConfig.rollout_sampling` and :attr:`PrepConfig.teacher_sampling`
@@ -15,12 +16,14 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ssb_trl.contract import LOGPROB_DTYPES
+from ssb_trl.data.engine import EngineConfig
 from ssb_trl.data.prompts import DEFAULT_SYSTEM_PROMPT
 from ssb_trl.data.sampling import Sampling
 from ssb_trl.data.sources import QuestionSource
 from ssb_trl.validation import require_finite_numbers
 
-# Settings that change how fast a run goes but not what it produces: a resumed run may change them.
+# Settings that change how fast a run goes but not what it produces: a resumed run may change them. The engine is
+# one of them: finished shards are kept whichever engine made them, and each shard records the engine that did.
 RUNTIME_ONLY_FIELDS = frozenset(
     {
         "output_dir",
@@ -28,7 +31,7 @@ RUNTIME_ONLY_FIELDS = frozenset(
         "generation_batch_size",
         "generation_max_batch_tokens",
         "soft_label_batch_size",
-        "vllm_gpu_memory_utilization",
+        *(f.name for f in fields(EngineConfig)),
         "push_to_hub",
         "hub_dataset_id",
         "hub_private",
@@ -52,7 +55,6 @@ TEACHER_FIELDS = frozenset(
 ROWS_FIELDS = frozenset({"soft_label_top_k", "soft_label_temperature", "logprob_dtype"})
 # Settings that only choose which questions are used: compared question by question (shard by shard) instead.
 QUESTION_COUNT_FIELDS = frozenset({"num_questions", "max_question_chars"})
-GENERATION_BACKENDS = ("transformers", "vllm", "auto")
 
 
 def stage_of(name: str) -> str:
@@ -61,9 +63,9 @@ def stage_of(name: str) -> str:
 
 
 @dataclass
-class PrepConfig(QuestionSource):
+class PrepConfig(EngineConfig, QuestionSource):
     """Every setting of SSB data preparation: where the questions come from (the ``QuestionSource`` fields),
-    the model, the rollouts, the hinted teacher, the soft labels and the engine."""
+    the engine (the ``EngineConfig`` fields), the model, the rollouts, the hinted teacher and the soft labels."""
 
     # Model
     model_name_or_path: str | None = field(
@@ -114,9 +116,6 @@ class PrepConfig(QuestionSource):
     logprob_dtype: str = field(default="float16", metadata={"help": "Stored log-prob dtype: float16 or float32."})
     soft_label_batch_size: int = field(default=8, metadata={"help": "Sequences per teacher-forced pass."})
     # Engine
-    generation_backend: str = field(
-        default="transformers", metadata={"help": "transformers, vllm (untested here; needs vLLM) or auto."}
-    )
     generation_batch_size: int | None = field(
         default=None,
         metadata={"help": "Most sequences generated at once; None: as many as fit in free GPU memory (64 on CPU)."},
@@ -124,7 +123,6 @@ class PrepConfig(QuestionSource):
     generation_max_batch_tokens: int | None = field(
         default=None, metadata={"help": "Most padded tokens (prompt + new) per generation batch."}
     )
-    vllm_gpu_memory_utilization: float = field(default=0.5, metadata={"help": "vLLM's share of GPU memory."})
     shard_size: int = field(
         default=16,
         metadata={"help": "Questions per shard: the unit of persistence, resumption and multi-process split."},
@@ -147,14 +145,6 @@ class PrepConfig(QuestionSource):
             (self.soft_label_top_k >= 1, "soft_label_top_k must be >= 1"),
             (self.soft_label_temperature > 0, "soft_label_temperature must be > 0"),
             (self.logprob_dtype in LOGPROB_DTYPES, "logprob_dtype must be float16 or float32"),
-            (
-                self.generation_backend in GENERATION_BACKENDS,
-                f"generation_backend must be one of {list(GENERATION_BACKENDS)}, got {self.generation_backend!r}",
-            ),
-            (
-                0 < self.vllm_gpu_memory_utilization <= 1,
-                f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}",
-            ),
             (self.soft_label_batch_size >= 1, "soft_label_batch_size must be >= 1"),
             (
                 self.generation_batch_size is None or self.generation_batch_size >= 1,
@@ -165,6 +155,7 @@ class PrepConfig(QuestionSource):
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        self.check_engine()
         self.rollout_sampling, self.teacher_sampling  # noqa: B018 - validates the sampling fields early
 
     @property

@@ -1,6 +1,6 @@
-"""Generation backends: many chat prompts x many samples, batched, reproducible.
+"""The generation interface and its transformers backend: many chat prompts x many samples, batched, reproducible.
 
-All backends share one call::
+All backends (this one; :mod:`ssb_trl.data.vllm_engine`; :mod:`ssb_trl.data.server`) share one call::
 
     backend.generate(prompts, sampling, seed) -> list (one per prompt) of list (one per sample) of Completion
 
@@ -10,6 +10,7 @@ transformers backend every sequence draws its randomness from its own seed, seed
 seed and its sample index (see :mod:`ssb_trl.data.sampling`), so results do not depend on batching or on
 how work is split across processes. (Batched float arithmetic can still differ in the last bits between
 batch shapes; on a given machine and batch layout the output is bit-for-bit repeatable.)
+:mod:`ssb_trl.data.engine` picks a backend from the settings.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from transformers import GenerationConfig, LogitsProcessorList
 
 from ssb_trl.data.prompts import Messages, chat_prompt_ids
 from ssb_trl.data.sampling import Sampling, SeededSampler, derive_seed
-from ssb_trl.models import resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ class Completion:
     finished: bool
 
 
-def _prompt_seeds(seed: int | Sequence[int], num_prompts: int) -> list[int]:
+def prompt_seeds(seed: int | Sequence[int], num_prompts: int) -> list[int]:
+    """One seed per prompt: ``derive_seed(seed, i)`` from one int, or the given per-prompt seeds (checked)."""
     if isinstance(seed, int):
         return [derive_seed(seed, index) for index in range(num_prompts)]
     seeds = [int(value) for value in seed]
@@ -55,9 +56,13 @@ def _prompt_seeds(seed: int | Sequence[int], num_prompts: int) -> list[int]:
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """All ids that end a turn: the generation config's eos id(s) plus the tokenizer's eos token."""
+    """All ids that end a turn: the model's generation-config eos id(s) plus the tokenizer's eos token."""
+    return eos_ids_of(getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer)
+
+
+def eos_ids_of(config_eos: int | list[int] | None, tokenizer: Any) -> list[int]:
+    """``config_eos`` (a generation config's eos id or ids) plus the tokenizer's eos id, without repeats."""
     ids: list[int] = []
-    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if config_eos is not None:
         ids.extend(config_eos if isinstance(config_eos, list) else [config_eos])
     if tokenizer.eos_token_id is not None:
@@ -67,10 +72,17 @@ def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
     return list(dict.fromkeys(int(i) for i in ids))
 
 
+def completion_from_ids(tokenizer: Any, ids: list[int], finished: bool) -> Completion:
+    """A :class:`Completion` whose text is decoded from its ids, so text and ids always agree in every backend."""
+    return Completion(tokenizer.decode(ids, skip_special_tokens=True), ids, finished)
+
+
 class GenerationBackend:
     """Interface shared by the backends (see the module docstring)."""
 
     tokenizer: Any
+    eos_ids: list[int]
+    name: str = "base"
 
     def generate(
         self,
@@ -79,6 +91,9 @@ class GenerationBackend:
         seed: int | Sequence[int] = 0,
     ) -> list[list[Completion]]:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Free what the backend holds (an engine, connections); a no-op where there is nothing to free."""
 
 
 class TransformersBackend(GenerationBackend):
@@ -91,6 +106,8 @@ class TransformersBackend(GenerationBackend):
     come only from the call: the model's own generation-config defaults (e.g. a repetition penalty) are
     deliberately not applied.
     """
+
+    name = "transformers"
 
     def __init__(
         self,
@@ -145,12 +162,11 @@ class TransformersBackend(GenerationBackend):
         eos = set(self.eos_ids)
         for position, token in enumerate(ids):
             if token in eos:
-                kept = ids[: position + 1]
-                return Completion(self.tokenizer.decode(kept, skip_special_tokens=True), kept, True)
+                return completion_from_ids(self.tokenizer, ids[: position + 1], True)
         pad = self.tokenizer.pad_token_id
         while ids and ids[-1] == pad:  # only reachable if pad is not an eos id and a row stopped early
             ids = ids[:-1]
-        return Completion(self.tokenizer.decode(ids, skip_special_tokens=True), ids, False)
+        return completion_from_ids(self.tokenizer, ids, False)
 
     @torch.inference_mode()
     def generate(
@@ -162,7 +178,7 @@ class TransformersBackend(GenerationBackend):
         if not prompts:
             return []
         greedy, max_new_tokens = sampling.greedy, sampling.max_new_tokens
-        prompt_seeds = _prompt_seeds(seed, len(prompts))
+        seeds = prompt_seeds(seed, len(prompts))
         encoded = [chat_prompt_ids(self.tokenizer, messages) for messages in prompts]
         lengths = [len(ids) for ids in encoded]
         samples_to_run = 1 if greedy else sampling.n
@@ -189,8 +205,8 @@ class TransformersBackend(GenerationBackend):
                 attention[i, width - len(ids) :] = 1
             processors = LogitsProcessorList()
             if not greedy:
-                seeds = [derive_seed(prompt_seeds[rows[r][0]], rows[r][1]) for r in batch]
-                processors.append(SeededSampler(seeds, sampling.temperature, sampling.top_k, sampling.top_p))
+                row_seeds = [derive_seed(seeds[rows[r][0]], rows[r][1]) for r in batch]
+                processors.append(SeededSampler(row_seeds, sampling.temperature, sampling.top_k, sampling.top_p))
             output = self.model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention.to(device),
@@ -207,105 +223,6 @@ class TransformersBackend(GenerationBackend):
             progress.set_postfix(new_tok_per_s=f"{new_tokens / elapsed:.0f}")
         progress.close()
         return [[results[(p, 0 if greedy else s)] for s in range(sampling.n)] for p in range(len(prompts))]
-
-
-class VLLMBackend(GenerationBackend):
-    """vLLM engine behind the same interface. UNTESTED in this project: vLLM is not installed where the
-    test suite runs, so its tests skip. Used only when ``import vllm`` works.
-
-    Per-prompt seeds go to vLLM's per-request ``SamplingParams.seed``; vLLM's results are reproducible
-    for a fixed seed but differ from the transformers backend's for the same seed.
-    """
-
-    def __init__(self, model_name_or_path: str, tokenizer: Any, **engine_kwargs: Any):
-        try:
-            from vllm import LLM
-        except ImportError as exc:
-            raise ImportError("the vLLM backend needs vLLM: pip install vllm (GPU machines only)") from exc
-        self.tokenizer = tokenizer
-        self.llm = LLM(model=resolve_model_path(model_name_or_path), **engine_kwargs)
-        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        self.eos_ids = list(dict.fromkeys(eos))
-
-    def generate(
-        self,
-        prompts: list[Messages],
-        sampling: Sampling,
-        seed: int | Sequence[int] = 0,
-    ) -> list[list[Completion]]:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        prompt_seeds = _prompt_seeds(seed, len(prompts))
-        inputs = [TokensPrompt(prompt_token_ids=chat_prompt_ids(self.tokenizer, m)) for m in prompts]
-        params = [
-            SamplingParams(
-                n=sampling.n,
-                temperature=sampling.temperature,
-                top_k=sampling.top_k if sampling.top_k > 0 else -1,
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_new_tokens,
-                seed=prompt_seed % (2**31),
-                skip_special_tokens=True,
-            )
-            for prompt_seed in prompt_seeds
-        ]
-        outputs = self.llm.generate(inputs, params, use_tqdm=True)
-        results = []
-        for output in outputs:
-            completions = []
-            for sample in output.outputs:
-                ids = list(sample.token_ids)
-                finished = sample.finish_reason == "stop"
-                if (
-                    finished
-                    and sample.stop_reason is None
-                    and self.eos_ids
-                    and (not ids or ids[-1] not in self.eos_ids)
-                ):
-                    ids.append(self.eos_ids[0])  # vLLM may drop the eos id; the pipeline needs it kept
-                completions.append(Completion(sample.text, ids, finished))
-            results.append(completions)
-        return results
-
-
-def vllm_available() -> bool:
-    """True when vLLM can be imported (and so :class:`VLLMBackend` can be used)."""
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def make_backend(
-    kind: str = "transformers",
-    model: Any = None,
-    tokenizer: Any = None,
-    model_name_or_path: str | None = None,
-    max_batch_size: int | None = None,
-    max_batch_tokens: int | None = None,
-    show_progress: bool = True,
-    **vllm_kwargs: Any,
-) -> GenerationBackend:
-    """Build a backend: ``"transformers"`` (default, CPU or GPU), ``"vllm"``, or ``"auto"`` (vLLM when
-    importable and a GPU is present, else transformers)."""
-    if kind == "auto":
-        kind = "vllm" if vllm_available() and torch.cuda.is_available() and model_name_or_path else "transformers"
-        logger.info("Generation backend: %s", kind)
-    if kind == "transformers":
-        if model is None or tokenizer is None:
-            raise ValueError("the transformers backend needs a loaded model and tokenizer")
-        return TransformersBackend(model, tokenizer, max_batch_size, max_batch_tokens, show_progress)
-    if kind == "vllm":
-        if not vllm_available():
-            raise ImportError(
-                "generation_backend='vllm' but vLLM is not installed; pip install vllm, or use 'transformers'"
-            )
-        if model_name_or_path is None or tokenizer is None:
-            raise ValueError("the vLLM backend needs model_name_or_path and a tokenizer")
-        return VLLMBackend(model_name_or_path, tokenizer, **vllm_kwargs)
-    raise ValueError(f"unknown generation backend {kind!r}; use 'transformers', 'vllm' or 'auto'")
 
 
 def count_tokens_per_second(completions: list[list[Completion]], seconds: float) -> float:

@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import datasets
@@ -44,7 +44,8 @@ from ssb_trl.contract import (
     tokenizer_fingerprint,
 )
 from ssb_trl.data.config import RUNTIME_ONLY_FIELDS, PrepConfig
-from ssb_trl.data.generation import GenerationBackend, make_backend, vllm_available
+from ssb_trl.data.engine import make_backend
+from ssb_trl.data.generation import GenerationBackend
 from ssb_trl.data.prompts import PROMPT_TEMPLATE_VERSION
 from ssb_trl.data.sources import QAExample, load_questions
 from ssb_trl.data.stages import build_rows, run_rollouts, run_teacher
@@ -80,6 +81,9 @@ class PrepSummary:
     bytes_per_answer_token: float = 0.0
     full_vocab_float32_bytes_per_token: int = 0
     output_dir: str = ""
+    generation_backend: str = ""  # the engine of this run (finished shards may have come from another: see records)
+    shards_generated: list[int] = field(default_factory=list)  # shards this run generated (in part or whole)
+    shards_reused: list[int] = field(default_factory=list)  # shards finished before this run, never regenerated
 
     @property
     def rollout_accuracy(self) -> float:
@@ -98,6 +102,8 @@ class PrepSummary:
             ("teacher answers kept / attempts", f"{self.teacher_kept} / {self.teacher_attempts}"),
             ("teacher yield (pairs with a kept answer)", f"{self.teacher_kept} / {self.pairs}"),
             ("answer tokens", f"{self.answer_tokens}"),
+            ("generation backend (this run)", self.generation_backend or "none (every shard reused)"),
+            ("shards generated / reused", f"{_ranges(self.shards_generated)} / {_ranges(self.shards_reused)}"),
             (
                 "bytes per answer token on disk",
                 f"{self.bytes_per_answer_token:.0f} (full-vocab float32: {self.full_vocab_float32_bytes_per_token})",
@@ -105,6 +111,17 @@ class PrepSummary:
         ]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
+def _ranges(shards: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5' (or 'none')."""
+    spans: list[str] = []
+    for shard in sorted(shards):
+        if spans and spans[-1].split("-")[-1] == str(shard - 1):
+            spans[-1] = f"{spans[-1].split('-')[0]}-{shard}"
+        else:
+            spans.append(str(shard))
+    return ", ".join(spans) or "none"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -124,18 +141,25 @@ def _process_shard(
 ) -> None:
     rollout_path = work.shard_path("rollouts", shard)
     rollouts = read_jsonl(rollout_path)
+    done = []
     if rollouts is None:
-        rollouts = run_rollouts(backend, questions, config)
+        rollouts = [{**record, "generated_by": backend.name} for record in run_rollouts(backend, questions, config)]
         write_jsonl(rollout_path, rollouts)
+        done.append("rollouts")
     teacher_path = work.shard_path("teacher", shard)
     teacher = read_jsonl(teacher_path)
     if teacher is None:
-        teacher = run_teacher(backend, questions, rollouts, config)
+        teacher = [
+            {**record, "generated_by": backend.name} for record in run_teacher(backend, questions, rollouts, config)
+        ]
         write_jsonl(teacher_path, teacher)
+        done.append("teacher answers")
     if not work.shard_path("rows", shard).is_dir():
         work.save_rows(
             shard, build_rows(model, tokenizer, questions, rollouts, teacher, config, eos_id, show_progress)
         )
+        done.append("soft labels")
+    logger.info("Shard %d: generated %s (%s)", shard, ", ".join(done), backend.name)
 
 
 def _questions_digest(questions: list[QAExample]) -> str:
@@ -167,10 +191,7 @@ def _preflight(config: PrepConfig, model: Any, tokenizer: Any, main_process: boo
     if main_process:  # the others would race with the main process creating the run's files
         WorkDir(config.output_dir).check_usable()
     check_writable_dir(config.output_dir, "output_dir")
-    if config.generation_backend == "vllm" and not vllm_available():
-        raise ImportError(
-            "generation_backend='vllm' but vLLM is not installed; pip install vllm, or use 'transformers'"
-        )
+    config.check_backend_available()
     name = config.model_name_or_path
     if model is not None:
         model_config = model.config
@@ -213,6 +234,15 @@ def _preflight(config: PrepConfig, model: Any, tokenizer: Any, main_process: boo
     return tokenizer
 
 
+def _backends_used(work: WorkDir, num_shards: int) -> set[str]:
+    """The engines recorded in the shard files (runs before 0.3 recorded none: 'unrecorded')."""
+    used = set()
+    for stage in ("rollouts", "teacher"):
+        for shard in range(num_shards):
+            used.update(r.get("generated_by", "unrecorded") for r in read_jsonl(work.shard_path(stage, shard)) or [])
+    return used
+
+
 def summarize(work: WorkDir, num_shards: int, config: PrepConfig, vocab_size: int) -> PrepSummary:
     """Count everything from the shard files (so it covers every process's work)."""
     summary = PrepSummary(output_dir=str(work.output_dir), full_vocab_float32_bytes_per_token=4 * vocab_size)
@@ -232,7 +262,7 @@ def summarize(work: WorkDir, num_shards: int, config: PrepConfig, vocab_size: in
 
 
 def _finalize(
-    work: WorkDir, num_shards: int, config: PrepConfig, tokenizer: Any, vocab_size: int
+    work: WorkDir, num_shards: int, config: PrepConfig, tokenizer: Any, vocab_size: int, run: dict[str, Any]
 ) -> tuple[PrepSummary, datasets.Dataset]:
     missing = [s for s in range(num_shards) if not work.shard_path("rows", s).is_dir()]
     if missing:
@@ -244,6 +274,8 @@ def _finalize(
         row_features = features(config.logprob_dtype)
         dataset = datasets.Dataset.from_dict({name: [] for name in row_features}, features=row_features)
     summary = summarize(work, num_shards, config, vocab_size)
+    for name, value in run.items():
+        setattr(summary, name, value)
     if len(dataset) == 0:
         logger.warning(
             "SSB data preparation kept no teacher answer; summary of %s:\n%s", work.output_dir, summary.table()
@@ -281,7 +313,7 @@ def _finalize(
             "seed": config.seed,
             "rollout_sampling": asdict(config.rollout_sampling),
             "teacher_sampling": asdict(config.teacher_sampling),
-            "generation_backend": config.generation_backend,
+            "generation_backends": sorted(_backends_used(work, num_shards)),
         },
         logprob_dtype=config.logprob_dtype,
     )
@@ -326,11 +358,12 @@ def prepare_ssb_data(
     tokenizer: Any = None,
     questions: list[QAExample] | None = None,
     show_progress: bool = True,
+    backend: GenerationBackend | None = None,
 ) -> PrepSummary:
     """Run (or resume) data preparation; returns the summary (on every process; counts are global).
 
     ``model``/``tokenizer``/``questions`` may be passed in (e.g. from a notebook); otherwise they come
-    from ``config``. Under ``accelerate launch`` the shards are dealt round-robin to the processes and
+    from ``config``. So may a generation ``backend`` (to reuse a started vLLM engine; it is then not closed). Under ``accelerate launch`` the shards are dealt round-robin to the processes and
     the main process writes the merged dataset.
     """
     state = _distributed_state(config)
@@ -360,8 +393,15 @@ def prepare_ssb_data(
     if not state.is_main_process:
         work.check_claimed(settings)
     num_shards = (len(questions) + config.shard_size - 1) // config.shard_size
+    reused = [s for s in range(num_shards) if work.shard_path("rows", s).is_dir()]
     my_shards = [s for s in range(num_shards) if s % state.num_processes == state.process_index]
-    todo = [s for s in my_shards if not work.shard_path("rows", s).is_dir()]
+    todo = [s for s in my_shards if s not in reused]
+    backend_kind, backend_reason = config.resolve_backend()
+    if todo and backend_kind == "vllm" and state.num_processes > 1:
+        raise ValueError(
+            f"a local vLLM engine per process ({state.num_processes} processes) is not supported: for many GPUs "
+            "start one server (`vllm serve MODEL --data-parallel-size N`) and pass --vllm_server_url; see the README"
+        )
     if todo and model is None:
         device = config.device or (str(state.device) if state.num_processes > 1 else None)
         model, tokenizer = load_model_and_tokenizer(
@@ -374,36 +414,49 @@ def prepare_ssb_data(
     if todo:
         if state.num_processes > 1 and model.device.type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // state.num_processes))
-        backend = make_backend(
-            config.generation_backend,
-            model=model,
-            tokenizer=tokenizer,
-            model_name_or_path=config.model_name_or_path,
-            max_batch_size=config.generation_batch_size,
-            max_batch_tokens=config.generation_max_batch_tokens,
-            show_progress=inner_progress,
-            gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-        )
+        own_backend = backend is None
+        if backend is None:
+            backend = make_backend(
+                config,
+                model=model,
+                tokenizer=tokenizer,
+                model_name_or_path=config.model_name_or_path,
+                dtype=config.dtype,
+                max_batch_size=config.generation_batch_size,
+                max_batch_tokens=config.generation_max_batch_tokens,
+                show_progress=inner_progress,
+            )
         eos_id = backend.eos_ids[0] if getattr(backend, "eos_ids", None) else tokenizer.eos_token_id
         logger.info(
-            "Process %d/%d: %d of its %d shards to do (%d questions in %d shards in all)",
+            "Process %d/%d: %d of its %d shards to do (%d questions in %d shards in all; generation: %s, %s)",
             state.process_index,
             state.num_processes,
             len(todo),
             len(my_shards),
             len(questions),
             num_shards,
+            backend.name,
+            backend_reason,
         )
         bar = tqdm(todo, desc=f"Shards (process {state.process_index})", unit="shard", disable=not show_progress)
-        for shard in bar:
-            chunk = questions[shard * config.shard_size : (shard + 1) * config.shard_size]
-            _process_shard(shard, chunk, work, backend, model, tokenizer, config, eos_id, inner_progress)
+        try:
+            for shard in bar:
+                chunk = questions[shard * config.shard_size : (shard + 1) * config.shard_size]
+                _process_shard(shard, chunk, work, backend, model, tokenizer, config, eos_id, inner_progress)
+        finally:
+            if own_backend:
+                backend.close()
     state.wait_for_everyone()
     vocab_size = int(getattr(getattr(model, "config", None), "vocab_size", 0) or len(tokenizer))
     error: Exception | None = None
     if state.is_main_process:
         try:
-            summary, _ = _finalize(work, num_shards, config, tokenizer, vocab_size)
+            run = {
+                "generation_backend": backend_kind if len(reused) < num_shards else "",
+                "shards_generated": [s for s in range(num_shards) if s not in reused],
+                "shards_reused": reused,
+            }
+            summary, _ = _finalize(work, num_shards, config, tokenizer, vocab_size, run)
             logger.info("SSB data preparation finished; dataset in %s\n%s", config.output_dir, summary.table())
         except Exception as exc:  # re-raised below, after the other processes have been released
             error = exc

@@ -14,7 +14,7 @@ from typing import Any
 
 import datasets
 
-from ssb_trl.data.config import QUESTION_COUNT_FIELDS, STAGES, stage_of
+from ssb_trl.data.config import QUESTION_COUNT_FIELDS, RUNTIME_ONLY_FIELDS, STAGES, stage_of
 from ssb_trl.storage import SETTINGS_FILENAME, WORK_DIRNAME, atomic_path, write_text
 
 EMPTY_MARKER = "EMPTY"
@@ -110,6 +110,7 @@ class WorkDir:
             key: (old_cfg.get(key, defaults.get(key)), new_cfg.get(key, defaults.get(key)))
             for key in sorted(set(old_cfg) | set(new_cfg))
             if key not in QUESTION_COUNT_FIELDS
+            and key not in RUNTIME_ONLY_FIELDS  # e.g. the engine, recorded by runs of earlier versions
             and old_cfg.get(key, defaults.get(key)) != new_cfg.get(key, defaults.get(key))
         }
         old_digests, new_digests = _shard_digests(recorded), settings["questions"]["shard_sha256"]

@@ -1,7 +1,7 @@
 """Settings of an evaluation run: which models, on which questions (a QuestionSource), sampled how (a Sampling).
 
-``EvalConfig`` extends :class:`~ssb_trl.data.sources.QuestionSource`, exactly as data preparation's
-``PrepConfig`` does: both name their questions with the same fields and grade with the same
+``EvalConfig`` extends :class:`~ssb_trl.data.sources.QuestionSource` and
+:class:`~ssb_trl.data.engine.EngineConfig`, exactly as data preparation's ``PrepConfig`` does: both name their questions with the same fields and grade with the same
 ``answer_fallbacks``, so evaluation and preparation cannot drift. ``recipes/evaluate.py`` parses it with
 ``TrlParser`` (YAML keys = field names). Sampling fields are prefixed ``sampling_``: ``temperature`` alone
 is the distillation temperature of ``SSBConfig``.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ssb_trl.data.engine import EngineConfig
 from ssb_trl.data.prompts import DEFAULT_SYSTEM_PROMPT
 from ssb_trl.data.sampling import Sampling
 from ssb_trl.data.sources import QuestionSource
@@ -18,8 +19,9 @@ from ssb_trl.validation import require_finite_numbers
 
 
 @dataclass
-class EvalConfig(QuestionSource):
-    """Settings of an evaluation run (the question-source fields, then the models and the decoding)."""
+class EvalConfig(EngineConfig, QuestionSource):
+    """Settings of an evaluation run (the question-source fields, the engine fields, then the models and the
+    decoding). The server backend is for data preparation: evaluation runs transformers or a local vLLM engine."""
 
     source_seed: int = field(
         default=1234,
@@ -113,6 +115,12 @@ class EvalConfig(QuestionSource):
             raise ValueError(f"limit must be >= 1 (or unset), got {self.limit}.")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError("batch_size must be >= 1.")
+        self.check_engine()
+        if self.resolve_backend()[0] == "vllm_server":
+            raise ValueError(
+                "evaluation runs the models itself (--generation_backend transformers or vllm); a server serves one "
+                "fixed model, so --vllm_server_url is for data preparation only"
+            )
         self.greedy_sampling, self.sampling  # noqa: B018 - validates the sampling fields early
 
     @property

