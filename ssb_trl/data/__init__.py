@@ -13,6 +13,7 @@ config      PrepConfig = QuestionSource + EngineConfig + rollout and teacher Sam
 stages      rollouts -> pair -> teacher -> rows, pure functions
 workdir     the run's files on disk (settings, shards, result)
 pipeline    shards, resumption, processes, the final dataset
+summary     what a run produced (ssb_summary.json, the logged table)
 """
 
 from ssb_trl.data.config import PrepConfig
