@@ -84,7 +84,7 @@ class VLLMBackend(GenerationBackend):
         self.eos_ids = eos_ids_of(getattr(generation_config, "eos_token_id", None), tokenizer)
         engine_kwargs: dict[str, Any] = {
             "model": self.path,
-            "tokenizer": getattr(tokenizer, "name_or_path", None) or self.path,
+            "tokenizer": self.path,  # vLLM's own tokenizer is never used to encode or decode: ids go both ways
             "dtype": dtype,
             "seed": 0,
             "gpu_memory_utilization": gpu_memory_utilization,  # on CPU: the share of CPU memory for the KV cache
@@ -93,20 +93,10 @@ class VLLMBackend(GenerationBackend):
             "generation_config": "vllm",
         }
         started = time.perf_counter()
-        if self.per_request_seeds:
-            self.llm = _make_llm(engine_kwargs)
-        else:
+        if not self.per_request_seeds:
             # The global seed can only be reset between calls when the engine lives in this process.
             engine_kwargs["distributed_executor_backend"] = "uni"
-            previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-            try:
-                self.llm = _make_llm(engine_kwargs)
-            finally:
-                if previous is None:
-                    os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-                else:
-                    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = previous
+        self.llm = _make_llm(engine_kwargs, in_process=not self.per_request_seeds)
         self.start_seconds = time.perf_counter() - started
         logger.info(
             "vLLM engine for %s started in %.0f s (%s seeds)",
@@ -173,10 +163,31 @@ class VLLMBackend(GenerationBackend):
         cleanup_dist_env_and_memory()
 
 
-def _make_llm(engine_kwargs: dict[str, Any]) -> Any:
+def _make_llm(engine_kwargs: dict[str, Any], in_process: bool) -> Any:
+    """Start the engine; a memory shortfall is re-raised naming our flag (vLLM's message names its own)."""
     from vllm import LLM
 
-    return LLM(**engine_kwargs)
+    previous = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    if in_process:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    try:
+        return LLM(**engine_kwargs)
+    except (ValueError, RuntimeError) as exc:
+        if "memory" not in str(exc).lower():
+            raise
+        share = engine_kwargs["gpu_memory_utilization"]
+        raise ValueError(
+            f"vLLM could not reserve memory for its KV cache with --vllm_gpu_memory_utilization {share} (on CPU the "
+            "share of CPU memory, counted with what other processes use). Lower it if other programs hold memory, "
+            f"raise it if the cache is too small for one sequence, or use --generation_backend transformers. "
+            f"vLLM said: {exc}"
+        ) from exc
+    finally:
+        if in_process:
+            if previous is None:
+                os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+            else:
+                os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = previous
 
 
 def _generation_config(path: str) -> GenerationConfig | None:
