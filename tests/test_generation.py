@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ssb_trl.data.engine import EngineConfig, make_backend
-from ssb_trl.data.generation import Completion, TransformersBackend
+from ssb_trl.data.generation import Completion, TransformersBackend, engine_completion
 from ssb_trl.data.prompts import student_messages
 from ssb_trl.data.sampling import Sampling, SeededSampler, counter_uniform, derive_seed
 from ssb_trl.data.server import ServerError
@@ -218,3 +218,16 @@ def test_tokenizer_checks(tokenizer_dir: str, tmp_path: Path) -> None:
     loaded.pad_token = None
     prepare_tokenizer(loaded, "x", require_chat_template=False)
     assert loaded.pad_token == loaded.eos_token
+
+
+def test_engine_completion_puts_back_a_left_out_end_of_turn(tokenizer) -> None:
+    """vLLM and servers report why they stopped; a finished answer always ends with its end-of-turn id."""
+    eos = tokenizer.eos_token_id
+    ids = tokenizer("The answer is 4.", add_special_tokens=False)["input_ids"]
+    left_out = engine_completion(tokenizer, ids, True, [eos], None)
+    assert left_out.token_ids == [*ids, eos] and left_out.finished
+    assert left_out.text == tokenizer.decode([*ids, eos], skip_special_tokens=True) == "The answer is 4."
+    assert engine_completion(tokenizer, [*ids, eos], True, [eos], None).token_ids == [*ids, eos]  # already there
+    assert engine_completion(tokenizer, ids, True, [eos, 0], 0).token_ids == [*ids, 0]  # the id it stopped at
+    cut = engine_completion(tokenizer, ids, False, [eos], None)
+    assert cut.token_ids == ids and not cut.finished

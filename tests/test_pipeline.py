@@ -255,7 +255,7 @@ def test_killed_run_resumes_to_the_same_dataset(recipe_inputs, uninterrupted, tm
 @pytest.mark.slow
 def test_two_processes_match_one(recipe_inputs, uninterrupted, tmp_path: Path) -> None:
     # On CPU, accelerate starts real parallel processes only via the multi-GPU (torchrun) path with
-    # use_cpu (see CPU_DISTRIBUTED.md); MULTI_CPU silently starts one process.
+    # use_cpu; MULTI_CPU silently starts one process.
     accelerate_config = tmp_path / "cpu_ddp.yaml"
     accelerate_config.write_text(
         "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nuse_cpu: true\nnum_machines: 1\n"

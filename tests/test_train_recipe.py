@@ -127,7 +127,7 @@ def test_plain_dataset_is_refused_before_training(workdir, tmp_path):
 
 
 def _cpu_accelerate_config(name: str, tmp_path: Path) -> Path:
-    """The shipped GPU-first YAML with the keys CPU runs need (docs/CPU_DISTRIBUTED.md)."""
+    """The shipped GPU-first YAML with the keys CPU runs need (MULTI_GPU + use_cpu over gloo)."""
     config = yaml.safe_load((ROOT / "ssb_trl/accelerate_configs" / name).read_text())
     config.update(num_processes=2, mixed_precision="no", use_cpu=True)
     path = tmp_path / name

@@ -77,6 +77,18 @@ def completion_from_ids(tokenizer: Any, ids: list[int], finished: bool) -> Compl
     return Completion(tokenizer.decode(ids, skip_special_tokens=True), ids, finished)
 
 
+def engine_completion(
+    tokenizer: Any, ids: list[int], finished: bool, eos_ids: list[int], stop_reason: Any
+) -> Completion:
+    """A completion from an engine that says why it stopped (vLLM, a server): if it stopped at an end-of-turn id it
+    left out of the ids, that id (``stop_reason`` when it is one, else the first eos id) is put back, because the
+    pipeline trains the student to end its turn."""
+    ids = list(ids)
+    if finished and (not ids or ids[-1] not in eos_ids):
+        ids.append(stop_reason if isinstance(stop_reason, int) else eos_ids[0])
+    return completion_from_ids(tokenizer, ids, finished)
+
+
 class GenerationBackend:
     """Interface shared by the backends (see the module docstring)."""
 

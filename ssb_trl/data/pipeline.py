@@ -259,7 +259,7 @@ def _distributed_state(config: PrepConfig) -> Any:
         raise RuntimeError(
             f"launched as {launched} processes but accelerate set up {state.num_processes}; the processes would "
             "duplicate each other's work. On CPU use an accelerate config with distributed_type MULTI_GPU and "
-            "use_cpu: true (see CPU_DISTRIBUTED.md)."
+            "use_cpu: true (as tests/test_train_recipe.py does)."
         )
     return state
 

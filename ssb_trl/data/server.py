@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ssb_trl.data.generation import Completion, GenerationBackend, completion_from_ids, eos_ids_of, prompt_seeds
+from ssb_trl.data.generation import Completion, GenerationBackend, engine_completion, eos_ids_of, prompt_seeds
 from ssb_trl.data.prompts import Messages, chat_prompt_ids
 from ssb_trl.data.sampling import Sampling
 
@@ -154,11 +154,7 @@ class OpenAIServerBackend(GenerationBackend):
         ids = choice.get("token_ids")
         if ids is None:  # a server without vLLM's return_token_ids: re-tokenize its text
             ids = self.tokenizer(choice.get("text", ""), add_special_tokens=False)["input_ids"]
-        ids = list(ids)
-        if finished and (not ids or ids[-1] not in self.eos_ids):
-            stop = choice.get("stop_reason")
-            ids.append(stop if isinstance(stop, int) else self.eos_ids[0])
-        return completion_from_ids(self.tokenizer, ids, finished)
+        return engine_completion(self.tokenizer, ids, finished, self.eos_ids, choice.get("stop_reason"))
 
     def _one(self, payload: dict[str, Any], n: int) -> list[Completion]:
         response = self._request("/v1/completions", payload)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from ssb_trl.data.generation import Completion, GenerationBackend, completion_from_ids, eos_ids_of, prompt_seeds
+from ssb_trl.data.generation import Completion, GenerationBackend, engine_completion, eos_ids_of, prompt_seeds
 from ssb_trl.data.prompts import Messages, chat_prompt_ids
 from ssb_trl.data.sampling import Sampling, derive_seed
 from ssb_trl.models import resolve_model_path
@@ -140,12 +140,8 @@ class VLLMBackend(GenerationBackend):
         return results
 
     def _completion(self, sample: Any) -> Completion:
-        ids = list(sample.token_ids)
         finished = sample.finish_reason == "stop"
-        if finished and (not ids or ids[-1] not in self.eos_ids):
-            # Stopped by an end-of-turn id that vLLM left out of the ids: put it back (the pipeline trains on it).
-            ids.append(sample.stop_reason if isinstance(sample.stop_reason, int) else self.eos_ids[0])
-        return completion_from_ids(self.tokenizer, ids, finished)
+        return engine_completion(self.tokenizer, sample.token_ids, finished, self.eos_ids, sample.stop_reason)
 
     def close(self) -> None:
         """Shut the engine down and free its memory (KV cache), so another engine can start in this process."""
