@@ -449,6 +449,20 @@ def test_training_overlap_is_removed_before_limit(tmp_path: Path) -> None:
         load_eval_questions(EvalConfig(**{**base.__dict__, "exclude_questions_from": [str(unrelated)]}))
 
 
+def test_repeated_questions_are_dropped_when_asked_before_limit() -> None:
+    """Short reasoning-gym arithmetic repeats questions; unique_questions keeps the first of each, then applies limit."""
+    one_digit = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+    config = EvalConfig(models=["m"], source=RG, task_config=one_digit, source_seed=5, num_questions=400)
+    every, _ = load_eval_questions(config)
+    texts = [" ".join(q.question.split()) for q in every]
+    assert len(set(texts)) < len(texts)  # the task does repeat itself at this size
+    unique, source = load_eval_questions(EvalConfig(**{**config.__dict__, "unique_questions": True, "limit": 50}))
+    first_ids = [every[texts.index(t)].id for t in dict.fromkeys(texts)][:50]
+    assert [q.id for q in unique] == first_ids
+    assert len({q.question for q in unique}) == 50
+    assert source["duplicates_dropped"] == len(texts) - len(set(texts))
+
+
 def test_unknown_yaml_key_is_rejected(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("models: [bundled:smollm2-135m-instruct]\nsource: gsm8k\nnum_sampels: 4\n")

@@ -49,3 +49,29 @@ def test_without_any_gain_the_best_yield_wins_and_says_so(tmp_path: Path) -> Non
     name, why = choose.choose(choose.load(tmp_path))
     assert name == "b" and "helps on no candidate" in why
     assert "| b | 20.0% | 20 |" in choose.table(choose.load(tmp_path))
+
+
+def _validated(folder: Path, name: str, accuracy: float) -> None:
+    (folder / name).mkdir(parents=True)
+    report = {"models": [{"metrics": {"pass@1": {"accuracy": accuracy}}}]}
+    (folder / name / "results.json").write_text(json.dumps(report))
+
+
+def test_the_variant_with_the_best_validation_pass1_goes_to_test(tmp_path: Path) -> None:
+    _validated(tmp_path, "ssb_ce05-seed0", 0.30)
+    _validated(tmp_path, "ssb_6ep-seed0", 0.35)
+    _validated(tmp_path, "ssb_t1-seed0", 0.35)
+    assert choose.best_variant(tmp_path, ["ssb_ce05-seed0", "ssb_6ep-seed0", "ssb_t1-seed0"]) == "ssb_6ep-seed0"
+    printed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "recipes/experiment/choose.py"),
+            str(tmp_path),
+            "--variant_among",
+            "ssb_ce05-seed0",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert printed.stdout.strip() == "ssb_ce05-seed0"

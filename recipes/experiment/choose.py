@@ -1,10 +1,15 @@
-"""The pre-registered choice of difficulty (docs/experiment/DESIGN.md), from validation-split measurements only.
+"""The pre-registered choices (docs/experiment/DESIGN.md), from validation-split measurements only.
 
-Rule: among the candidates whose hint gain has a 95% interval above zero, the largest lower bound wins. If none
+Difficulty: among the candidates whose hint gain has a 95% interval above zero, the largest lower bound wins. If none
 has, the premise of SSB fails on every candidate at this scale; that is reported, and the candidate with the most
 kept teacher answers per question wins, so that the experiment can still test SSB as specified.
 
     python recipes/experiment/choose.py outputs/experiment/select [--name_only]
+
+Variant sent to the test split: the best greedy pass@1 among the SSB variants on the validation questions (ties: the
+first named).
+
+    python recipes/experiment/choose.py --variant_among ssb_ce05-seed0 ssb_6ep-seed0 outputs/experiment/validate
 """
 
 from __future__ import annotations
@@ -52,11 +57,26 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def best_variant(validate_dir: Path, candidates: list[str]) -> str:
+    """The candidate with the best greedy pass@1 in <validate_dir>/<candidate>/results.json."""
+    scores = {}
+    for name in candidates:
+        results = validate_dir / name / "results.json"
+        if not results.is_file():
+            raise SystemExit(f"{results} is missing: run `recipes/experiment/run.sh validate` first")
+        scores[name] = json.loads(results.read_text())["models"][0]["metrics"]["pass@1"]["accuracy"]
+    return max(candidates, key=lambda name: scores[name])  # max keeps the first of equals
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("select_dir", type=Path)
+    parser.add_argument("select_dir", type=Path, help="The selection folder (or, with --variant_among, validation's).")
     parser.add_argument("--name_only", action="store_true")
+    parser.add_argument("--variant_among", nargs="+", help="Print the best of these validated models and stop.")
     args = parser.parse_args()
+    if args.variant_among:
+        print(best_variant(args.select_dir, args.variant_among))
+        raise SystemExit(0)
     rows = load(args.select_dir)
     name, why = choose(rows)
     if args.name_only:

@@ -58,6 +58,14 @@ class EvalConfig(EngineConfig, QuestionSource):
             "and counted in results.json."
         },
     )
+    unique_questions: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop repeated questions (whitespace-normalised; the first is kept), before `limit`, and count "
+            "them in results.json. Generated tasks with a small question space (short reasoning-gym arithmetic) "
+            "repeat questions, which would count one question several times."
+        },
+    )
     greedy: bool = field(default=True, metadata={"help": "Compute pass@1 with one greedy completion per question."})
     num_samples: int = field(
         default=0,

@@ -1,4 +1,4 @@
-"""The evaluation set: the config's QuestionSource, minus questions seen in training, cut to `limit`."""
+"""The evaluation set: the config's QuestionSource, minus questions seen in training (and repeats), cut to `limit`."""
 
 from __future__ import annotations
 
@@ -51,6 +51,18 @@ def training_questions(path: str | os.PathLike[str]) -> set[str]:
     return {_normalise_question(t) for t in texts if t}
 
 
+def _first_of_each_question(examples: list[QAExample]) -> list[QAExample]:
+    """The examples in order, without later repeats of a (whitespace-normalised) question."""
+    seen: set[str] = set()
+    unique = []
+    for ex in examples:
+        key = _normalise_question(ex.question)
+        if key not in seen:
+            seen.add(key)
+            unique.append(ex)
+    return unique
+
+
 def load_eval_questions(config: EvalConfig) -> tuple[list[QAExample], dict[str, Any]]:
     """Load the evaluation questions and describe them (for results.json), failing with an
     `EvaluationDataError` that says how to fix the input."""
@@ -89,6 +101,10 @@ def load_eval_questions(config: EvalConfig) -> tuple[list[QAExample], dict[str, 
                 source["excluded_overlap"]["count"],
             )
         examples = kept
+    if config.unique_questions:
+        unique = _first_of_each_question(examples)
+        source["duplicates_dropped"] = len(examples) - len(unique)
+        examples = unique
     examples = examples[: config.limit] if config.limit else examples
     missing_gold = [ex.id for ex in examples if not str(ex.answer).strip()]
     if missing_gold:
