@@ -91,7 +91,7 @@ def suite_table(models: dict[str, dict[str, Any]]) -> str:
             f"| {label} | "
             + " | ".join(cells)
             + f" | {greedy_tokens['mean']:.1f} | {100 * greedy_tokens['truncated_fraction']:.1f}% | "
-            f"{paired_cell(base, model)} | {paired_cell(sft if arm != 'sft' else None, model)} |"
+            f"{paired_cell(base, model)} | {paired_cell(sft if arm not in ('sft', 'base') else None, model)} |"
         )
     lines += [
         "",
