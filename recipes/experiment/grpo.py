@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +82,7 @@ def question_dataset(source: QuestionSource, system_prompt: str) -> Dataset:
     )
 
 
-def make_reward(budget: GenerationBudget, fallbacks: bool):
+def make_reward(budget: GenerationBudget, fallbacks: bool) -> Callable[..., list[float]]:
     """Reward 1.0 for a correct final answer (the evaluation's grader), else 0.0."""
 
     def correctness(
@@ -96,6 +97,7 @@ def make_reward(budget: GenerationBudget, fallbacks: bool):
 
 
 def main(args: GRPOExperimentArguments, training_args: GRPOConfig, model_args: ModelConfig) -> None:
+    """Train GRPO on the questions until the budget (or max_steps / the epochs) is spent; save what it used."""
     started = time.perf_counter()
     dataset = question_dataset(args, args.system_prompt)
     model, tokenizer = load_model_and_tokenizer(model_args.model_name_or_path, dtype=model_args.dtype, device="cpu")
