@@ -63,6 +63,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{overlap['count']} evaluation question(s) also found in the training data "
             f"({', '.join(overlap['from'])}) were dropped before evaluation."
         )
+    if benchmark.get("duplicates_dropped"):
+        notes.append(f"{benchmark['duplicates_dropped']} repeated question(s) were dropped before evaluation.")
     comparisons = report.get("comparisons") or []
     if comparisons:
         notes.append(
