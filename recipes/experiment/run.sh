@@ -7,6 +7,8 @@
 #   bash recipes/experiment/run.sh grpo     # the GRPO anchor (TRL GRPOTrainer) at a generation-token budget
 #   bash recipes/experiment/run.sh test     # base, SFT, SSB x 3 seeds, the chosen variant, GRPO on the test split
 #                                           # (greedy + mean@4) and greedy on the neighbouring task `products`
+#   bash recipes/experiment/run.sh round2   # iterative SSB: the round-1 SSB model (seed 0) prepares data, trains
+#                                           # again; round 2 vs round 1 vs base on the test split and the neighbour
 #   bash recipes/experiment/run.sh report   # tables and plots into docs/experiment/
 #   bash recipes/experiment/run.sh all      # every stage above, in order (grpo only if EXPERIMENT_GRPO_BUDGET is set)
 # EXPERIMENT_MAX_STEPS and EXPERIMENT_EVAL_QUESTIONS shrink the train / validate / test stages for a smoke run;
@@ -90,6 +92,7 @@ evaluate_one() {  # evaluate_one FOLDER LABEL MODEL SEED QUESTIONS SAMPLES TASK 
   # seed overlap), as are repeats; 4x the questions are drawn so that $5 remain.
   exclude=("$OUT/select/$chosen" "$OUT/data/round1")
   [ -f "$OUT/train/grpo-seed0/grpo_questions.jsonl" ] && exclude+=("$OUT/train/grpo-seed0/grpo_questions.jsonl")
+  [ -n "${EXTRA_EXCLUDE:-}" ] && exclude+=("$EXTRA_EXCLUDE")   # round 2's data, for its own test folder
   stage "evaluate: $2 on $5 questions of $7 (seed $4, $6 samples) -> $dir"
   python recipes/evaluate.py --source "reasoning_gym:$7" --task_config "$8" \
     --source_seed "$4" --num_questions $((4 * $5)) --limit "$5" --unique_questions true \
@@ -144,9 +147,41 @@ test_stage() {  # the test split, once: the pre-registered arms; then the neighb
   done
 }
 
+round2_stage() {  # DESIGN.md, amendment 8: same training questions, the round-1 SSB model as data maker and start
+  local model="$OUT/round2/model" dir="$OUT/train/ssb_round2-seed0" chosen questions label
+  local products='{"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}'
+  chosen=$(python recipes/experiment/choose.py "$OUT/select" --name_only)
+  if [ ! -f "$model/config.json" ]; then
+    stage "round 2: merge ssb-seed0 into its base -> $model"
+    python recipes/experiment/merge_adapter.py "$OUT/train/ssb-seed0" "$model"
+  fi
+  questions=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['questions'])" "$OUT/data/round1/ssb_summary.json")
+  stage "round 2: data from $model, $questions training questions (seed $TRAIN_SEED)"
+  python recipes/prepare_ssb_data.py --config "$PREP" --model_name_or_path "$model" \
+    --task_config "${CANDIDATES[$chosen]}" --source_seed "$TRAIN_SEED" --num_questions "$questions" \
+    --output_dir "$OUT/data/round2"
+  if [ -f "$dir/adapter_model.safetensors" ]; then echo "ssb round 2 seed 0: done"; else
+    stage "round 2: train ssb from $model"
+    # shellcheck disable=SC2086 # the arm's flags are words
+    python recipes/train_ssb.py --config "$TRAIN" --model_name_or_path "$model" --dataset_name "$OUT/data/round2" \
+      --output_dir "$dir" --seed 0 --max_steps "$MAX_STEPS" ${ARMS[ssb]}
+  fi
+  # Round 2 keeps answers to other questions than round 1, so its test folder also drops those: base and round 1
+  # are scored again there (greedy, deterministic), and every comparison is paired on the same questions.
+  for label in base ssb-seed0 ssb_round2-seed0; do
+    EXTRA_EXCLUDE="$OUT/data/round2" evaluate_one "$OUT/round2/test" "$label" "$(model_of "$label")" "$TEST_SEED" \
+      "$EVAL_QUESTIONS" 0 basic_arithmetic "${CANDIDATES[$chosen]}"
+    evaluate_one "$OUT/round2/neighbour" "$label" "$(model_of "$label")" "$TEST_SEED" "$EVAL_QUESTIONS" 0 products \
+      "$products"
+  done
+}
+
 report_stage() {
   python recipes/experiment/analyze.py "$OUT/validate" --output "$DOCS/validation_results.md"
   python recipes/experiment/analyze.py "$OUT/test" "$OUT/neighbour" --output "$DOCS/test_results.md"
+  if [ -d "$OUT/round2/test" ]; then
+    python recipes/experiment/analyze.py "$OUT/round2/test" "$OUT/round2/neighbour" --output "$DOCS/round2_results.md"
+  fi
 }
 
 case "${1:-}" in
@@ -156,10 +191,11 @@ case "${1:-}" in
   validate) validate_stage ;;
   grpo) grpo_stage ;;
   test) test_stage ;;
+  round2) round2_stage ;;
   report) report_stage ;;
   all)  # GRPO only with a budget set: at the matched budget it needs ~13 hours on a 2-core CPU (DESIGN.md)
     select_stage; data_stage; train_stage; validate_stage
     if [ -n "${EXPERIMENT_GRPO_BUDGET:-}" ]; then grpo_stage; fi
-    test_stage; report_stage ;;
-  *) echo "usage: $0 select|data|train|validate|grpo|test|report|all" >&2; exit 2 ;;
+    test_stage; round2_stage; report_stage ;;
+  *) echo "usage: $0 select|data|train|validate|grpo|test|round2|report|all" >&2; exit 2 ;;
 esac
