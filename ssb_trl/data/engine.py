@@ -110,7 +110,8 @@ def make_backend(
     show_progress: bool = True,
 ) -> GenerationBackend:
     """Build the backend ``config`` selects. The transformers backend needs the loaded ``model``; vLLM needs
-    ``model_name_or_path`` (a directory or Hub id); the server needs nothing but the ``tokenizer``."""
+    ``model_name_or_path`` (a directory or Hub id); the server needs the ``tokenizer``, and takes the end-of-turn ids
+    of the ``model``'s generation config when it is given."""
     kind, reason = config.resolve_backend()
     logger.info("Generation backend: %s (%s)", kind, reason)
     if tokenizer is None:
@@ -136,9 +137,11 @@ def make_backend(
         return backend
     from ssb_trl.data.server import OpenAIServerBackend
 
+    generation_config = getattr(model, "generation_config", None)
     return OpenAIServerBackend(
         config.vllm_server_url or "",
         tokenizer,
+        eos_token_ids=getattr(generation_config, "eos_token_id", None),
         per_request_seeds=True if config.vllm_per_request_seeds is None else config.vllm_per_request_seeds,
         max_concurrency=config.vllm_server_max_concurrency,
         show_progress=show_progress,

@@ -60,6 +60,7 @@ class OpenAIServerBackend(GenerationBackend):
         tokenizer: Any,
         *,
         model: str | None = None,
+        eos_token_ids: int | list[int] | None = None,
         per_request_seeds: bool = True,
         max_concurrency: int = 64,
         timeout: float = 600.0,
@@ -73,7 +74,9 @@ class OpenAIServerBackend(GenerationBackend):
         self.max_concurrency = max_concurrency
         self.timeout = timeout
         self.show_progress = show_progress
-        self.eos_ids = eos_ids_of(None, tokenizer)
+        # The model's generation config may list more end-of-turn ids than the tokenizer (Qwen's <|endoftext|>);
+        # the caller passes them when it has the model loaded (data preparation does, for the soft labels).
+        self.eos_ids = eos_ids_of(eos_token_ids, tokenizer)
         self.model = self._served_model(model)
         self._check_tokenizer()
         logger.info("Generating through %s (model %r)", self.root, self.model)

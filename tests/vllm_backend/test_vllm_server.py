@@ -136,6 +136,26 @@ def test_server_refuses_what_it_cannot_do(server_url, bundled) -> None:
         backend.generate(PROMPTS[:1], too_long)
 
 
+def test_the_models_end_of_turn_ids_stop_server_answers(server_url, bundled) -> None:
+    """An end-of-turn id only the model's generation config lists (as Qwen's <|endoftext|>) ends answers too."""
+    model, tokenizer = bundled
+    plain = OpenAIServerBackend(server_url, tokenizer, show_progress=False)
+    greedy = plain.generate(PROMPTS[:1], Sampling(temperature=0, max_new_tokens=24))[0][0].token_ids
+    extra = greedy[3]  # a token the greedy answer produces, declared end-of-turn: the answer must stop there
+    assert extra not in plain.eos_ids
+    original = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, extra]
+    try:
+        backend = make_backend(
+            EngineConfig(vllm_server_url=server_url), model=model, tokenizer=tokenizer, show_progress=False
+        )
+    finally:
+        model.generation_config.eos_token_id = original
+    assert set(backend.eos_ids) == {tokenizer.eos_token_id, extra}
+    stopped = backend.generate(PROMPTS[:1], Sampling(temperature=0, max_new_tokens=24))[0][0]
+    assert stopped.finished and stopped.token_ids == greedy[: greedy.index(extra) + 1]
+
+
 def test_data_preparation_through_the_server(server_url, bundled, tmp_path: Path) -> None:
     """Rollouts and teacher answers from the server, soft labels from the local model: a valid dataset."""
     model, tokenizer = bundled
