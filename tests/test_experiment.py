@@ -1,4 +1,4 @@
-"""The experiment's pre-registered choice of difficulty follows its written rule (recipes/experiment/choose.py)."""
+"""The experiment's helpers: the pre-registered choice rules (choose.py) and the round-2 merge (merge_adapter.py)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+from conftest import make_tiny_model
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes" / "experiment"))
 
 import choose  # noqa: E402
+from merge_adapter import merge_adapter  # noqa: E402
 
 
 def _candidate(folder: Path, name: str, interval: tuple[float, float], kept: int, questions: int = 64) -> None:
@@ -75,3 +80,28 @@ def test_the_variant_with_the_best_validation_pass1_goes_to_test(tmp_path: Path)
         check=True,
     )
     assert printed.stdout.strip() == "ssb_ce05-seed0"
+
+
+def test_merge_adapter_saves_the_weights_the_adapter_computes(tmp_path: Path, tokenizer_dir: str) -> None:
+    """Round 2 starts from the merged round-1 model: its logits must equal the adapter on its base."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    make_tiny_model(seed=0).save_pretrained(base_dir)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(base_dir)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), lora).save_pretrained(adapter_dir)
+
+    merged_dir = merge_adapter(str(adapter_dir), str(tmp_path / "merged"))
+    assert not (merged_dir / "adapter_config.json").exists() and (merged_dir / "tokenizer_config.json").exists()
+    input_ids = torch.randint(0, 49152, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()(input_ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(base_dir).eval()
+        reference = PeftModel.from_pretrained(plain, str(adapter_dir)).eval()(input_ids).logits
+        base_logits = AutoModelForCausalLM.from_pretrained(base_dir).eval()(input_ids).logits
+    torch.testing.assert_close(merged, reference, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(merged, base_logits, atol=1e-4)  # the adapter changed the model
+    with pytest.raises(SystemExit, match="no adapter_config.json"):
+        merge_adapter(str(base_dir), str(tmp_path / "other"))
