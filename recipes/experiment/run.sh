@@ -9,6 +9,8 @@
 #                                           # (greedy + mean@4) and greedy on the neighbouring task `products`
 #   bash recipes/experiment/run.sh round2   # iterative SSB: the round-1 SSB model (seed 0) prepares data, trains
 #                                           # again; round 2 vs round 1 vs base on the test split and the neighbour
+#                                           # (EXPERIMENT_ROUND1_ARM=ssb_ce05-seed0: amendment 9's exploratory start;
+#                                           # EXPERIMENT_ROUND2_QUESTIONS: fewer questions than round 1's)
 #   bash recipes/experiment/run.sh report   # tables and plots into docs/experiment/
 #   bash recipes/experiment/run.sh all      # every stage above, in order (grpo only if EXPERIMENT_GRPO_BUDGET is set)
 # EXPERIMENT_MAX_STEPS and EXPERIMENT_EVAL_QUESTIONS shrink the train / validate / test stages for a smoke run;
@@ -147,31 +149,35 @@ test_stage() {  # the test split, once: the pre-registered arms; then the neighb
   done
 }
 
-round2_stage() {  # DESIGN.md, amendment 8: same training questions, the round-1 SSB model as data maker and start
-  local model="$OUT/round2/model" dir="$OUT/train/ssb_round2-seed0" chosen questions label
+round2_stage() {  # DESIGN.md, amendments 8-9: same training questions, a round-1 model as data maker and start
+  local round1=${EXPERIMENT_ROUND1_ARM:-ssb-seed0} tag=round2 chosen questions label arm
+  [ "$round1" != ssb-seed0 ] && tag="round2-from-$round1"   # amendment 9: an exploratory start
+  arm=${round1%-seed*}
+  local model="$OUT/$tag/model" dir="$OUT/train/${arm}_round2-seed0"
   local products='{"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}'
   chosen=$(python recipes/experiment/choose.py "$OUT/select" --name_only)
   if [ ! -f "$model/config.json" ]; then
-    stage "round 2: merge ssb-seed0 into its base -> $model"
-    python recipes/experiment/merge_adapter.py "$OUT/train/ssb-seed0" "$model"
+    stage "$tag: merge $round1 into its base -> $model"
+    python recipes/experiment/merge_adapter.py "$OUT/train/$round1" "$model"
   fi
-  questions=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['questions'])" "$OUT/data/round1/ssb_summary.json")
-  stage "round 2: data from $model, $questions training questions (seed $TRAIN_SEED)"
+  questions=${EXPERIMENT_ROUND2_QUESTIONS:-$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['questions'])" \
+    "$OUT/data/round1/ssb_summary.json")}
+  stage "$tag: data from $model, $questions training questions (seed $TRAIN_SEED)"
   python recipes/prepare_ssb_data.py --config "$PREP" --model_name_or_path "$model" \
     --task_config "${CANDIDATES[$chosen]}" --source_seed "$TRAIN_SEED" --num_questions "$questions" \
-    --output_dir "$OUT/data/round2"
-  if [ -f "$dir/adapter_model.safetensors" ]; then echo "ssb round 2 seed 0: done"; else
-    stage "round 2: train ssb from $model"
+    --output_dir "$OUT/data/$tag"
+  if [ -f "$dir/adapter_model.safetensors" ]; then echo "$arm round 2 seed 0: done"; else
+    stage "$tag: train $arm from $model"
     # shellcheck disable=SC2086 # the arm's flags are words
-    python recipes/train_ssb.py --config "$TRAIN" --model_name_or_path "$model" --dataset_name "$OUT/data/round2" \
-      --output_dir "$dir" --seed 0 --max_steps "$MAX_STEPS" ${ARMS[ssb]}
+    python recipes/train_ssb.py --config "$TRAIN" --model_name_or_path "$model" --dataset_name "$OUT/data/$tag" \
+      --output_dir "$dir" --seed 0 --max_steps "$MAX_STEPS" ${ARMS[$arm]}
   fi
   # Round 2 keeps answers to other questions than round 1, so its test folder also drops those: base and round 1
   # are scored again there (greedy, deterministic), and every comparison is paired on the same questions.
-  for label in base ssb-seed0 ssb_round2-seed0; do
-    EXTRA_EXCLUDE="$OUT/data/round2" evaluate_one "$OUT/round2/test" "$label" "$(model_of "$label")" "$TEST_SEED" \
+  for label in base "$round1" "${arm}_round2-seed0"; do
+    EXTRA_EXCLUDE="$OUT/data/$tag" evaluate_one "$OUT/$tag/test" "$label" "$(model_of "$label")" "$TEST_SEED" \
       "$EVAL_QUESTIONS" 0 basic_arithmetic "${CANDIDATES[$chosen]}"
-    evaluate_one "$OUT/round2/neighbour" "$label" "$(model_of "$label")" "$TEST_SEED" "$EVAL_QUESTIONS" 0 products \
+    evaluate_one "$OUT/$tag/neighbour" "$label" "$(model_of "$label")" "$TEST_SEED" "$EVAL_QUESTIONS" 0 products \
       "$products"
   done
 }
@@ -179,9 +185,11 @@ round2_stage() {  # DESIGN.md, amendment 8: same training questions, the round-1
 report_stage() {
   python recipes/experiment/analyze.py "$OUT/validate" --output "$DOCS/validation_results.md"
   python recipes/experiment/analyze.py "$OUT/test" "$OUT/neighbour" --output "$DOCS/test_results.md"
-  if [ -d "$OUT/round2/test" ]; then
-    python recipes/experiment/analyze.py "$OUT/round2/test" "$OUT/round2/neighbour" --output "$DOCS/round2_results.md"
-  fi
+  for tag in round2 round2-from-ssb_ce05-seed0; do
+    if [ -d "$OUT/$tag/test" ]; then
+      python recipes/experiment/analyze.py "$OUT/$tag/test" "$OUT/$tag/neighbour" --output "$DOCS/${tag}_results.md"
+    fi
+  done
 }
 
 case "${1:-}" in
@@ -196,6 +204,6 @@ case "${1:-}" in
   all)  # GRPO only with a budget set: at the matched budget it needs ~13 hours on a 2-core CPU (DESIGN.md)
     select_stage; data_stage; train_stage; validate_stage
     if [ -n "${EXPERIMENT_GRPO_BUDGET:-}" ]; then grpo_stage; fi
-    test_stage; round2_stage; report_stage ;;
+    test_stage; report_stage; round2_stage; report_stage ;;  # round 2 stops the script where it keeps no answer
   *) echo "usage: $0 select|data|train|validate|grpo|test|round2|report|all" >&2; exit 2 ;;
 esac
