@@ -20,8 +20,9 @@ stage "1/5 prepare SSB data"
 python recipes/prepare_ssb_data.py --config recipes/configs/demo_data.yaml --output_dir "$OUT/data" \
   --generation_backend "$ENGINE"
 stage "2/5 does the hint help? the teacher (hinted) vs the same model alone, on the paired questions"
+# 2 unhinted answers per paired question (--teacher_retries 1) against the 4 hinted ones: keeps the demo within 15 min
 python recipes/experiment/teacher_gain.py --config recipes/configs/demo_data.yaml --output_dir "$OUT/data" \
-  --generation_backend "$ENGINE"
+  --generation_backend "$ENGINE" --teacher_retries 1
 stage "3/5 train: SSB (soft labels + CE 0.5) and the hard-label baseline"
 python recipes/train_ssb.py --config recipes/configs/demo.yaml --dataset_name "$OUT/data" --output_dir "$OUT/ssb"
 python recipes/train_ssb.py --config recipes/configs/demo.yaml --dataset_name "$OUT/data" --output_dir "$OUT/sft" \

@@ -14,6 +14,7 @@ from conftest import make_tiny_model
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes" / "experiment"))
 
+import analyze  # noqa: E402
 import choose  # noqa: E402
 from merge_adapter import merge_adapter  # noqa: E402
 
@@ -105,3 +106,36 @@ def test_merge_adapter_saves_the_weights_the_adapter_computes(tmp_path: Path, to
     assert not torch.allclose(merged, base_logits, atol=1e-4)  # the adapter changed the model
     with pytest.raises(SystemExit, match="no adapter_config.json"):
         merge_adapter(str(base_dir), str(tmp_path / "other"))
+
+
+def _scored(label: str, correct: list[bool]) -> dict:
+    """A model's evaluation result as analyze.py reads it: greedy verdicts on questions q0, q1, ..."""
+    from dataclasses import asdict
+
+    from ssb_trl.eval.stats import Accuracy
+
+    return {
+        "label": label,
+        "num_questions": len(correct),
+        "benchmark": {"description": "toy suite"},
+        "metrics": {"pass@1": asdict(Accuracy.from_counts("pass@1", sum(correct), len(correct)))},
+        "answer_tokens": {"greedy": {"mean": 10.0, "truncated_fraction": 0.0}},
+        "records": [{"id": f"q{i}", "greedy": {"correct": c}} for i, c in enumerate(correct)],
+    }
+
+
+def test_a_round_2_arm_is_compared_with_its_round_1_on_the_same_questions() -> None:
+    base = [True] * 2 + [False] * 18
+    round1 = [True] * 6 + [False] * 14
+    round2 = [False] * 2 + [True] * 9 + [False] * 9  # vs round 1: 5 won (q6-q10), 2 lost (q0, q1)
+    models = {
+        "base": _scored("base", base),
+        "ssb-seed0": _scored("ssb-seed0", round1),
+        "ssb_round2-seed0": _scored("ssb_round2-seed0", round2),
+    }
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in analyze.suite_table(models).splitlines()}
+    assert rows["model"].rstrip(" |").endswith("vs round 1")
+    assert rows["ssb_round2-seed0"].endswith("| +15.0 (+5/-2, p=0.45) |")
+    assert rows["ssb-seed0"].endswith("| - | - |") and rows["base"].endswith("| - | - | - |")
+    without_round2 = analyze.suite_table({k: v for k, v in models.items() if "round2" not in k})
+    assert "vs round 1" not in without_round2

@@ -3,7 +3,7 @@
 Each model was evaluated on its own (`run.sh` resumes model by model) on the same questions with the same seeds, so
 the per-question records pair up across folders. Per suite this writes a markdown table: greedy pass@1 and mean@n
 with 95% Wilson intervals, answer length and truncation, and paired exact McNemar tests against the base model and
-against SFT (same training seed); then, for arms trained with several seeds, the spread over seeds and the
+against SFT (same training seed), and a round-2 arm against its round 1; then, for arms trained with several seeds, the spread over seeds and the
 seed-averaged paired difference with a 95% interval over questions.
 
     python recipes/experiment/analyze.py outputs/experiment/test --output docs/experiment/test_results.md
@@ -40,6 +40,9 @@ def load_models(suite_dir: Path) -> dict[str, dict[str, Any]]:
     return models
 
 
+ROUND2 = "_round2"  # run.sh names a round-2 arm <arm>_round2-seed<N>; its round 1 is <arm>-seed<N>
+
+
 def arm_and_seed(label: str) -> tuple[str, int | None]:
     match = re.fullmatch(r"(.+)-seed(\d+)", label)
     return (match.group(1), int(match.group(2))) if match else (label, None)
@@ -71,13 +74,18 @@ def suite_table(models: dict[str, dict[str, Any]]) -> str:
     any_model = next(iter(models.values()))
     metric_names = list(dict.fromkeys(name for m in models.values() for name in m["metrics"]))
     base = models.get("base")
+    has_round2 = any(ROUND2 in label for label in models)  # a round-2 arm is also compared with its round 1
     lines = [
         f"### {any_model['benchmark']['description']}: {any_model['num_questions']} questions",
         "",
         "| model | "
         + " | ".join(metric_names)
-        + " | tokens (greedy, mean) | truncated | vs base | vs SFT (same seed) |",
-        "| --- | " + " | ".join("---:" for _ in metric_names) + " | ---: | ---: | ---: | ---: |",
+        + " | tokens (greedy, mean) | truncated | vs base | vs SFT (same seed) |"
+        + (" vs round 1 |" if has_round2 else ""),
+        "| --- | "
+        + " | ".join("---:" for _ in metric_names)
+        + " | ---: | ---: | ---: | ---: |"
+        + (" ---: |" * has_round2),
     ]
     for label, model in models.items():
         arm, seed = arm_and_seed(label)
@@ -92,6 +100,7 @@ def suite_table(models: dict[str, dict[str, Any]]) -> str:
             + " | ".join(cells)
             + f" | {greedy_tokens['mean']:.1f} | {100 * greedy_tokens['truncated_fraction']:.1f}% | "
             f"{paired_cell(base, model)} | {paired_cell(sft if arm not in ('sft', 'base') else None, model)} |"
+            + (f" {paired_cell(models.get(label.replace(ROUND2, '')), model)} |" if has_round2 else "")
         )
     lines += [
         "",
