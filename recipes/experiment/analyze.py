@@ -2,9 +2,9 @@
 
 Each model was evaluated on its own (`run.sh` resumes model by model) on the same questions with the same seeds, so
 the per-question records pair up across folders. Per suite this writes a markdown table: greedy pass@1 and mean@n
-with 95% Wilson intervals, answer length and truncation, and paired exact McNemar tests against the base model and
-against SFT (same training seed), and a round-2 arm against its round 1; then, for arms trained with several seeds, the spread over seeds and the
-seed-averaged paired difference with a 95% interval over questions.
+with 95% Wilson intervals, answer length and truncation, and paired exact McNemar tests against the base model,
+against SFT (same training seed) and, for a round-2 arm, against its round 1; then, for arms trained with several
+seeds, the spread over seeds and the seed-averaged paired difference with a 95% interval over questions.
 
     python recipes/experiment/analyze.py outputs/experiment/test --output docs/experiment/test_results.md
 """

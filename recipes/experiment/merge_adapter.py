@@ -2,18 +2,16 @@
 
     python recipes/experiment/merge_adapter.py outputs/experiment/train/ssb-seed0 outputs/experiment/round2/model
 
-The same merge evaluation uses (`ssb_trl.eval.models.load_eval_model`), so round 2 starts from exactly the weights
-the round-1 results describe. The model is written to a temporary folder first and renamed, so an interrupted merge
-leaves no half-written model behind (a rerun merges again).
+The merge evaluation uses (`ssb_trl.eval.models.save_merged_model`, as for vLLM), so round 2 starts from exactly the
+weights the round-1 results describe; an interrupted merge leaves no half-written model behind (a rerun merges again).
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
-from ssb_trl.eval.models import load_eval_model, parse_model_specs
+from ssb_trl.eval.models import parse_model_specs, save_merged_model
 
 
 def merge_adapter(adapter_dir: str, output_dir: str) -> Path:
@@ -21,13 +19,8 @@ def merge_adapter(adapter_dir: str, output_dir: str) -> Path:
     (spec,) = parse_model_specs([adapter_dir])
     if not spec.is_adapter:
         raise SystemExit(f"{adapter_dir} holds no adapter_config.json: pass the folder a LoRA training run saved")
-    model, tokenizer = load_eval_model(spec, dtype="float32", device="cpu")
     target = Path(output_dir)
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.rename(target)
+    save_merged_model(spec, target, dtype="float32")
     return target
 
 

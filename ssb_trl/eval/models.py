@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,9 +137,20 @@ def model_dir_for_engine(spec: ModelSpec, scratch_dir: str, dtype: str = "auto")
     evaluates)."""
     if not spec.is_adapter:
         return spec.name_or_path, load_tokenizer(spec.name_or_path)
-    model, tokenizer = load_eval_model(spec, dtype=dtype, device="cpu")
     target = Path(scratch_dir) / f"{spec.label}-merged"
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
+    tokenizer = save_merged_model(spec, target, dtype=dtype)
     logger.info("Merged adapter %s into its base; saved for the engine in %s", spec.name_or_path, target)
     return str(target), tokenizer
+
+
+def save_merged_model(spec: ModelSpec, target: Path, dtype: str = "auto") -> Any:
+    """Save the adapter ``spec`` merged into its base (as :func:`load_eval_model` evaluates it) with its tokenizer
+    at ``target``; returns the tokenizer. Written to ``<target>.partial`` and renamed, so an interrupted save
+    leaves no half-written model that a later run would take for a finished one."""
+    model, tokenizer = load_eval_model(spec, dtype=dtype, device="cpu")
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)
+    return tokenizer
