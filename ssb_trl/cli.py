@@ -10,15 +10,23 @@ know (``--num_processes 8``, ``--config_file x.yaml``, ``--mixed_precision bf16`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.resources
+import os
+import signal
+import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from accelerate.commands.launch import launch_command, launch_command_parser
-
+from ssb_trl.errors import DEBUG_ENV, ERROR_FILE_ENV, launched_errors, reported_errors
 from ssb_trl.scripts import configure_logging
+from ssb_trl.validation import require_integers
 
+# Nothing heavy at import time: `ssb-trl --help` answers without loading torch, transformers or accelerate.
 COMMANDS = {  # command -> (module in ssb_trl.scripts, help)
     "prepare": ("prepare", "Prepare a soft-label dataset (rollouts, hinted teacher, top-K soft labels); resumable"),
     "train": ("train", "Train with SSBTrainer on a soft-label dataset"),
@@ -65,26 +73,102 @@ def _without(args: list[str], subsequence: list[str]) -> list[str]:
     return rest
 
 
-def run_command(command: str, args: list[str]) -> None:
-    """Parse ``args`` with the script's own parser (``-h`` works, bad flags fail here), then run it."""
-    module_name = COMMANDS[command][0]
-    module = importlib.import_module(f"ssb_trl.scripts.{module_name}")
-    parser = module.make_parser(prog=f"ssb-trl {command}")
-    if command not in LAUNCHED_COMMANDS:
-        configure_logging()
-        module.main(*parser.parse_args_and_config(args))
-        return
-    *_, config_unknown, cli_unknown = parser.parse_args_and_config(
-        args, return_remaining_strings=True, separate_remaining_strings=True
+def _parse(parser: Any, args: list[str] | None, **kwargs: Any) -> tuple:
+    """The parsed dataclasses (and remaining strings, if asked); a bad value is one line naming the setting."""
+    with reported_errors(parser.prog, while_parsing=True):
+        parsed = parser.parse_args_and_config(args, **kwargs)
+        for settings in parsed:  # also the dataclasses that are not ssb-trl's (ModelConfig: lora_r: 2.5)
+            if dataclasses.is_dataclass(settings):
+                require_integers(settings)
+    return parsed
+
+
+def run_script(main: Callable[..., Any], parser: Any, args: list[str] | None = None) -> Any:
+    """Parse the flags and ``--config`` YAML with ``parser`` (a ``TrlParser``), then ``main(*settings)``.
+
+    Every way of running a recipe goes through here (``ssb-trl evaluate``, ``python -m ssb_trl.scripts.X``, the
+    ``recipes/`` shims, the processes ``accelerate launch`` starts), so each shows ssb-trl's own errors as one
+    line and exits 1 (``ssb_trl.errors``).
+    """
+    parsed = _parse(parser, args)
+    with reported_errors(parser.prog):
+        return main(*parsed)
+
+
+def _exit_code(returncode: int) -> int:
+    """A process killed by signal N exits 128 + N, as in a shell (Python would turn -9 into 247)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _launch(launch_args: argparse.Namespace, error_file: str) -> tuple[int, str | None]:
+    """Run ``accelerate launch``; the exit code, and what to say when the processes left no message."""
+    from accelerate.commands.launch import launch_command
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    previous = os.environ.get(ERROR_FILE_ENV)
+    os.environ[ERROR_FILE_ENV] = error_file  # accelerate starts the processes with a copy of this environment
+    try:
+        launch_command(launch_args)
+        return 0, None
+    except subprocess.CalledProcessError as failed:  # one process: its stderr went through as it ran
+        code = failed.returncode
+        if code < 0:
+            return _exit_code(code), f"the launched process was killed by {signal.Signals(-code).name}"
+        return code, None
+    except ChildFailedError as failed:  # torchrun (several processes): the failed ranks and their exit codes
+        codes = [failure.exitcode for failure in failed.failures.values()]
+        return _exit_code(codes[0]) if codes and codes[0] else 1, str(failed)
+    finally:
+        if previous is None:
+            os.environ.pop(ERROR_FILE_ENV, None)
+        else:
+            os.environ[ERROR_FILE_ENV] = previous
+
+
+def launch_script(command: str, parser: Any, args: list[str]) -> int:
+    """Check the flags here, then run the script through ``accelerate launch``; end with its error, if any.
+
+    The processes hand their one-line errors to this one (``SSB_TRL_ERROR_FILE``): it prints them last and
+    exits with their code, instead of accelerate's ``CalledProcessError`` traceback.
+    """
+    from accelerate.commands.launch import launch_command_parser
+
+    *_, config_unknown, cli_unknown = _parse(
+        parser, args, return_remaining_strings=True, separate_remaining_strings=True
     )
     launch_args = _launch_args(config_unknown + cli_unknown)
-    script = str(importlib.resources.files("ssb_trl.scripts").joinpath(f"{module_name}.py"))
-    launch_command(launch_command_parser().parse_args(launch_args + [script] + _without(args, cli_unknown)))
+    script = str(importlib.resources.files("ssb_trl.scripts").joinpath(f"{COMMANDS[command][0]}.py"))
+    namespace = launch_command_parser().parse_args(launch_args + [script] + _without(args, cli_unknown))
+    with tempfile.TemporaryDirectory(prefix="ssb-trl-") as tmp:
+        code, fallback = _launch(namespace, os.path.join(tmp, "errors.jsonl"))
+        messages = launched_errors(os.path.join(tmp, "errors.jsonl"))
+    if code and not messages and fallback:
+        print(f"{parser.prog}: error: {fallback}", file=sys.stderr)
+    for message in messages:
+        print(f"{parser.prog}: error: {message} ({DEBUG_ENV}=1 shows the traceback)", file=sys.stderr)
+    return code
+
+
+def run_command(command: str, args: list[str]) -> int:
+    """Parse ``args`` with the script's own parser (``-h`` works, bad flags fail here), then run it."""
+    module = importlib.import_module(f"ssb_trl.scripts.{COMMANDS[command][0]}")
+    parser = module.make_parser(prog=f"ssb-trl {command}")
+    if command in LAUNCHED_COMMANDS:
+        return launch_script(command, parser, args)
+    configure_logging()
+    run_script(module.main, parser, args)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="ssb-trl", description="Semantic Soft Bootstrapping for TRL.")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"Show the traceback of every error, also in launched processes (the same as {DEBUG_ENV}=1). "
+        "Give it before the command: ssb-trl --debug train ...",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         subparsers.add_parser(name, help=help_text, add_help=False)
@@ -92,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     if known.command is None:
         parser.print_help()
         return 0
-    run_command(known.command, argv[argv.index(known.command) + 1 :])
-    return 0
+    if known.debug:
+        os.environ[DEBUG_ENV] = "1"  # the processes accelerate launches inherit it
+    return run_command(known.command, argv[argv.index(known.command) + 1 :])
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from trl import SFTConfig
 
 from .loss import DistillationLossSpec
-from .validation import require_finite_numbers
+from .validation import require_valid_numbers
 
 
 @dataclass
@@ -84,7 +84,7 @@ class SSBConfig(SFTConfig):
     )
 
     def __post_init__(self):
-        require_finite_numbers(self)  # before SFTConfig derives anything from a NaN (learning rate, warmup...)
+        require_valid_numbers(self)  # before SFTConfig derives anything from a NaN (learning rate, warmup...)
         super().__post_init__()
         if self.max_length is not None and self.max_length < 1:
             raise ValueError(

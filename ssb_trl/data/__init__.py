@@ -14,14 +14,27 @@ stages      rollouts -> pair -> teacher -> rows, pure functions
 workdir     the run's files on disk (settings, shards, result)
 pipeline    shards, resumption, processes, the final dataset
 summary     what a run produced (ssb_summary.json, the logged table)
+
+The names load on first use (``ssb_trl.lazy``): importing one light module does not import the rest.
 """
 
-from ssb_trl.data.config import PrepConfig
-from ssb_trl.data.pipeline import NoPairsError, PrepSummary, prepare_ssb_data
-from ssb_trl.data.sampling import Sampling
-from ssb_trl.data.sources import QAExample, QuestionSource, load_questions
+from __future__ import annotations
 
-__all__ = [
+from typing import TYPE_CHECKING
+
+from ssb_trl.lazy import lazy_exports
+
+_EXPORTS = {  # public name -> the module that defines it
+    "NoPairsError": "ssb_trl.data.pipeline",
+    "PrepConfig": "ssb_trl.data.config",
+    "PrepSummary": "ssb_trl.data.pipeline",
+    "QAExample": "ssb_trl.data.sources",
+    "QuestionSource": "ssb_trl.data.sources",
+    "Sampling": "ssb_trl.data.sampling",
+    "load_questions": "ssb_trl.data.sources",
+    "prepare_ssb_data": "ssb_trl.data.pipeline",
+}
+__all__ = [  # the keys of _EXPORTS, spelled out for tools that read __all__ statically
     "NoPairsError",
     "PrepConfig",
     "PrepSummary",
@@ -31,3 +44,10 @@ __all__ = [
     "load_questions",
     "prepare_ssb_data",
 ]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from ssb_trl.data.config import PrepConfig
+    from ssb_trl.data.pipeline import NoPairsError, PrepSummary, prepare_ssb_data
+    from ssb_trl.data.sampling import Sampling
+    from ssb_trl.data.sources import QAExample, QuestionSource, load_questions

@@ -20,7 +20,7 @@ from ssb_trl.data.engine import EngineConfig
 from ssb_trl.data.prompts import DEFAULT_SYSTEM_PROMPT
 from ssb_trl.data.sampling import Sampling
 from ssb_trl.data.sources import QuestionSource
-from ssb_trl.validation import require_finite_numbers
+from ssb_trl.validation import require_valid_numbers
 
 # Settings that change how fast a run goes but not what it produces: a resumed run may change them. The engine is
 # one of them: finished shards are kept whichever engine made them, and each shard records the engine that did.
@@ -135,7 +135,7 @@ class PrepConfig(EngineConfig, QuestionSource):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_finite_numbers(self)
+        require_valid_numbers(self)
         checks = [
             (bool(self.source), "no question source: set --source (a Hub dataset, a file, or 'reasoning_gym:<task>')"),
             (bool(self.model_name_or_path), "no model: set --model_name_or_path (it is both student and teacher)"),

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
-from ssb_trl.validation import require_finite_numbers
+from ssb_trl.validation import require_valid_numbers
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Sampling:
     n: int = 1
 
     def __post_init__(self) -> None:
-        require_finite_numbers(self)
+        require_valid_numbers(self)
         if self.n < 1:
             raise ValueError(f"the number of samples must be >= 1, got {self.n}")
         if self.temperature < 0:

@@ -27,6 +27,7 @@ from typing import Any
 
 from ssb_trl.data.grading import check_gold_answers, parse_gold_answer
 from ssb_trl.storage import hub_offline, load_rows
+from ssb_trl.validation import require_valid_numbers
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ class QuestionSource:
     )
 
     def __post_init__(self) -> None:
+        require_valid_numbers(self)  # every field of the config this source is part of, before any check
         self.task_config = parse_json_mapping(self.task_config, "task_config")
         preset = BENCHMARK_PRESETS.get(self.source or "")
         if preset is not None:

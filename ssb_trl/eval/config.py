@@ -15,7 +15,7 @@ from ssb_trl.data.engine import EngineConfig
 from ssb_trl.data.prompts import DEFAULT_SYSTEM_PROMPT
 from ssb_trl.data.sampling import Sampling
 from ssb_trl.data.sources import QuestionSource
-from ssb_trl.validation import require_finite_numbers
+from ssb_trl.validation import require_valid_numbers
 
 
 @dataclass
@@ -104,7 +104,7 @@ class EvalConfig(EngineConfig, QuestionSource):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require_finite_numbers(self)  # also the sampling fields of a greedy-only run, which Sampling never sees
+        require_valid_numbers(self)  # also the sampling fields of a greedy-only run, which Sampling never sees
         if isinstance(self.models, str):
             self.models = [self.models]
         if isinstance(self.exclude_questions_from, str):

@@ -18,6 +18,7 @@ import sys
 
 from trl import TrlParser
 
+from ssb_trl.cli import run_script
 from ssb_trl.data.sources import BENCHMARK_PRESETS
 from ssb_trl.eval import EvalConfig, render_markdown, run_evaluation
 from ssb_trl.scripts import configure_logging
@@ -70,5 +71,4 @@ def make_parser(prog: str | None = None) -> TrlParser:
 
 if __name__ == "__main__":
     configure_logging()
-    (config,) = make_parser().parse_args_and_config()
-    main(config)
+    run_script(main, make_parser())

@@ -20,6 +20,7 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 from trl import TrlParser
 
+from ssb_trl.cli import run_script
 from ssb_trl.contract import SoftLabelMetadata, load_soft_label_dataset
 from ssb_trl.models import load_tokenizer
 from ssb_trl.scripts import configure_logging
@@ -150,4 +151,4 @@ def make_parser(prog: str | None = None) -> TrlParser:
 
 if __name__ == "__main__":
     configure_logging()
-    main(*make_parser().parse_args_and_config())
+    run_script(main, make_parser())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from trl import TrlParser
 
+from ssb_trl.cli import run_script
 from ssb_trl.data import PrepConfig, PrepSummary, prepare_ssb_data
 from ssb_trl.scripts import configure_logging
 
@@ -31,5 +32,4 @@ def make_parser(prog: str | None = None) -> TrlParser:
 
 if __name__ == "__main__":
     configure_logging()
-    (config,) = make_parser().parse_args_and_config()
-    main(config)
+    run_script(main, make_parser())

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from ssb_trl import SSBConfig, SSBTrainer, load_soft_label_dataset
+from ssb_trl.cli import run_script
 from ssb_trl.models import load_model_and_tokenizer
 from ssb_trl.scripts import configure_logging
 
@@ -104,4 +105,4 @@ def make_parser(prog: str | None = None) -> TrlParser:
 
 if __name__ == "__main__":
     configure_logging()
-    main(*make_parser().parse_args_and_config())
+    run_script(main, make_parser())
