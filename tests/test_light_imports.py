@@ -56,3 +56,15 @@ def test_every_public_name_still_imports() -> None:
 
 def test_using_a_name_imports_what_it_needs() -> None:
     assert {"torch", "transformers", "trl"} <= set(_heavy_modules_after("import ssb_trl\nssb_trl.SSBConfig"))
+
+
+def test_import_benchmark_runs(tmp_path) -> None:
+    output = tmp_path / "bench_import.md"
+    bench = ROOT / "benchmarks/bench_import.py"
+    proc = subprocess.run(
+        [sys.executable, str(bench), "--repeats", "1", "--output", str(output)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = output.read_text()
+    assert "| `import ssb_trl.data.grading` |" in text and "| `ssb-trl --help` |" in text
+    assert "- this checkout: none" in text
