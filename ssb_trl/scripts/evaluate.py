@@ -27,7 +27,7 @@ _SOURCE_FORMS = (
     f"a benchmark preset ({', '.join(BENCHMARK_PRESETS)}), a Hub dataset id, 'reasoning_gym:<task>', or a local "
     ".jsonl/.json/.parquet/.csv file or dataset folder (the route that works offline)"
 )
-RENAMED_FLAGS = {  # 0.1 flag -> what to write now (README, "Renamed in 0.2")
+RENAMED_FLAGS = {  # 0.1 flag -> what to write now (docs/CHANGES.md, "Renamed in 0.2")
     "--benchmark": f"--source: {_SOURCE_FORMS}",
     "--dataset_name": f"--source: {_SOURCE_FORMS}",
     "--dataset_config": "--source_config_name",
@@ -52,7 +52,7 @@ class EvalParser(TrlParser):
             self.error(
                 "renamed flag(s): "
                 + "; ".join(f"{flag} is now {RENAMED_FLAGS[flag]}" for flag in dict.fromkeys(used))
-                + " (see the README, 'Renamed in 0.2')"
+                + " (see docs/CHANGES.md, 'Renamed in 0.2')"
             )
         return super().parse_args_and_config(args, *rest, **kwargs)
 
