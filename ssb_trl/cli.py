@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ssb_trl.errors import DEBUG_ENV, ERROR_FILE_ENV, launched_errors, reported_errors
+from ssb_trl.errors import DEBUG_ENV, ERROR_FILE_ENV, error_line, launched_errors, reported_errors
 from ssb_trl.scripts import configure_logging
 from ssb_trl.validation import require_integers
 
@@ -100,6 +100,13 @@ def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name + (" (out of memory?)" if number == signal.SIGKILL else "")
+    except ValueError:
+        return f"signal {number}"
+
+
 def _launch(launch_args: argparse.Namespace, error_file: str) -> tuple[int, str | None]:
     """Run ``accelerate launch``; the exit code, and what to say when the processes left no message."""
     from accelerate.commands.launch import launch_command
@@ -113,7 +120,7 @@ def _launch(launch_args: argparse.Namespace, error_file: str) -> tuple[int, str 
     except subprocess.CalledProcessError as failed:  # one process: its stderr went through as it ran
         code = failed.returncode
         if code < 0:
-            return _exit_code(code), f"the launched process was killed by {signal.Signals(-code).name}"
+            return _exit_code(code), f"the launched process was killed by {_signal_name(-code)}"
         return code, None
     except ChildFailedError as failed:  # torchrun (several processes): the failed ranks and their exit codes
         codes = [failure.exitcode for failure in failed.failures.values()]
@@ -145,7 +152,7 @@ def launch_script(command: str, parser: Any, args: list[str]) -> int:
     if code and not messages and fallback:
         print(f"{parser.prog}: error: {fallback}", file=sys.stderr)
     for message in messages:
-        print(f"{parser.prog}: error: {message} ({DEBUG_ENV}=1 shows the traceback)", file=sys.stderr)
+        print(error_line(parser.prog, message), file=sys.stderr)
     return code
 
 

@@ -64,16 +64,21 @@ def error_message(error: BaseException) -> str:
     return str(error).strip() or type(error).__name__
 
 
+def error_line(prog: str, message: str) -> str:
+    """``prog: error: message (hint)``: the hint stays on the error's line, so the error is the last line."""
+    return f"{prog}: error: {message} ({DEBUG_ENV}=1 shows the traceback)"
+
+
 def show_error(prog: str, message: str) -> None:
-    """Print ``prog: error: message`` on stderr, or hand the message to the ``ssb-trl`` command that launched
-    this process (it prints it last); the debug hint is on the same line, so the error stays the last line."""
+    """Print the error line on stderr, or hand the message to the ``ssb-trl`` command that launched this process
+    (it prints it last, after whatever the launcher printed)."""
     error_file = os.environ.get(ERROR_FILE_ENV)
     if error_file:
         with open(error_file, "a") as f:
             f.write(json.dumps(message) + "\n")
         return
     sys.stderr.flush()
-    print(f"{prog}: error: {message} ({DEBUG_ENV}=1 shows the traceback)", file=sys.stderr, flush=True)
+    print(error_line(prog, message), file=sys.stderr, flush=True)
 
 
 def launched_errors(error_file: str | Path) -> list[str]:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from ssb_trl import errors
-from ssb_trl.cli import _exit_code, run_script
+from ssb_trl.cli import _exit_code, _signal_name, run_script
 from ssb_trl.scripts.evaluate import make_parser as make_eval_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,6 +122,7 @@ def test_launched_processes_hand_their_messages_to_the_command(tmp_path: Path, m
 
 def test_a_killed_process_exits_like_in_a_shell() -> None:
     assert _exit_code(-9) == 137 and _exit_code(3) == 3 and _exit_code(0) == 0
+    assert _signal_name(9) == "SIGKILL (out of memory?)" and _signal_name(15) == "SIGTERM"
 
 
 # ---- every way of running a recipe, in a fresh process ---------------------------------------------------------
