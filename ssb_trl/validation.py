@@ -9,6 +9,7 @@ naming no setting, or is silently used (``max_new_tokens: 16.9``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -59,13 +60,14 @@ def require_integers(settings: Any) -> None:
         )
 
 
-def integer_fields(settings_class: type) -> list[str]:
+@functools.cache  # a class's annotations do not change; Sampling is built often
+def integer_fields(settings_class: type) -> tuple[str, ...]:
     """The fields declared ``int`` or ``int | None`` (not ``int | str``: those take other values too)."""
     try:
         hints = typing.get_type_hints(settings_class)
     except Exception:  # an annotation that does not resolve here: read the annotations as written
         hints = {f.name: f.type for f in dataclasses.fields(settings_class)}
-    return [f.name for f in dataclasses.fields(settings_class) if _is_integer_type(hints.get(f.name, f.type))]
+    return tuple(f.name for f in dataclasses.fields(settings_class) if _is_integer_type(hints.get(f.name, f.type)))
 
 
 def _is_integer_type(annotation: Any) -> bool:

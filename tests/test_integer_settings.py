@@ -55,7 +55,7 @@ def test_only_plain_integer_annotations_count() -> None:
         ratio: float = 0.5
         flag: bool = False
 
-    assert integer_fields(Settings) == ["count", "maybe"]
+    assert integer_fields(Settings) == ("count", "maybe")
     settings = Settings(mixed=2.5, ratio=2.0)
     require_integers(settings)
     assert settings.mixed == 2.5 and settings.ratio == 2.0
