@@ -250,3 +250,28 @@ def test_an_edited_template_file_redoes_the_teacher(tmp_path: Path, tokenizer, c
     assert "teacher_hint" in caplog.text and "reusing the finished rollouts" in caplog.text
     _, metadata = load_soft_label_dataset(config.output_dir)
     assert metadata.source["teacher_hint_version"] != first_version
+
+
+def test_teacher_gain_script_reports_what_preparation_measured(tmp_path: Path, tokenizer) -> None:
+    """recipes/experiment/teacher_gain.py runs (or resumes) preparation and reports its hint gain for choose.py."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes" / "experiment"))
+    import choose
+    from teacher_gain import teacher_gain
+
+    model_dir = tmp_path / "model"
+    make_digit_model(tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    questions = write_questions(tmp_path / "q.jsonl", GOLDS)
+    config = small_config(
+        tmp_path, questions, model_name_or_path=str(model_dir), output_dir=str(tmp_path / "sel" / "a")
+    )
+    result = teacher_gain(config)
+    summary = json.loads((tmp_path / "sel" / "a" / SUMMARY_FILENAME).read_text())
+    assert result["gain_points"] == summary["hint_gain"]["gain_points"]
+    assert result["paired_questions"] == summary["pairs"] and result["teacher_hint"] == "contrastive"
+    assert result["attempts_each"] == [summary["teacher_attempts"], 2 * summary["pairs"]]
+    rows = choose.load(tmp_path / "sel")
+    assert rows["a"]["teacher_kept"] == summary["teacher_kept"]
+    assert "| a |" in choose.format_table(rows)
