@@ -129,3 +129,12 @@ def test_a_damaged_saved_result_names_the_file(models: dict[str, Path], tmp_path
     (out / "models" / "a.json").write_text("{not json")
     with pytest.raises(EvaluationResultsConflict, match=r"models/a\.json.*delete it"):
         run_evaluation(_config(out, f"a={models['a']}"))
+
+
+def test_labels_that_would_share_a_results_file_are_refused(models: dict[str, Path], tmp_path: Path) -> None:
+    a_copy = tmp_path / "a b"
+    a_copy.mkdir()
+    for file in models["a"].iterdir():
+        (a_copy / file.name).write_bytes(file.read_bytes())
+    with pytest.raises(ValueError, match=r"model labels \['a b', 'a_b'\] would share one results file"):
+        run_evaluation(_config(tmp_path / "eval", str(a_copy), f"a_b={models['a']}"))

@@ -159,6 +159,13 @@ class SavedResults:
     def check(self, specs: Sequence[ModelSpec]) -> dict[str, dict[str, Any]]:
         """Before any model runs: the saved results to reuse (by label); a conflicting file or results.json is
         refused (:class:`EvaluationResultsConflict`) unless ``overwrite``."""
+        files = [self.path(spec.label).name for spec in specs]
+        clashing = sorted({spec.label for spec, name in zip(specs, files) if files.count(name) > 1})
+        if clashing:
+            raise ValueError(
+                f"model labels {clashing} would share one results file in {self.models_dir}: name them apart with "
+                "'label=path' entries in --models (letters, digits and _.+- only)"
+            )
         results_json = self.output_dir / RESULTS_FILENAME
         if results_json.is_file() and not self.overwrite:
             try:
