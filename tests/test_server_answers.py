@@ -34,6 +34,7 @@ class FakeVLLM:
         self.has_tokenize = True
         self.answer_ids: list[Any] = tokenizer("The sum is \\boxed{5}.", add_special_tokens=False)["input_ids"]
         self.raw_completion: tuple[int, bytes] | None = None  # (status, body) sent instead of a completion
+        self.not_http = False  # answer completions with bytes that are not an HTTP response
         self.delay_s = 0.0
         self.requests: list[dict[str, Any]] = []
 
@@ -63,18 +64,25 @@ def fake_server(tokenizer) -> Iterator[tuple[str, FakeVLLM]]:
     class Handler(BaseHTTPRequestHandler):
         def _reply(self, payload: dict[str, Any] | None) -> None:
             status, body = behaviour.answer(self.path, payload)
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (the timeout test): expected
+                pass
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             self._reply(None)
 
         def do_POST(self) -> None:  # noqa: N802
             length = int(self.headers.get("Content-Length", 0))
-            self._reply(json.loads(self.rfile.read(length)))
+            payload = json.loads(self.rfile.read(length))
+            if behaviour.not_http and self.path == "/v1/completions":
+                self.wfile.write(b"SSH-2.0-OpenSSH_9.6\r\n")
+                return
+            self._reply(payload)
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -198,6 +206,16 @@ def test_malformed_answers_name_the_url_status_and_body(
         backend.generate(PROMPTS, GREEDY)
     assert "/v1/completions" in str(caught.value) and "127.0.0.1" in str(caught.value)
     assert len(str(caught.value)) < 700  # the body is cut, not pasted whole
+
+
+def test_an_answer_that_is_not_http_names_the_url(fake_server, tokenizer) -> None:
+    url, behaviour = fake_server
+    backend = OpenAIServerBackend(url, tokenizer, model_name_or_path="served-model", show_progress=False)
+    behaviour.not_http = True
+    with pytest.raises(
+        ServerError, match=r"127\.0\.0\.1:\d+/v1/completions sent a broken HTTP answer \(BadStatusLine"
+    ):
+        backend.generate(PROMPTS, GREEDY)
 
 
 def test_a_malformed_model_list_names_the_url(fake_server, tokenizer) -> None:

@@ -21,6 +21,7 @@ data preparation records per shard, so the dataset metadata names the served mod
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import math
@@ -184,6 +185,8 @@ class OpenAIServerBackend(GenerationBackend):
                 f"cannot reach the generation server at {self.root} ({exc}); start it (e.g. `vllm serve MODEL "
                 "--port 8000`) or fix --vllm_server_url"
             ) from exc
+        except http.client.HTTPException as exc:  # a broken or non-HTTP answer (IncompleteRead, BadStatusLine)
+            raise ServerError(f"{url} sent a broken HTTP answer ({type(exc).__name__}: {exc})") from exc
         if status != 200:
             raise ServerError(f"{url} answered HTTP {status} (expected 200): {_excerpt(body)}", status=status)
         try:
