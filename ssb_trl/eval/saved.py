@@ -150,6 +150,8 @@ class SavedResults:
 
     def _conflict(self, what: str, changes: list[str]) -> EvaluationResultsConflict:
         shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6 else "")
+        if any(change.startswith("questions.") for change in changes):
+            shown += " (the evaluated questions differ: source, seed, number, limit or exclusions)"
         return EvaluationResultsConflict(
             f"{what} was computed with other settings than this run ({shown}). To keep both, evaluate into a new "
             f"--output_dir; to evaluate again and replace it, pass --overwrite (results with the same settings are "
