@@ -23,13 +23,7 @@ from ssb_trl.data import NoPairsError, PrepConfig, prepare_ssb_data
 from ssb_trl.data.grading import grade
 from ssb_trl.data.sources import QuestionSource, load_questions
 from ssb_trl.data.workdir import WorkDir
-from ssb_trl.models import (
-    BUNDLED_MODEL,
-    bundled_model_dir,
-    end_of_turn_token,
-    load_model_and_tokenizer,
-    model_fingerprint,
-)
+from ssb_trl.models import BUNDLED_MODEL, bundled_model_dir, load_model_and_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,7 +82,6 @@ def test_a_replaced_model_object_is_refused_too(tmp_path: Path, tokenizer) -> No
 
 def test_the_bundled_model_is_the_same_by_name_or_by_its_cache_path(tmp_path: Path) -> None:
     cache = str(bundled_model_dir())
-    assert model_fingerprint(BUNDLED_MODEL) == model_fingerprint(cache)
     questions = write_questions(tmp_path / "q.jsonl", GOLDS[:2])
     settings = {"rollout_max_new_tokens": 4, "teacher_max_new_tokens": 4, "num_rollouts": 2, "shard_size": 2}
     with pytest.raises(NoPairsError):  # the 135M model on two questions: rollouts kept, no pair (fine here)
@@ -98,6 +91,9 @@ def test_the_bundled_model_is_the_same_by_name_or_by_its_cache_path(tmp_path: Pa
     with pytest.raises(NoPairsError):  # not "different settings": the same model, typed as its cache folder
         _run(small_config(tmp_path, questions, model_name_or_path=cache, device="cpu", **settings))
     assert _stamp(rollouts) == before
+    from ssb_trl.models import model_fingerprint
+
+    assert model_fingerprint(BUNDLED_MODEL) == model_fingerprint(cache)
 
 
 # --------------------------------------------------------------------------- 2. the question source, by content
@@ -312,8 +308,6 @@ def test_a_question_folder_of_mixed_formats_is_refused_naming_the_files(tmp_path
 
 
 def test_a_tokenizer_whose_eos_is_not_the_end_of_turn_is_refused(tmp_path: Path, tokenizer) -> None:
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert end_of_turn_token(tokenizer) == im_end
     folder = tmp_path / "model"
     model = make_digit_model(tokenizer)
     model.generation_config.eos_token_id = 1
@@ -328,6 +322,9 @@ def test_a_tokenizer_whose_eos_is_not_the_end_of_turn_is_refused(tmp_path: Path,
     with pytest.raises(ValueError, match=r"tokenizer\.eos_token = '<\|im_end\|>'"):
         _run(config)
     assert not WorkDir(config.output_dir).root.exists()
+    from ssb_trl.models import end_of_turn_token
+
+    assert end_of_turn_token(tokenizer) == tokenizer.convert_tokens_to_ids("<|im_end|>")
 
 
 def test_the_bundled_model_cache_is_keyed_by_what_made_it(monkeypatch: pytest.MonkeyPatch) -> None:

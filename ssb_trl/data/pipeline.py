@@ -11,9 +11,13 @@ so a resumed run, a run on N processes (shards are dealt round-robin to processe
 digest per shard of its questions are recorded in ``ssb_work/settings.json``. A rerun with other settings
 keeps the stages those settings do not feed (see :meth:`ssb_trl.data.workdir.WorkDir.claim`): new teacher
 settings redo teacher answers and soft labels, new soft-label settings only the soft labels, a different
-``num_questions`` only the shards whose questions changed; a change of what the rollouts depend on is refused
-rather than mixed. Settings errors (backend, model, tokenizer, K vs vocabulary, lengths vs context window)
-are caught by :func:`_preflight` before any file is written.
+``num_questions`` (or a question file edited in place) only the shards whose questions changed; a change of what
+the rollouts depend on is refused rather than mixed. The model and the question source are compared by what they
+are, not how they were typed: the model by a fingerprint of its config and weights (a Hub model by its revision),
+a local question file by its resolved path and content. The main process locks the folder (``ssb_work/LOCK``)
+for the run, so a second run there is refused, naming the first. Settings errors (backend, model, tokenizer, its
+end of turn vs its eos ids, K vs vocabulary, lengths vs context window) are caught by :func:`_preflight` before
+any file is written.
 
 When every shard is done, the main process concatenates the shard rows into one soft-label dataset
 (:mod:`ssb_trl.contract` format) in ``output_dir``, writes ``ssb_summary.json`` and logs a summary.

@@ -236,9 +236,11 @@ class WorkDir:
         Returns what was done, one line each (empty for a new run or an unchanged resume). A change of settings
         that feed only later stages (:data:`~ssb_trl.data.config.TEACHER_FIELDS`,
         :data:`~ssb_trl.data.config.ROWS_FIELDS`) drops the files of that stage and the ones after it, and keeps
-        the earlier ones; a different number of questions keeps every shard whose questions are unchanged and
-        drops the others. A change of what the rollouts depend on (source, model, seed, rollout sampling, ...)
-        is refused while the folder holds finished work, since it would throw all of it away. ``defaults`` gives
+        the earlier ones; a different number of questions, or a question source edited in place, keeps every
+        shard whose questions are unchanged and drops the others (the notes list them). A change of what the
+        rollouts depend on (source, model, seed, rollout sampling, ...) is refused while the folder holds finished
+        work, since it would throw all of it away; the source, model and tokenizer are compared by what they are
+        (``settings["source"]``, ``settings["model"]``: see :func:`_identity_changes`), not by how they were typed. ``defaults`` gives
         the value a setting had when a run recorded before that setting existed; ``legacy_questions_sha256`` is
         the questions' digest as runs recorded it before they kept one per shard.
         """
