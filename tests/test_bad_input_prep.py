@@ -339,3 +339,27 @@ def test_the_bundled_model_cache_is_keyed_by_what_made_it(monkeypatch: pytest.Mo
     assert _bundled_cache_dir(_gguf_signature(bundled_gguf_path())) != folder  # another version: another copy
     model, tokenizer = load_model_and_tokenizer(BUNDLED_MODEL, device="cpu")
     assert tokenizer.eos_token == "<|im_end|>" and model.generation_config.eos_token_id == tokenizer.eos_token_id
+
+
+def test_a_hub_model_is_identified_by_its_revision(tmp_path: Path) -> None:
+    """A Hub cache (offline) whose `main` moves to a new commit: the fingerprint follows the revision, not the name."""
+    from transformers import LlamaConfig
+
+    repo = tmp_path / "hub" / "models--org--tiny"
+    for commit in ("a" * 40, "b" * 40):
+        LlamaConfig(hidden_size=8, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=1).save_pretrained(
+            repo / "snapshots" / commit
+        )
+    (repo / "refs").mkdir()
+    script = (
+        "import json; from ssb_trl.models import model_fingerprint; print(json.dumps(model_fingerprint('org/tiny')))"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    identities = []
+    for commit in ("a" * 40, "b" * 40):
+        (repo / "refs" / "main").write_text(commit)
+        result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        identities.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert [i["revision"] for i in identities] == ["a" * 40, "b" * 40]
+    assert identities[0]["kind"] == "Hub revision" and identities[0]["sha256"] != identities[1]["sha256"]
