@@ -174,7 +174,7 @@ def _column_texts(path: Path, builder: str, columns: Sequence[str]) -> dict[str,
     hold anything but text and numbers (lists, objects) are left out: their inferred type stands.
     """
     if builder == "csv":
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is not a column name
             records: list[Any] = list(csv.DictReader(handle))
         return {
             column: [record.get(column) or None for record in records]
