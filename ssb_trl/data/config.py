@@ -172,6 +172,13 @@ class PrepConfig(EngineConfig, QuestionSource):
             (bool(self.source), "no question source: set --source (a Hub dataset, a file, or 'reasoning_gym:<task>')"),
             (bool(self.model_name_or_path), "no model: set --model_name_or_path (it is both student and teacher)"),
             (self.num_rollouts >= 2, "num_rollouts must be >= 2 (a pair needs a correct and an incorrect rollout)"),
+            (
+                self.rollout_temperature != 0 and self.rollout_top_k != 1,
+                f"rollout_temperature={self.rollout_temperature} with rollout_top_k={self.rollout_top_k} is greedy "
+                f"decoding: the {self.num_rollouts} rollouts of a question would be identical, so none could ever be "
+                "paired (a pair needs a correct and an incorrect one). Sample: --rollout_temperature > 0 (0.8 is the "
+                "default) and --rollout_top_k 0 or > 1",
+            ),
             (self.teacher_retries >= 0, "teacher_retries must be >= 0"),
             (self.hint_check_samples >= 0, "hint_check_samples must be >= 0 (0 skips the hint check)"),
             (self.shard_size >= 1, "shard_size must be >= 1"),

@@ -11,9 +11,13 @@ so a resumed run, a run on N processes (shards are dealt round-robin to processe
 digest per shard of its questions are recorded in ``ssb_work/settings.json``. A rerun with other settings
 keeps the stages those settings do not feed (see :meth:`ssb_trl.data.workdir.WorkDir.claim`): new teacher
 settings redo teacher answers and soft labels, new soft-label settings only the soft labels, a different
-``num_questions`` only the shards whose questions changed; a change of what the rollouts depend on is refused
-rather than mixed. Settings errors (backend, model, tokenizer, K vs vocabulary, lengths vs context window)
-are caught by :func:`_preflight` before any file is written.
+``num_questions`` (or a question file edited in place) only the shards whose questions changed; a change of what
+the rollouts depend on is refused rather than mixed. The model and the question source are compared by what they
+are, not how they were typed: the model by a fingerprint of its config and weights (a Hub model by its revision),
+a local question file by its resolved path and content. The main process locks the folder (``ssb_work/LOCK``)
+for the run, so a second run there is refused, naming the first. Settings errors (backend, model, tokenizer, its
+end of turn vs its eos ids, K vs vocabulary, lengths vs context window) are caught by :func:`_preflight` before
+any file is written.
 
 When every shard is done, the main process concatenates the shard rows into one soft-label dataset
 (:mod:`ssb_trl.contract` format) in ``output_dir``, writes ``ssb_summary.json`` and logs a summary.
@@ -33,7 +37,7 @@ import datasets
 import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
-from transformers import AutoConfig
+from transformers import AutoConfig, GenerationConfig
 
 from ssb_trl.contract import (
     COMPLETION_MASK,
@@ -43,15 +47,24 @@ from ssb_trl.contract import (
     save_soft_label_dataset,
     tokenizer_fingerprint,
 )
-from ssb_trl.data.config import RUNTIME_ONLY_FIELDS, PrepConfig
+from ssb_trl.data.config import RUNTIME_ONLY_FIELDS, STAGES, PrepConfig
 from ssb_trl.data.engine import make_backend
 from ssb_trl.data.generation import GenerationBackend
 from ssb_trl.data.prompts import PROMPT_TEMPLATE_VERSION
-from ssb_trl.data.sources import QAExample, load_questions
+from ssb_trl.data.sources import QAExample, load_questions, source_identity
 from ssb_trl.data.stages import build_rows, run_hint_check, run_rollouts, run_teacher
 from ssb_trl.data.summary import SUMMARY_FILENAME, PrepSummary, backends_used, summarize
-from ssb_trl.data.workdir import WorkDir, read_jsonl, write_jsonl
-from ssb_trl.models import check_model_available, load_model_and_tokenizer, load_tokenizer, resolve_model_path
+from ssb_trl.data.workdir import WorkDir, write_jsonl
+from ssb_trl.models import (
+    check_end_of_turn_token,
+    check_model_available,
+    load_model_and_tokenizer,
+    load_tokenizer,
+    model_eos_ids,
+    model_fingerprint,
+    module_fingerprint,
+    resolve_model_path,
+)
 from ssb_trl.storage import check_writable_dir, write_json, write_text
 
 logger = logging.getLogger(__name__)
@@ -78,25 +91,27 @@ def _process_shard(
     eos_id: int,
     show_progress: bool,
 ) -> None:
-    rollout_path = work.shard_path("rollouts", shard)
-    rollouts = read_jsonl(rollout_path)
+    ids = [question.id for question in questions]
+    rollouts = work.read_shard("rollouts", shard, ids)
     done = []
     if rollouts is None:
         rollouts = [{**record, "generated_by": backend.name} for record in run_rollouts(backend, questions, config)]
-        write_jsonl(rollout_path, rollouts)
+        write_jsonl(work.shard_path("rollouts", shard), rollouts)
         done.append("rollouts")
-    teacher_path = work.shard_path("teacher", shard)
-    teacher = read_jsonl(teacher_path)
+        for stage in STAGES[1:]:  # made from other rollouts (the rollouts file was deleted): redo them
+            work.remove(stage, shard)
+    teacher = work.read_shard("teacher", shard, ids)
     if teacher is None:
         teacher = [
             {**record, "generated_by": backend.name} for record in run_teacher(backend, questions, rollouts, config)
         ]
-        write_jsonl(teacher_path, teacher)
+        write_jsonl(work.shard_path("teacher", shard), teacher)
         done.append("teacher answers")
-    check_path = work.shard_path("hint_check", shard)
-    if config.hint_check_samples and not check_path.is_file():
+        for stage in ("hint_check", "rows"):  # made from other teacher answers: redo them
+            work.remove(stage, shard)
+    if config.hint_check_samples and work.read_shard("hint_check", shard, ids) is None:
         checks = run_hint_check(backend, questions, teacher, config)
-        write_jsonl(check_path, [{**record, "generated_by": backend.name} for record in checks])
+        write_jsonl(work.shard_path("hint_check", shard), [{**r, "generated_by": backend.name} for r in checks])
         done.append("hint check")
     if not work.shard_path("rows", shard).is_dir():
         work.save_rows(
@@ -108,8 +123,8 @@ def _process_shard(
 
 def _shard_finished(work: WorkDir, shard: int, config: PrepConfig) -> bool:
     """Every stage of the shard is on disk (the hint check only when it is on)."""
-    check_done = not config.hint_check_samples or work.shard_path("hint_check", shard).is_file()
-    return check_done and work.shard_path("rows", shard).is_dir()
+    stages = [stage for stage in STAGES if stage != "hint_check" or config.hint_check_samples]
+    return all(work.shard_path(stage, shard).exists() for stage in stages)
 
 
 def _questions_digest(questions: list[QAExample]) -> str:
@@ -134,10 +149,42 @@ def _shard_digests(questions: list[QAExample], shard_size: int) -> list[str]:
     return digests
 
 
+def _tokenizer_digest(tokenizer: Any) -> str:
+    """What of a tokenizer the rollouts depend on: its vocabulary, bos/eos tokens and chat template."""
+    record = {
+        "vocabulary": tokenizer_fingerprint(tokenizer),
+        "bos_eos": [tokenizer.bos_token, tokenizer.eos_token],
+        "chat_template": tokenizer.chat_template,
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _model_identity(config: PrepConfig, model: Any, tokenizer: Any) -> dict[str, Any]:
+    """The model and tokenizer by content (see :func:`ssb_trl.models.model_fingerprint`), recorded in settings.json
+    so that a rerun on replaced weights is refused instead of mixing two models' shards."""
+    try:
+        identity = module_fingerprint(model) if model is not None else model_fingerprint(config.model_name_or_path)
+    except Exception as exc:  # e.g. a Hub model outside the cache layout: fall back to comparing names
+        logger.warning("Cannot fingerprint model %s (%s); runs compare it by name", config.model_name_or_path, exc)
+        identity = {"kind": "name", "path": config.model_name_or_path, "sha256": None}
+    return {**identity, "tokenizer_sha256": _tokenizer_digest(tokenizer)}
+
+
+def _generation_eos_ids(config: PrepConfig, model: Any, model_config: Any, tokenizer: Any) -> list[int]:
+    """The eos ids generation will stop at, read without loading weights."""
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is None:
+        try:
+            generation_config = GenerationConfig.from_pretrained(resolve_model_path(config.model_name_or_path))
+        except Exception:  # no generation_config.json: transformers derives it from the model config
+            generation_config = GenerationConfig.from_model_config(model_config)
+    return model_eos_ids(generation_config, tokenizer)
+
+
 def _preflight(config: PrepConfig, model: Any, tokenizer: Any, main_process: bool = True) -> Any:
     """Check what can fail before any work starts or any file is written (so a corrected rerun is a new run, not
-    a refused one): output_dir, generation backend, model, tokenizer, K vs vocabulary, lengths vs context.
-    Returns the tokenizer (loaded here when not given)."""
+    a refused one): output_dir, generation backend, model, tokenizer (its end of turn is an eos id), K vs
+    vocabulary, lengths vs context. Returns the tokenizer (loaded here when not given)."""
     if main_process:  # the others would race with the main process creating the run's files
         WorkDir(config.output_dir).check_usable()
     check_writable_dir(config.output_dir, "output_dir")
@@ -164,6 +211,7 @@ def _preflight(config: PrepConfig, model: Any, tokenizer: Any, main_process: boo
                 f"cannot load the tokenizer {tokenizer_name!r} ({type(exc).__name__}: {exc}). Nothing was written; "
                 "fix --tokenizer_name_or_path (or --model_name_or_path)"
             ) from exc
+    check_end_of_turn_token(tokenizer, _generation_eos_ids(config, model, model_config, tokenizer), name)
     text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
     vocab_size = getattr(text_config, "vocab_size", None) or len(tokenizer)
     if config.soft_label_top_k > vocab_size:
@@ -225,6 +273,7 @@ def _finalize(
             "--teacher_retries or a larger --teacher_max_new_tokens (the rollouts are reused; only the teacher answers "
             f"are redone), or {more_questions}. Work so far is kept in {work.root}."
         )
+    recorded = work.read_settings() or {}
     metadata = SoftLabelMetadata(
         teacher_model=config.model_name_or_path,
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
@@ -237,6 +286,8 @@ def _finalize(
             "rollout_sampling": asdict(config.rollout_sampling),
             "teacher_sampling": asdict(config.teacher_sampling),
             "generation_backends": sorted(backends_used(work, num_shards)),
+            "model_fingerprint": recorded.get("model"),
+            "source_fingerprint": recorded.get("source"),
             "teacher_hint": config.hint_identity,
             "teacher_hint_version": config.hint_format.version,
             "hint_gain": summary.hint_gain,
@@ -298,18 +349,43 @@ def prepare_ssb_data(
         questions = load_questions(config)
     tokenizer = _preflight(config, model, tokenizer, main_process=state.is_main_process)
     work = WorkDir(config.output_dir)
+    if not state.is_main_process:  # the processes of one launch are one run: its main process holds the lock
+        return _prepare(config, state, work, model, tokenizer, questions, show_progress, backend)
+    work.acquire_lock()
+    try:
+        return _prepare(config, state, work, model, tokenizer, questions, show_progress, backend)
+    finally:
+        work.release_lock()
+
+
+def _prepare(
+    config: PrepConfig,
+    state: Any,
+    work: WorkDir,
+    model: Any,
+    tokenizer: Any,
+    questions: list[QAExample],
+    show_progress: bool,
+    backend: GenerationBackend | None,
+) -> PrepSummary:
+    """The run itself, once the settings are checked and (on the main process) the folder is locked."""
     settings = {
         "config": config.fingerprint(),
         "questions": {"count": len(questions), "shard_sha256": _shard_digests(questions, config.shard_size)},
         "prompt_template_version": PROMPT_TEMPLATE_VERSION,
     }
+    shard_ids = [
+        [q.id for q in questions[i : i + config.shard_size]] for i in range(0, len(questions), config.shard_size)
+    ]
     if state.is_main_process:
         resuming = work.read_settings() is not None
+        settings.update(model=_model_identity(config, model, tokenizer), source=source_identity(config))
         notes = work.claim(
             settings,
             defaults={f.name: f.default for f in fields(PrepConfig)},
             legacy_questions_sha256=_questions_digest(questions),
         )
+        work.check_shards(shard_ids)
         # A finished run's summary and marker are rewritten at the end; drop them so no process reads them early.
         work.done_path.unlink(missing_ok=True)
         (work.output_dir / SUMMARY_FILENAME).unlink(missing_ok=True)

@@ -19,6 +19,7 @@ MATH-style solutions ending in ``\\boxed{...}`` work as answer fields directly.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field, fields
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ssb_trl.data.grading import check_gold_answers, parse_gold_answer
-from ssb_trl.storage import hub_offline, load_rows
+from ssb_trl.storage import file_sha256, hub_offline, load_rows
 from ssb_trl.validation import require_valid_numbers
 
 logger = logging.getLogger(__name__)
@@ -184,6 +185,25 @@ class QuestionSource:
         return {**self.settings(), "kind": kind, "description": description}
 
 
+def source_identity(source: QuestionSource) -> dict[str, Any]:
+    """What a local question source *is*: its resolved path and a digest of its content (None for the others).
+
+    Runs compare sources by this, not by how the path was typed (relative, ``./``, ``dir/..``, a symlink);
+    a folder's digest covers its visible files, each hashed once and cached (:func:`ssb_trl.storage.file_sha256`).
+    """
+    path = Path(source.source or "").expanduser()
+    if source.reasoning_gym_task is not None or source.source in BENCHMARK_PRESETS or not path.exists():
+        return {"path": None, "sha256": None}
+    if path.is_file():
+        return {"path": str(path.resolve()), "sha256": file_sha256(path)}
+    digest = hashlib.sha256()
+    for file in sorted(path.rglob("*")):
+        relative = file.relative_to(path)
+        if file.is_file() and not any(part.startswith(".") for part in relative.parts):
+            digest.update(f"{relative.as_posix()}\t{file_sha256(file)}\n".encode())
+    return {"path": str(path.resolve()), "sha256": digest.hexdigest()}
+
+
 @dataclass
 class QAExample:
     """One question with its gold answer; ``scorer`` points to a source-specific scorer when there is one."""
@@ -271,7 +291,12 @@ def _load_rows_as_examples(source: QuestionSource, report: dict[str, Any]) -> li
     preset = BENCHMARK_PRESETS.get(source.source)
     location = preset.dataset_name if preset else source.source
     try:
-        rows = load_rows(location, split=source.source_split, config_name=source.source_config_name)
+        rows = load_rows(
+            location,
+            split=source.source_split,
+            config_name=source.source_config_name,
+            text_columns=[source.answer_field],
+        )
     except ValueError as exc:
         if Path(location).expanduser().exists() or "has no split" in str(exc):
             raise
