@@ -231,7 +231,8 @@ def test_a_deleted_settings_file_says_what_the_folder_holds_and_the_fix(finished
     config, model, work, _ = finished_run
     work.settings_path.unlink()
     with pytest.raises(
-        ValueError, match=r"settings\.json is missing, but .*ssb_work holds 9 finished shard files"
+        ValueError,
+        match=r"settings\.json is missing, but .*ssb_work holds 12 finished shard files",  # 3 shards x 4 stages
     ) as error:
         _run(config, model=model, tokenizer=tokenizer)
     assert f"Delete {work.root} to start afresh in this folder, or choose another --output_dir" in str(error.value)
