@@ -112,7 +112,8 @@ def test_sampled_answers_pass_and_shifted_soft_labels_are_refused(sampled):
     dataset, metadata = sampled
     validate_soft_label_dataset(dataset, metadata=metadata, vocab_size=49152)  # what extraction writes passes
     with pytest.raises(
-        SoftLabelError, match=r"row 2: \d+ of its \d+ answer tokens are not among the teacher's top-8 "
+        SoftLabelError,
+        match=r"row 2: \d+ of its \d+ answer tokens \(\d+ of the dataset's \d+\) are not among the teacher's top-8 ",
     ) as e:
         validate_soft_label_dataset(shifted(dataset, row=2), metadata=metadata)
     assert "sampled them with top_k=4 (first: answer token 0, id" in str(e.value)
@@ -170,6 +171,24 @@ def test_rows_built_from_text_with_recorded_sampling_are_refused(tokenizer):
     claimed = SoftLabelMetadata.from_dict({**metadata.to_dict(), "source": {"teacher_sampling": {"top_k": 4}}})
     with pytest.raises(SoftLabelError, match="row 0: .* not among the teacher's top-8"):
         validate_soft_label_dataset(dataset, metadata=claimed)
+
+
+def test_prepared_data_passes_and_its_shifted_copy_is_refused(tmp_path, tokenizer):
+    """The real pipeline with teacher_top_k <= K: its rows pass; shifted by a token, even 2-token answers (one
+    checked token each) are refused, over the dataset."""
+    from test_pipeline import GOLDS, make_digit_model, small_config, write_questions
+
+    from ssb_trl.contract import load_soft_label_dataset
+    from ssb_trl.data import prepare_ssb_data
+
+    config = small_config(tmp_path, write_questions(tmp_path / "q.jsonl", GOLDS), teacher_top_k=3)
+    prepare_ssb_data(config, model=make_digit_model(tokenizer), tokenizer=tokenizer, show_progress=False)
+    dataset, metadata = load_soft_label_dataset(config.output_dir)
+    assert metadata.source["teacher_sampling"]["top_k"] == 3 and metadata.top_k == 8
+    validate_soft_label_dataset(dataset, metadata=metadata, vocab_size=len(tokenizer))
+    n = len(dataset)
+    with pytest.raises(SoftLabelError, match=rf"row 0: 1 of its 1 answer tokens \({n} of the dataset's {n}\)"):
+        validate_soft_label_dataset(shifted(dataset), metadata=metadata)
 
 
 # ---- ssb-trl inspect runs the same checks ---------------------------------------------------------------------
