@@ -143,3 +143,34 @@ def test_zero_steps_is_refused_before_the_model_loads(workdir, tmp_path):
     with pytest.raises(ValueError, match=r"num_train_epochs=-1.0 with max_steps=-1 .* trains 0 steps"):
         _train(_argv(workdir, tmp_path / "o", max_steps=-1, num_train_epochs=-1))
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_refuse_a_rerun_together_and_resume_together(workdir, tmp_path):
+    """Under DDP the main process checks (and deletes, with --overwrite_output_dir) first: a refusal must stop
+    every process instead of leaving the others waiting at the barrier."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((root / "ssb_trl/accelerate_configs/ddp.yaml").read_text())
+    config.update(num_processes=2, mixed_precision="no", use_cpu=True)
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+
+    def launch(**extra):
+        cmd = [sys.executable, "-m", "ssb_trl", "train", *_argv(workdir, out, **extra)]
+        cmd += ["--config_file", str(tmp_path / "ddp.yaml")]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+
+    assert launch().returncode == 0
+    refused = launch(max_steps=3)
+    assert refused.returncode != 0 and "already holds 2 checkpoint(s)" in refused.stderr
+    resumed = launch(max_steps=3, resume_from_checkpoint="true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _checkpoints(out) == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
