@@ -189,7 +189,6 @@ def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args
             script_args.overwrite_output_dir,
             is_main_process=training_args.process_index == 0,
         )
-    training_args.resume_from_checkpoint = resume if isinstance(resume, str) else None
     dataset, metadata = load_soft_label_dataset(script_args.dataset_name, split=script_args.dataset_train_split)
     logger.info(
         "Loaded %d soft-label rows from %s (teacher %s, K=%d, T=%s)",
