@@ -94,7 +94,9 @@ def validate_soft_label_dataset(
 ) -> None:
     """Refuse a dataset that breaks the column contract, naming the first bad row and the fix.
 
-    Vectorised over Arrow buffers, so a large dataset is checked in seconds.
+    With `metadata`, K must be its `top_k` and the answers must be the tokens the teacher sampled
+    (:func:`check_sampled_tokens_in_top_k`); with `vocab_size`, every id must fit the model. Vectorised over
+    Arrow buffers, so a large dataset is checked in seconds.
     """
     ids_col, logp_col = columns
     check_soft_label_columns(dataset, columns)
