@@ -100,7 +100,53 @@ class SSBConfig(SFTConfig):
             raise ValueError(
                 f"loss_type={self.loss_type!r} is SFT-only; SSBTrainer's loss is set by kd_weight/ce_weight/beta."
             )
-        self.loss_spec()  # validates the loss fields early, with the message from DistillationLossSpec
+        self._refuse_sft_only_settings()
+        if self.max_steps == 0 or (self.max_steps < 0 and self.num_train_epochs <= 0):
+            cause = (
+                "max_steps=0 (a max_steps >= 0 overrides num_train_epochs)"
+                if self.max_steps == 0
+                else f"num_train_epochs={self.num_train_epochs} with max_steps={self.max_steps} (= use the epochs)"
+            )
+            raise ValueError(
+                f"{cause} trains 0 steps, and a recipe would then save the untouched model. Set num_train_epochs > 0 "
+                "(e.g. 3) with max_steps=-1, or max_steps to the number of optimizer steps (> 0)."
+            )
+
+    def _refuse_sft_only_settings(self) -> None:
+        """SFT settings that SSB would silently ignore: its rows are tokenized and templated by data preparation,
+        cut by SSBTrainer (keeping the start), and its loss is always on the answer (the teacher's) tokens only."""
+        ignored = {
+            "truncation_mode": (
+                self.truncation_mode != "keep_start",
+                "SSBTrainer cuts rows longer than max_length at the end: it keeps the prompt and the start of "
+                "the answer with its soft labels, as 'keep_start' does",
+            ),
+            "assistant_only_loss": (
+                self.assistant_only_loss,
+                "the SSB loss is always computed on the answer tokens only (completion_mask), never on the prompt",
+            ),
+            "completion_only_loss": (
+                self.completion_only_loss is False,
+                "the SSB loss is always computed on the answer tokens only; there is no loss on the prompt to add",
+            ),
+            "dataset_text_field": (
+                self.dataset_text_field != "text",
+                "a soft-label dataset is already tokenized (input_ids); no text column is read",
+            ),
+            "chat_template_path": (
+                self.chat_template_path is not None,
+                "the rows were chat-templated when the soft labels were made; a different template here would "
+                "save a model whose template differs from the one it was trained on",
+            ),
+            "eval_packing": (self.eval_packing, "SSBTrainer does not pack sequences (the soft labels are per row)"),
+        }
+        set_here = [f"{name}={getattr(self, name)!r} ({why})" for name, (is_set, why) in ignored.items() if is_set]
+        if set_here:
+            raise ValueError(
+                "SSBConfig: these SFT settings mean nothing for SSB and would be silently ignored: "
+                + "; ".join(set_here)
+                + ". Remove them from the command line / YAML (or set them to their defaults)."
+            )
 
     def loss_spec(self) -> DistillationLossSpec:
         """The loss settings as the immutable spec the loss function takes."""

@@ -15,7 +15,11 @@ prompt_len + j - 1). The tail bucket log(1 - sum(exp(topk))) is derived, never s
 Dataset-level :class:`SoftLabelMetadata` (teacher, tokenizer fingerprint, K, temperature, prompt version,
 source and sampling settings) is stored once, as ``ssb_metadata.json`` beside the data, on disk and on the
 Hub alike. In memory it rides in ``Dataset.info.description``, so a loaded dataset carries it into
-``SSBTrainer``. Training refuses, naming the row and the fix, any dataset that breaks this contract.
+``SSBTrainer``.
+
+This module is the one place the format is defined (column names, Arrow features, metadata, format version)
+and stored (save / load / push). The checks that refuse a dataset breaking it, naming the row and the fix,
+live in :mod:`ssb_trl.soft_label_checks`; their names stay importable from here.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .storage import SETTINGS_FILENAME, WORK_DIRNAME, load_rows, write_json
 
@@ -46,8 +49,25 @@ LOGPROB_DTYPES = ("float16", "float32")
 METADATA_FILENAME = "ssb_metadata.json"
 _METADATA_MARKER = "ssb_trl_soft_labels"
 FORMAT_VERSION = 1
-# fp16 rounding of K log-probs can push their mass a little above 1; beyond this it is a broken row.
-MASS_TOLERANCE = 1e-2
+
+_CHECKS = (
+    "MASS_TOLERANCE",
+    "check_batch_alignment",
+    "check_metadata_compatible",
+    "check_soft_label_columns",
+    "validate_soft_label_dataset",
+)
+"""Names defined in :mod:`ssb_trl.soft_label_checks` and still importable from here (see `__getattr__`)."""
+
+
+def __getattr__(name: str):
+    """`from ssb_trl.contract import validate_soft_label_dataset` keeps working: the checks import this module,
+    so they are looked up on first use instead of imported at the top (which would be circular)."""
+    if name in _CHECKS:
+        from . import soft_label_checks
+
+        return getattr(soft_label_checks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def features(logprob_dtype: str = "float16") -> datasets.Features:
@@ -133,6 +153,8 @@ def _without_description(dataset: datasets.Dataset) -> Iterator[None]:
 
 def save_soft_label_dataset(dataset: datasets.Dataset, output_dir: str, metadata: SoftLabelMetadata) -> None:
     """Validate, `save_to_disk`, and write the metadata beside the data as `ssb_metadata.json`."""
+    from .soft_label_checks import validate_soft_label_dataset  # the checks module builds on this one
+
     validate_soft_label_dataset(dataset, metadata=metadata)
     with _without_description(dataset):
         dataset.save_to_disk(output_dir)
@@ -263,6 +285,20 @@ def _check_split(folder: Path, name_or_path: str, split: str | None) -> None:
         )
 
 
+def _check_not_empty(folder: Path, name_or_path: str) -> None:
+    """`datasets` writes an empty dataset as a folder without data files, then fails to load it (IndexError)."""
+    state = folder / "state.json"
+    try:
+        data_files = json.loads(state.read_text(encoding="utf-8")).get("_data_files") if state.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return
+    if data_files == []:
+        raise SoftLabelError(
+            f"the soft-label dataset {name_or_path!r} is empty: it was saved with no rows. Nothing to train on; "
+            "rebuild it (`ssb-trl prepare` refuses to write an empty dataset and says why no example was kept)."
+        )
+
+
 def load_soft_label_dataset(name_or_path: str, split: str = "train") -> tuple[datasets.Dataset, SoftLabelMetadata]:
     """Load a soft-label dataset with its metadata: a folder, a Hub dataset id, or one data file.
 
@@ -287,6 +323,7 @@ def load_soft_label_dataset(name_or_path: str, split: str = "train") -> tuple[da
             if unfinished is not None:
                 raise unfinished
             _check_split(path, name_or_path, split)
+            _check_not_empty(path, name_or_path)
         dataset = load_rows(name_or_path, split=split)
         metadata_path = _metadata_file(name_or_path)
         if metadata_path is None:
@@ -298,239 +335,6 @@ def load_soft_label_dataset(name_or_path: str, split: str = "train") -> tuple[da
     metadata = read_metadata_file(metadata_path)
     dataset.info.description = metadata.to_description()
     return dataset, metadata
-
-
-def _row_error(row: int, problem: str, fix: str) -> SoftLabelError:
-    return SoftLabelError(f"soft-label dataset row {row}: {problem}. {fix}")
-
-
-def _first(bad: np.ndarray) -> int:
-    return int(np.flatnonzero(bad)[0])
-
-
-def _is_list(arrow_type: pa.DataType) -> bool:
-    return (
-        pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type)
-    )
-
-
-def _rows_with_nulls(array: pa.Array) -> np.ndarray:
-    """Per row: does it hold a null at any nesting level? (Arrow would turn a null id into NaN, then into an id.)"""
-    bad = pc.is_null(array).to_numpy(zero_copy_only=False).copy()
-    if _is_list(array.type) and len(array):
-        child_bad = _rows_with_nulls(pc.list_flatten(array))
-        if child_bad.any():
-            parents = pc.list_parent_indices(array).to_numpy(zero_copy_only=False)
-            bad[np.unique(parents[child_bad])] = True
-    return bad
-
-
-def _require_integer_lists(arrow_type: pa.DataType, name: str, allow_bool: bool = False) -> None:
-    """Token ids and masks must be stored as integers: float ids would be floored silently by the collator."""
-    value_type = arrow_type
-    while _is_list(value_type):
-        value_type = value_type.value_type
-    if not (pa.types.is_integer(value_type) or (allow_bool and pa.types.is_boolean(value_type))):
-        raise SoftLabelError(
-            f"the soft-label dataset stores {name} as {value_type}, not integers. Token ids and masks must be "
-            "integers; float ids would be floored silently. Check that the values are whole numbers and cast the "
-            "column to int32 (the schema is ssb_trl.contract.features()), or rebuild the dataset."
-        )
-
-
-def check_soft_label_columns(dataset, columns: tuple[str, str] = (TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS)) -> None:
-    """The cheap checks first: the dataset is not empty and has the token and soft-label columns."""
-    if len(dataset) == 0:
-        raise SoftLabelError("the soft-label dataset is empty: data preparation kept no example. Nothing to train on.")
-    missing = [c for c in (INPUT_IDS, COMPLETION_MASK, *columns) if c not in dataset.column_names]
-    if missing:
-        raise SoftLabelError(
-            f"the dataset lacks the soft-label column(s) {missing} (it has {dataset.column_names}). SSBTrainer "
-            "trains on a soft-label dataset: per row the tokenized prompt + answer (input_ids, completion_mask) and, "
-            "for every answer token, the teacher's top-K token ids and log-probs (the format: ssb_trl.contract). "
-            "Make one from question/answer data with the recipe: `ssb-trl prepare --source your_questions.jsonl "
-            "--model_name_or_path MODEL --output_dir DATA_DIR` (the model answers, is hinted, and becomes the "
-            "teacher), then ssb_trl.load_soft_label_dataset(DATA_DIR). Or from your own teacher in Python: "
-            "ssb_trl.extract_topk_soft_labels(teacher, sequences, answer_starts, top_k, temperature) -> one row per "
-            "example (input_ids, completion_mask, teacher_topk_ids, teacher_topk_logprobs) -> "
-            "ssb_trl.save_soft_label_dataset(datasets.Dataset.from_list(rows), DATA_DIR, ssb_trl.SoftLabelMetadata("
-            "...)). To train on plain prompt/completion text, use trl.SFTTrainer."
-        )
-
-
-def validate_soft_label_dataset(
-    dataset,
-    metadata: SoftLabelMetadata | None = None,
-    vocab_size: int | None = None,
-    columns: tuple[str, str] = (TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS),
-    check_mass: bool = True,
-) -> None:
-    """Refuse a dataset that breaks the column contract, naming the first bad row and the fix.
-
-    Vectorised over Arrow buffers, so a large dataset is checked in seconds.
-    """
-    ids_col, logp_col = columns
-    check_soft_label_columns(dataset, columns)
-    table = dataset.with_format("arrow")[:]
-    if not isinstance(table, pa.Table):  # pragma: no cover - older datasets
-        table = pa.Table.from_pydict(table)
-
-    def col(name):
-        return table.column(name).combine_chunks()
-
-    for name in (INPUT_IDS, COMPLETION_MASK, ids_col, logp_col):
-        bad = _rows_with_nulls(col(name))
-        if bad.any():
-            raise _row_error(
-                _first(bad),
-                f"{name} holds a missing (null) value",
-                "Rebuild the row: every token needs its id and mask, and every answer token its K ids and log-probs.",
-            )
-    for name in (INPUT_IDS, COMPLETION_MASK, ids_col):
-        _require_integer_lists(table.column(name).type, name, allow_bool=name == COMPLETION_MASK)
-    input_len = pc.list_value_length(col(INPUT_IDS)).to_numpy(zero_copy_only=False)
-    mask = col(COMPLETION_MASK)
-    mask_len = pc.list_value_length(mask).to_numpy(zero_copy_only=False)
-    bad = input_len != mask_len
-    if bad.any():
-        i = _first(bad)
-        raise _row_error(i, f"input_ids has {input_len[i]} tokens but completion_mask {mask_len[i]}", "Rebuild it.")
-    mask_values = pc.list_flatten(mask).to_numpy(zero_copy_only=False).astype(np.int64)
-    offsets = np.concatenate([[0], np.cumsum(mask_len)])
-    token_of_row = np.repeat(np.arange(len(mask_len)), mask_len)
-    bad = (mask_values != 0) & (mask_values != 1)
-    if bad.any():
-        j = _first(bad)
-        raise _row_error(
-            token_of_row[j],
-            f"completion_mask holds the value {mask_values[j]} (only 0 = prompt and 1 = answer token are allowed)",
-            "Rebuild the row with a 0/1 mask; SSB counts answer tokens by summing it.",
-        )
-    if vocab_size is not None:
-        input_values = pc.list_flatten(col(INPUT_IDS)).to_numpy(zero_copy_only=False)
-        bad = (input_values < 0) | (input_values >= vocab_size)
-        if bad.any():
-            j = _first(bad)
-            raise _row_error(
-                token_of_row[j],
-                f"input_ids holds the token id {input_values[j]}, outside the model's vocabulary [0, {vocab_size})",
-                "The row was tokenized for another model; rebuild the dataset with this model's tokenizer "
-                "(or resize the model's embeddings if you added tokens).",
-            )
-    n_answer = np.add.reduceat(mask_values, offsets[:-1]) if len(mask_values) else np.zeros(len(mask_len), np.int64)
-    n_answer = np.where(mask_len > 0, n_answer, 0)
-    # The answer must be one contiguous span after a non-empty prompt: that is how positions line up.
-    answer_start = mask_len - n_answer
-    tail_sums = np.array([mask_values[o + s : o + m].sum() for o, s, m in zip(offsets[:-1], answer_start, mask_len)])
-    bad = (n_answer == 0) | (answer_start < 1) | (tail_sums != n_answer)
-    if bad.any():
-        i = _first(bad)
-        raise _row_error(
-            i,
-            "completion_mask must be 0 on a non-empty prompt, then 1 on every answer token to the end "
-            f"(got {n_answer[i]} answer tokens of {mask_len[i]})",
-            "Check how the row was built; the answer must follow the prompt.",
-        )
-    ids = col(ids_col)
-    logp = col(logp_col)
-    ids_rows = pc.list_value_length(ids).to_numpy(zero_copy_only=False)
-    logp_rows = pc.list_value_length(logp).to_numpy(zero_copy_only=False)
-    bad = (ids_rows != n_answer) | (logp_rows != n_answer)
-    if bad.any():
-        i = _first(bad)
-        raise _row_error(
-            i,
-            f"{n_answer[i]} answer tokens but {ids_rows[i]} rows of {ids_col} and {logp_rows[i]} of {logp_col}",
-            "Soft labels must have one row per answer token; the row was truncated or built with another tokenizer. "
-            "Rebuild the dataset (do not truncate input_ids alone).",
-        )
-    ids_inner, logp_inner = pc.list_flatten(ids), pc.list_flatten(logp)
-    k_ids = pc.list_value_length(ids_inner).to_numpy(zero_copy_only=False)
-    k_logp = pc.list_value_length(logp_inner).to_numpy(zero_copy_only=False)
-    token_row = np.repeat(np.arange(len(ids_rows)), ids_rows)
-    offsets_ids = np.concatenate([[0], np.cumsum(ids_rows)])
-    k = int(metadata.top_k) if metadata is not None else int(k_ids[0])
-    bad = (k_ids != k) | (k_logp != k)
-    if bad.any():
-        i = token_row[_first(bad)]
-        raise _row_error(i, f"expected K={k} soft-label entries per token, found {k_ids[bad][0]}", "Rebuild it.")
-    flat_ids = pc.list_flatten(ids_inner).to_numpy(zero_copy_only=False).reshape(-1, k)
-    flat_logp = pc.list_flatten(logp_inner).to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, k)
-    if vocab_size is not None:
-        bad = ((flat_ids < 0) | (flat_ids >= vocab_size)).any(-1)
-        if bad.any():
-            i = token_row[_first(bad)]
-            raise _row_error(
-                i,
-                f"teacher token id outside the model's vocabulary [0, {vocab_size})",
-                "The soft labels were made with another tokenizer/model; rebuild them with this one.",
-            )
-    bad = ~np.isfinite(flat_logp).all(-1)
-    if bad.any():
-        i = token_row[_first(bad)]
-        raise _row_error(i, "NaN or infinite teacher log-prob", "Rebuild the row; the teacher pass overflowed.")
-    if k > 1:
-        sorted_ids = np.sort(flat_ids, axis=-1)
-        bad = (sorted_ids[:, 1:] == sorted_ids[:, :-1]).any(-1)
-        if bad.any():
-            t = _first(bad)
-            i, answer_token = token_row[t], t - offsets_ids[token_row[t]]
-            repeated = sorted_ids[t, 1:][sorted_ids[t, 1:] == sorted_ids[t, :-1]][0]
-            raise _row_error(
-                i,
-                f"answer token {answer_token} lists the teacher id {repeated} twice in its top-K {ids_col}",
-                "Each token's top-K ids must be distinct (the K most probable tokens, as torch.topk returns them); "
-                "rebuild the soft labels with ssb_trl.extract_topk_soft_labels.",
-            )
-        bad = (flat_logp[:, 1:] > flat_logp[:, :-1]).any(-1)
-        if bad.any():
-            t = _first(bad)
-            i, answer_token = token_row[t], t - offsets_ids[token_row[t]]
-            raise _row_error(
-                i,
-                f"answer token {answer_token}: {logp_col} increase along K ({flat_logp[t].tolist()[:4]}...); the "
-                "top-K must be stored most probable first",
-                "Sort each token's ids and log-probs together by descending log-prob (torch.topk(..., sorted=True) "
-                "does); ids sorted by value are a common cause.",
-            )
-    if check_mass:
-        mass = np.exp(flat_logp.astype(np.float64)).sum(-1)
-        bad = (flat_logp > 1e-3).any(-1) | (mass > 1.0 + MASS_TOLERANCE)
-        if bad.any():
-            i = token_row[_first(bad)]
-            raise _row_error(
-                i,
-                f"teacher top-K probability mass {mass[bad][0]:.4f} exceeds 1 (log-probs must be normalised over "
-                "the full vocabulary)",
-                "Store log_softmax(logits / T) values, not raw logits.",
-            )
-
-
-def check_metadata_compatible(
-    metadata: SoftLabelMetadata,
-    tokenizer,
-    temperature: float,
-    allow_temperature_renormalization: bool = False,
-) -> None:
-    """Refuse soft labels made with another tokenizer or at another temperature than configured."""
-    if metadata.format_version > FORMAT_VERSION:
-        raise SoftLabelError(
-            f"soft-label format version {metadata.format_version} is newer than this ssb-trl understands "
-            f"({FORMAT_VERSION}); upgrade ssb-trl."
-        )
-    expected = tokenizer_fingerprint(tokenizer)
-    if metadata.tokenizer_fingerprint != expected:
-        raise SoftLabelError(
-            f"the soft labels were made with another tokenizer (dataset: {metadata.tokenizer_fingerprint}, "
-            f"this tokenizer: {expected}; teacher {metadata.teacher_model!r}). Train the model the data was made "
-            "for, or rebuild the soft labels with this model's tokenizer."
-        )
-    if abs(metadata.temperature - temperature) > 1e-6 and not allow_temperature_renormalization:
-        raise SoftLabelError(
-            f"the soft labels were taken at temperature {metadata.temperature} but SSBConfig.temperature is "
-            f"{temperature}. Set temperature={metadata.temperature}, rebuild the soft labels at {temperature}, or set "
-            "allow_temperature_renormalization=True to rescale them over the top-K ids (drops the tail bucket)."
-        )
 
 
 def truncate_soft_label_dataset(
@@ -566,12 +370,3 @@ def truncate_soft_label_dataset(
         len(dataset) - len(kept),
     )
     return kept
-
-
-def check_batch_alignment(num_answer_tokens: int, num_soft_label_rows: int) -> None:
-    """A batch must hold exactly one soft-label row per answer token (labels != -100 after the shift)."""
-    if num_answer_tokens != num_soft_label_rows:
-        raise SoftLabelError(
-            f"the batch has {num_answer_tokens} answer tokens but {num_soft_label_rows} soft-label rows; "
-            "the collator or dataset misaligned them (was input_ids truncated without its soft labels?)."
-        )

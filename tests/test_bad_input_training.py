@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 
 import datasets
@@ -470,3 +471,117 @@ def test_max_length_below_every_prompt_says_so(tmp_path, tokenizer, data):
     dataset, _ = data
     with pytest.raises(SoftLabelError, match=r"no row left after truncation to max_length=5: its shortest prompt has"):
         _trainer(tmp_path, tokenizer, dataset, max_length=5)
+
+
+# ---- issue 17: eval sets' metadata, zero-step runs, SFT settings SSB would ignore --------------------------------
+
+
+def _with_metadata(dataset, metadata, **changes):
+    """A copy of `dataset` whose metadata says it was made differently (another tokenizer, temperature...)."""
+    copy = dataset.select(range(len(dataset)))
+    copy.info.description = SoftLabelMetadata.from_dict({**metadata.to_dict(), **changes}).to_description()
+    return copy
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        (
+            {"tokenizer_fingerprint": {"vocab_size": 151665, "sha256": "0123456789abcdef"}},
+            "the soft labels were made with another tokenizer",
+        ),
+        ({"temperature": 1.0}, "the soft labels were taken at temperature 1.0 but SSBConfig.temperature is 2.0"),
+    ],
+)
+def test_eval_sets_are_checked_against_the_run_like_the_training_set(tmp_path, tokenizer, data, changes, match):
+    """Only the training set's metadata was checked: these eval sets were evaluated silently."""
+    dataset, metadata = data
+    other = _with_metadata(dataset, metadata, **changes)
+    for eval_dataset, name in (
+        (other, "eval_dataset"),
+        ({"fine": dataset, "held_out": other}, "eval_dataset['held_out']"),
+    ):
+        with pytest.raises(SoftLabelError, match=f"^{re.escape(name)}: {match}"):
+            SSBTrainer(
+                make_tiny_model(seed=0),
+                args=_args(tmp_path),
+                train_dataset=dataset,
+                eval_dataset=eval_dataset,
+                processing_class=tokenizer,
+            )
+    trainer = _trainer(tmp_path, tokenizer, dataset)
+    with pytest.raises(SoftLabelError, match=f"^eval_dataset: {match}"):
+        trainer.evaluate(other)
+    with pytest.raises(SoftLabelError, match=f"^test_dataset: {match}"):
+        trainer.predict(other)
+
+
+def test_eval_set_at_another_temperature_is_refused_even_when_renormalising(tmp_path, tokenizer, data):
+    """With allow_temperature_renormalization one rescaling factor (from the training data) serves every batch."""
+    dataset, metadata = data
+    other = _with_metadata(dataset, metadata, temperature=1.0)
+    with pytest.raises(SoftLabelError, match="eval_dataset: .* at temperature 1.0, the training data's at 2.0"):
+        SSBTrainer(
+            make_tiny_model(seed=0),
+            args=_args(tmp_path, temperature=1.0, allow_temperature_renormalization=True),
+            train_dataset=dataset,
+            eval_dataset=other,
+            processing_class=tokenizer,
+        )
+
+
+def test_eval_set_with_another_k_is_validated_with_its_own(tmp_path, tokenizer, data):
+    """An eval set stored with fewer ids per token (K=4) is a valid set: its rows are checked against its K."""
+    dataset, metadata = data
+    rows = dataset.to_list()
+    for row in rows:
+        row["teacher_topk_ids"] = [r[:4] for r in row["teacher_topk_ids"]]
+        row["teacher_topk_logprobs"] = [r[:4] for r in row["teacher_topk_logprobs"]]
+    small = datasets.Dataset.from_list(rows)
+    small.info.description = SoftLabelMetadata.from_dict({**metadata.to_dict(), "top_k": 4}).to_description()
+    trainer = SSBTrainer(
+        make_tiny_model(seed=0),
+        args=_args(tmp_path),
+        train_dataset=dataset,
+        eval_dataset=small,
+        processing_class=tokenizer,
+    )
+    assert trainer.evaluate()["eval_kd_loss"] > 0
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        (dict(num_train_epochs=-1, max_steps=-1), r"num_train_epochs=-1 with max_steps=-1 \(= use the epochs\)"),
+        (dict(num_train_epochs=0), r"num_train_epochs=0 with max_steps=-1"),
+        (dict(max_steps=0), r"max_steps=0 \(a max_steps >= 0 overrides num_train_epochs\)"),
+    ],
+)
+def test_settings_that_train_zero_steps_are_refused(tmp_path, settings, match):
+    with pytest.raises(ValueError, match=match + ".* trains 0 steps"):
+        _args(tmp_path, **{"max_steps": -1, **settings})
+
+
+def test_a_training_set_smaller_than_one_dropped_batch_is_refused(tmp_path, tokenizer, data):
+    dataset, _ = data
+    trainer = _trainer(tmp_path, tokenizer, dataset, per_device_train_batch_size=16, dataloader_drop_last=True)
+    with pytest.raises(ValueError, match="has 8 rows, fewer than one batch of 16 .* training would take 0 steps"):
+        trainer.train()
+    assert trainer.state.global_step == 0 and not os.path.exists(tmp_path / "out" / "model.safetensors")
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("truncation_mode", "keep_end"),
+        ("assistant_only_loss", True),
+        ("completion_only_loss", False),
+        ("dataset_text_field", "content"),
+        ("chat_template_path", "template.jinja"),
+        ("eval_packing", True),
+    ],
+)
+def test_sft_settings_that_mean_nothing_for_ssb_are_refused(tmp_path, setting, value):
+    with pytest.raises(ValueError, match=f"would be silently ignored: {setting}={value!r} \\("):
+        _args(tmp_path, **{setting: value})
+    _args(tmp_path, truncation_mode="keep_start", completion_only_loss=True)  # the defaults' meaning is fine

@@ -5,6 +5,11 @@
 
 The top-K mass is the share of the teacher's probability held by the stored K ids on each answer token
 (the rest is the tail bucket); a low mass means K is small for this teacher and temperature.
+
+It first runs the checks training runs that need no model (`ssb_trl.soft_label_checks`: empty data, missing
+columns, NaN, raw logits, mixed K, misaligned rows, answers that are not the teacher's sampled tokens...) and,
+when the tokenizer loads, compares it with the one the soft labels were made with: a dataset that breaks
+the contract is reported with the row and the fix, and the command exits with status 1.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ from transformers import PreTrainedTokenizerBase
 from trl import TrlParser
 
 from ssb_trl.cli import run_script
-from ssb_trl.contract import SoftLabelMetadata, load_soft_label_dataset
+from ssb_trl.contract import SoftLabelError, SoftLabelMetadata, load_soft_label_dataset, tokenizer_fingerprint
 from ssb_trl.models import load_tokenizer
 from ssb_trl.scripts import configure_logging
+from ssb_trl.soft_label_checks import validate_soft_label_dataset
 
 
 @dataclass
@@ -128,16 +134,40 @@ def render_statistics(stats: dict[str, Any]) -> str:
     )
 
 
+def check_dataset(
+    dataset: Dataset, metadata: SoftLabelMetadata, tokenizer: PreTrainedTokenizerBase | None, tokenizer_name: str
+) -> None:
+    """The contract checks training runs that need no model, plus the tokenizer the rows will be decoded with."""
+    validate_soft_label_dataset(dataset, metadata=metadata)
+    if tokenizer is not None and tokenizer_fingerprint(tokenizer) != metadata.tokenizer_fingerprint:
+        raise SoftLabelError(
+            f"the soft labels were made with another tokenizer than {tokenizer_name!r} (dataset: "
+            f"{metadata.tokenizer_fingerprint}, {tokenizer_name!r}: {tokenizer_fingerprint(tokenizer)}): training a "
+            "model with that tokenizer would be refused. Pass the teacher's tokenizer with --tokenizer_name_or_path "
+            "to inspect the rows, or rebuild the soft labels with this one."
+        )
+
+
 def main(args: InspectArguments) -> dict[str, Any]:
-    """Print the statistics and one decoded example; return the statistics."""
-    dataset, metadata = load_soft_label_dataset(args.dataset_name, split=args.split)
-    stats = soft_label_statistics(dataset, metadata, args.dataset_name)
-    tokenizer_name = args.tokenizer_name_or_path or metadata.teacher_model
+    """Check the dataset, then print its statistics and one decoded example; return the statistics.
+
+    A dataset that breaks the contract exits with status 1 and the problem (row and fix) on stderr.
+    """
+    tokenizer_name = args.tokenizer_name_or_path
     try:
-        tokenizer = load_tokenizer(tokenizer_name, require_chat_template=False)
-    except (OSError, ValueError, ImportError) as error:
-        print(f"(tokenizer {tokenizer_name!r} could not be loaded, so ids are shown: {error})")
-        tokenizer = None
+        dataset, metadata = load_soft_label_dataset(args.dataset_name, split=args.split)
+        tokenizer_name = tokenizer_name or metadata.teacher_model
+        try:
+            tokenizer = load_tokenizer(tokenizer_name, require_chat_template=False)
+        except (OSError, ValueError, ImportError) as error:
+            print(f"(tokenizer {tokenizer_name!r} could not be loaded, so ids are shown: {error})")
+            tokenizer = None
+        check_dataset(dataset, metadata, tokenizer, tokenizer_name)
+    except SoftLabelError as error:
+        raise SystemExit(f"ssb-trl inspect: {args.dataset_name} cannot be trained on: {error}") from error
+    if not 0 <= args.row < len(dataset):
+        raise SystemExit(f"ssb-trl inspect: --row {args.row} is outside the dataset (rows 0..{len(dataset) - 1}).")
+    stats = soft_label_statistics(dataset, metadata, args.dataset_name)
     print(render_statistics(stats), render_example(dataset, tokenizer, args.row, args.max_tokens), sep="\n\n")
     if args.output_json:
         with open(args.output_json, "w") as f:

@@ -9,14 +9,25 @@ Every `SSBConfig` (= `SFTConfig` + loss settings) and `ModelConfig` field is a f
 YAML whose keys are those flags (CLI flags override it; an unknown key is an error). LoRA comes from
 `ModelConfig` (`--use_peft --lora_r 32 ...`). `--ce_weight 1 --kd_weight 0` trains the hard-label
 baseline on the same teacher answers.
+
+Rerunning into an --output_dir that holds an earlier run (checkpoints, or a trained model) is refused,
+saying how to go on: `--resume_from_checkpoint true` continues from its latest checkpoint (and starts a
+run when the folder has none yet, so one command serves a first launch and every relaunch);
+`--overwrite_output_dir true` starts over (its checkpoint folders are deleted first, so that a later resume
+cannot pick up the old run's).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
+from argparse import ArgumentTypeError
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from transformers.hf_argparser import string_to_bool
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from ssb_trl import SSBConfig, SSBTrainer, load_soft_label_dataset
@@ -44,6 +55,118 @@ class TrainScriptArguments:
         default=False,
         metadata={"help": "With LoRA: also save the adapter merged into the base model under <output_dir>/merged."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over in an --output_dir that holds an earlier run (its checkpoint-* folders are deleted "
+            "first). Without it such a folder is refused; --resume_from_checkpoint true continues the run instead."
+        },
+    )
+
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # Trainer's checkpoint folders (transformers.trainer_utils)
+_SAVED_RUN_FILES = (
+    "trainer_state.json",  # written by this recipe once the model is saved
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
+
+
+def resume_setting(value: str | bool | None) -> str | bool | None:
+    """--resume_from_checkpoint as Trainer.train takes it: True = the latest checkpoint of --output_dir.
+
+    TrainingArguments types it as a string, so the CLI gives "true" (which Trainer would take for a folder
+    named true) and YAML a bool; a path stays a path.
+    """
+    if value is None or isinstance(value, bool):
+        return value or None
+    try:
+        return string_to_bool(value.strip()) or None
+    except ArgumentTypeError:  # not a yes/no word: a checkpoint path
+        return value
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    """The checkpoint-<step> folders of `output_dir`, by step."""
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if p.is_dir() and _CHECKPOINT.match(p.name)]
+    return sorted(found, key=lambda p: int(_CHECKPOINT.match(p.name).group(1)))
+
+
+def _saved_model(output_dir: Path) -> list[str]:
+    return [name for name in _SAVED_RUN_FILES if (output_dir / name).is_file()]
+
+
+def decide_start(
+    output_dir: str, resume: str | bool | None, overwrite: bool, is_main_process: bool = True
+) -> str | bool | None:
+    """Where training starts, or a refusal naming the flags to rerun with; returns `resume_from_checkpoint`.
+
+    Trainer alone would start again from step 0 in a folder holding an earlier run, overwriting its model and
+    leaving its checkpoints beside the new ones (a later resume would then pick the old run's latest).
+    """
+    folder = Path(output_dir)
+    checkpoints, saved = _checkpoints(folder), _saved_model(folder)
+    if overwrite:
+        if resume:
+            raise ValueError(
+                "--overwrite_output_dir true starts over and --resume_from_checkpoint continues: pass one of them."
+            )
+        if is_main_process:
+            for checkpoint in checkpoints:
+                shutil.rmtree(checkpoint)
+            if checkpoints:
+                logger.warning(
+                    "--overwrite_output_dir: deleted %d checkpoint(s) of the earlier run in %s",
+                    len(checkpoints),
+                    folder,
+                )
+        return None
+    found = (
+        f"{len(checkpoints)} checkpoint(s) ({checkpoints[0].name} .. {checkpoints[-1].name})" if checkpoints else ""
+    )
+    if saved:
+        found += (" and " if found else "") + f"a trained model ({', '.join(saved)})"
+    start_over = (
+        "to start over in this folder, add --overwrite_output_dir true (YAML: overwrite_output_dir: true; it "
+        "deletes the old checkpoints); or pass a new --output_dir"
+    )
+    if resume is True:
+        if checkpoints:
+            logger.info("Resuming from %s (the latest checkpoint in %s)", checkpoints[-1], folder)
+            return True
+        if saved:
+            raise ValueError(
+                f"--resume_from_checkpoint true: {output_dir!r} holds {found} but no checkpoint to resume from (the "
+                "run saved none: save_strategy='no'?). To train that model further, pass it as --model_name_or_path "
+                f"{output_dir} with a new --output_dir; {start_over}."
+            )
+        logger.info("No checkpoint in %s yet: starting the run from step 0", folder)
+        return None
+    if resume is not None:
+        if not Path(resume).is_dir():
+            latest = f" (the latest here is {checkpoints[-1]})" if checkpoints else ""
+            raise ValueError(
+                f"--resume_from_checkpoint {resume!r} is not a checkpoint folder. Pass the path of one{latest}, or "
+                "true for the latest checkpoint in --output_dir."
+            )
+        return resume
+    if found:
+        resume_hint = (
+            "To continue that run, rerun the same command with --resume_from_checkpoint true (YAML: "
+            f"resume_from_checkpoint: true; it resumes from {checkpoints[-1].name}); "
+            if checkpoints
+            else f"To train that model further, pass it as --model_name_or_path {output_dir} with a new --output_dir; "
+        )
+        raise ValueError(
+            f"--output_dir {output_dir!r} already holds {found} of an earlier run; training again would restart at "
+            f"step 0 and overwrite it. {resume_hint}{start_over}."
+        )
+    return None
 
 
 def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args: ModelConfig) -> SSBTrainer:
@@ -53,7 +176,20 @@ def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args
             "--dataset_name is required: a soft-label dataset directory written by `ssb-trl prepare` "
             "(e.g. outputs/demo/data after `make demo`) or a Hub dataset id"
         )
-    # Data and its checks first: a wrong dataset fails before the model is loaded.
+    if script_args.merge_adapter and not model_args.use_peft:
+        raise ValueError(
+            "--merge_adapter true merges a LoRA adapter into its base model, but this run trains the full model "
+            "(--use_peft is not set), so the model saved in --output_dir is already whole. Drop --merge_adapter, or "
+            "add --use_peft true to train an adapter."
+        )
+    # Where to start (resume, refuse, start over) and the data's checks first: both fail before the model loads.
+    with training_args.main_process_first(local=False, desc="checking --output_dir"):  # it deletes, the others see
+        resume = decide_start(
+            training_args.output_dir,
+            resume_setting(training_args.resume_from_checkpoint),
+            script_args.overwrite_output_dir,
+            is_main_process=training_args.process_index == 0,
+        )
     dataset, metadata = load_soft_label_dataset(script_args.dataset_name, split=script_args.dataset_train_split)
     logger.info(
         "Loaded %d soft-label rows from %s (teacher %s, K=%d, T=%s)",
@@ -85,7 +221,7 @@ def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args
         peft_config=get_peft_config(model_args),
         soft_label_metadata=metadata,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():  # the log history, for plots (ssb_trl.plotting.plot_training_curves)
         trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
