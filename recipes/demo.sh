@@ -21,13 +21,15 @@ stage "1/4 prepare SSB data, and the hint check: the teacher (hinted) vs the sam
 python recipes/prepare_ssb_data.py --config recipes/configs/demo_data.yaml --output_dir "$OUT/data" \
   --generation_backend "$ENGINE"
 stage "2/4 train: SSB (soft labels + CE 0.5) and the hard-label baseline"
-python recipes/train_ssb.py --config recipes/configs/demo.yaml --dataset_name "$OUT/data" --output_dir "$OUT/ssb"
+# A rerun of the demo trains afresh (--overwrite_output_dir) and evaluates afresh (--overwrite): the data step resumes.
+python recipes/train_ssb.py --config recipes/configs/demo.yaml --dataset_name "$OUT/data" --output_dir "$OUT/ssb" \
+  --overwrite_output_dir true
 python recipes/train_ssb.py --config recipes/configs/demo.yaml --dataset_name "$OUT/data" --output_dir "$OUT/sft" \
-  --kd_weight 0 --ce_weight 1
+  --kd_weight 0 --ce_weight 1 --overwrite_output_dir true
 stage "3/4 evaluate base vs hard labels vs SSB on held-out questions"
 python recipes/evaluate.py --config recipes/configs/demo_eval.yaml --output_dir "$OUT/eval" \
   --models "base=bundled:smollm2-135m-instruct" "hard-labels=$OUT/sft" "ssb=$OUT/ssb" \
-  --exclude_questions_from "$OUT/data" --generation_backend "$ENGINE"
+  --exclude_questions_from "$OUT/data" --generation_backend "$ENGINE" --overwrite
 stage "4/4 plots"
 python - "$OUT" <<'PY'
 import json
