@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
 from .loss import DistillationLossSpec
 from .validation import require_valid_numbers
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,6 +88,7 @@ class SSBConfig(SFTConfig):
 
     def __post_init__(self):
         require_valid_numbers(self)  # before SFTConfig derives anything from a NaN (learning rate, warmup...)
+        self._choose_bf16()
         super().__post_init__()
         if self.max_length is not None and self.max_length < 1:
             raise ValueError(
@@ -110,6 +114,23 @@ class SSBConfig(SFTConfig):
             raise ValueError(
                 f"{cause} trains 0 steps, and a recipe would then save the untouched model. Set num_train_epochs > 0 "
                 "(e.g. 3) with max_steps=-1, or max_steps to the number of optimizer steps (> 0)."
+            )
+
+    def _choose_bf16(self) -> None:
+        """TRL turns bf16 on unless told otherwise, which transformers refuses on a machine without a GPU ("Your
+        setup doesn't support bf16/gpu"). Left unset there, SSB trains in float32 (said in the log); set to true
+        there without ``use_cpu``, it is refused with the two ways on."""
+        from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+        if self.use_cpu or is_torch_bf16_gpu_available() or is_torch_xla_available():
+            return
+        if self.bf16 is None and not self.fp16:
+            self.bf16 = False
+            logger.info("No GPU with bfloat16: training in float32 (TRL's default bf16=True needs a GPU)")
+        elif self.bf16:
+            raise ValueError(
+                "bf16=true needs a GPU with bfloat16, and this machine has none: pass --bf16 false to train in "
+                "float32 here, or --use_cpu true for bfloat16 autocast on the CPU"
             )
 
     def _refuse_sft_only_settings(self) -> None:

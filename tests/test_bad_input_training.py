@@ -585,3 +585,12 @@ def test_sft_settings_that_mean_nothing_for_ssb_are_refused(tmp_path, setting, v
     with pytest.raises(ValueError, match=f"would be silently ignored: {setting}={value!r} \\("):
         _args(tmp_path, **{setting: value})
     _args(tmp_path, truncation_mode="keep_start", completion_only_loss=True)  # the defaults' meaning is fine
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only default is what is tested")
+def test_bf16_without_a_gpu_trains_in_float32_or_says_how(tmp_path) -> None:
+    """TRL's default bf16=True stopped CPU runs with transformers' "Your setup doesn't support bf16/gpu"."""
+    assert SSBConfig(output_dir=str(tmp_path)).bf16 is False  # left unset: float32, logged
+    with pytest.raises(ValueError, match=r"pass --bf16 false to train in float32 here, or --use_cpu true"):
+        SSBConfig(output_dir=str(tmp_path), bf16=True)
+    assert SSBConfig(output_dir=str(tmp_path), bf16=True, use_cpu=True).bf16 is True  # CPU autocast, as asked
