@@ -105,6 +105,15 @@ class SSBConfig(SFTConfig):
                 f"loss_type={self.loss_type!r} is SFT-only; SSBTrainer's loss is set by kd_weight/ce_weight/beta."
             )
         self._refuse_sft_only_settings()
+        self.loss_spec()  # kd_weight, ce_weight, temperature, beta: refused now, not after the data and model load
+        for name, value, least in (
+            ("learning_rate", self.learning_rate, 0.0),
+            ("per_device_train_batch_size", self.per_device_train_batch_size, 1),
+            ("per_device_eval_batch_size", self.per_device_eval_batch_size, 1),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps, 1),
+        ):
+            if value < least:
+                raise ValueError(f"{name} must be >= {least}, got {value}")
         if self.max_steps == 0 or (self.max_steps < 0 and self.num_train_epochs <= 0):
             cause = (
                 "max_steps=0 (a max_steps >= 0 overrides num_train_epochs)"

@@ -594,3 +594,19 @@ def test_bf16_without_a_gpu_trains_in_float32_or_says_how(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"pass --bf16 false to train in float32 here, or --use_cpu true"):
         SSBConfig(output_dir=str(tmp_path), bf16=True)
     assert SSBConfig(output_dir=str(tmp_path), bf16=True, use_cpu=True).bf16 is True  # CPU autocast, as asked
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"kd_weight": 0.0, "ce_weight": 0.0}, "must be >= 0 and not both 0"),
+        ({"beta": 2.0}, r"beta must be in \[0, 1\]"),
+        ({"learning_rate": -1.0}, "learning_rate must be >= 0.0, got -1.0"),
+        ({"per_device_train_batch_size": 0}, "per_device_train_batch_size must be >= 1, got 0"),
+        ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps must be >= 1, got 0"),
+    ],
+)
+def test_loss_and_batch_settings_are_refused_when_parsed(tmp_path, settings, message) -> None:
+    """These passed the config and failed only after the data and model loaded (or inside torch's optimizer)."""
+    with pytest.raises(ValueError, match=message):
+        SSBConfig(output_dir=str(tmp_path), bf16=False, **settings)
