@@ -242,3 +242,28 @@ def test_inspect_reports_the_format_and_bytes(tmp_path, tokenizer, tokenizer_dir
     for p in ("p5", "p50", "p95"):
         float_mass = stats["float"]["top_k_mass_percentiles"][p]
         assert stats["compact"]["top_k_mass_percentiles"][p] == pytest.approx(float_mass, rel=0.035)
+
+
+def test_preparation_writes_the_compact_format(tmp_path, tokenizer):
+    """`ssb-trl prepare --logprob_dtype uint8`: the same rows as float16, with uint16 ids and uint8 codes."""
+    from test_pipeline import GOLDS, make_digit_model, small_config, write_questions
+
+    from ssb_trl.data import prepare_ssb_data
+
+    model = make_digit_model(tokenizer)
+    questions = write_questions(tmp_path / "q.jsonl", GOLDS)
+    datasets_by_dtype = {}
+    for dtype in ("float16", "uint8"):
+        config = small_config(tmp_path, questions, logprob_dtype=dtype, output_dir=str(tmp_path / dtype))
+        prepare_ssb_data(config, model=model, tokenizer=tokenizer, show_progress=False)
+        datasets_by_dtype[dtype] = load_soft_label_dataset(config.output_dir)
+    (floats, _), (compact, metadata) = datasets_by_dtype["float16"], datasets_by_dtype["uint8"]
+    assert metadata.logprob_dtype == "uint8" and metadata.format_version == 2
+    assert compact.data.column("teacher_topk_ids").type == pa.list_(pa.list_(pa.uint16(), 8))
+    assert compact.data.column("teacher_topk_logprobs").type == pa.list_(pa.list_(pa.uint8(), 8))
+    validate_soft_label_dataset(compact, metadata=metadata, vocab_size=len(tokenizer))
+    assert compact["input_ids"] == floats["input_ids"] and compact["teacher_topk_ids"] == floats["teacher_topk_ids"]
+    for codes, logprobs in zip(compact["teacher_topk_logprobs"], floats["teacher_topk_logprobs"]):
+        np.testing.assert_allclose(
+            decode_logprobs(np.array(codes)), np.maximum(logprobs, -255 * LOGPROB_CODE_STEP), atol=0.032
+        )
