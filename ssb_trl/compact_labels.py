@@ -18,8 +18,12 @@ mass (at most 3.2% of that mass, usually far less since the errors of K entries 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # the format module (and ssb_trl.contract, which imports it) does not need torch
+    import torch
 
 LOGPROB_CODE_DTYPE = "uint8"
 LOGPROB_CODE_STEP = 1.0 / 16.0
