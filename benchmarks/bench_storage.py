@@ -3,7 +3,9 @@
 The reference stores full-vocabulary float32 logits: 4 x vocab bytes per answer token. Here the real
 pipeline rows (student input_ids, completion_mask, prompt/completion messages, top-K ids int32 and
 log-probs float16/float32) from real SmolLM2 teacher passes are saved with `save_soft_label_dataset`
-(Arrow, what `load_from_disk` reads) and as Parquet (what `push_to_hub` uploads).
+(Arrow, what `load_from_disk` reads) and as Parquet (what `push_to_hub` uploads). The compact format
+(`logprob_dtype="uint8"`, format version 2: uint16 ids and 8-bit log-prob codes in fixed-size lists) is
+measured beside today's float16/float32.
 
     python benchmarks/bench_storage.py --questions 16 --max_new_tokens 128
 """
@@ -21,12 +23,14 @@ from ssb_trl.contract import SoftLabelMetadata, features, save_soft_label_datase
 from ssb_trl.data.prompts import PROMPT_TEMPLATE_VERSION, student_messages
 from ssb_trl.data.teacher import extract_topk_soft_labels
 
-KS = (16, 32, 64, 128)
+KS = (16, 24, 32, 48, 64, 128)
+DTYPES = ("uint8", "float16", "float32")
 QWEN25_VOCAB = 151936
 
 
-def build_dataset(seqs, qs, labels, k: int, dtype: str) -> datasets.Dataset:
-    columns: dict[str, list] = {name: [] for name in features(dtype)}
+def build_dataset(seqs, qs, labels, k: int, dtype: str, vocab: int) -> datasets.Dataset:
+    row_features = features(dtype, vocab_size=vocab, top_k=k)
+    columns: dict[str, list] = {name: [] for name in row_features}
     for i, q in enumerate(qs):
         start = seqs.student_starts[i]
         answer_len = len(seqs.student[i]) - start
@@ -39,7 +43,7 @@ def build_dataset(seqs, qs, labels, k: int, dtype: str) -> datasets.Dataset:
         columns["completion_mask"].append([0] * start + [1] * answer_len)
         columns["teacher_topk_ids"].append(ids[:, :k].tolist())
         columns["teacher_topk_logprobs"].append(logprobs[:, :k].tolist())
-    return datasets.Dataset.from_dict(columns, features=features(dtype))
+    return datasets.Dataset.from_dict(columns, features=row_features)
 
 
 def main() -> None:
@@ -54,12 +58,13 @@ def main() -> None:
     answer_tokens = sum(len(s) - start for s, start in zip(seqs.student, seqs.student_starts))
     vocab = model.config.vocab_size
     rows = []
-    for dtype in ("float16", "float32"):
+    for dtype in DTYPES:
         labels = extract_topk_soft_labels(
             model, seqs.teacher, seqs.teacher_starts, top_k=max(KS), temperature=2.0, logprob_dtype=dtype
         )
         for k in KS:
-            dataset = build_dataset(seqs, qs, labels, k, dtype)
+            dataset = build_dataset(seqs, qs, labels, k, dtype, vocab)
+            soft = sum(dataset.data.column(c).nbytes for c in ("teacher_topk_ids", "teacher_topk_logprobs"))
             metadata = SoftLabelMetadata(
                 teacher_model="bundled:smollm2-135m-instruct",
                 tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
@@ -73,7 +78,7 @@ def main() -> None:
                 arrow = sum(p.stat().st_size for p in (Path(tmp) / "arrow").glob("data-*.arrow"))
                 dataset.to_parquet(str(Path(tmp) / "data.parquet"))
                 parquet = (Path(tmp) / "data.parquet").stat().st_size
-            rows.append((k, dtype, arrow / answer_tokens, parquet / answer_tokens))
+            rows.append((k, dtype, arrow / answer_tokens, parquet / answer_tokens, soft / answer_tokens))
 
     lines = [
         "# Soft-label storage: bytes per answer token on disk",
@@ -83,20 +88,23 @@ def main() -> None:
         f"Reference (full-vocabulary float32): SmolLM2 4 x {vocab} = {4 * vocab:,} B/token; "
         f"Qwen2.5 4 x {QWEN25_VOCAB} = {4 * QWEN25_VOCAB:,} B/token. Machine: {machine()}.",
         "",
-        "| K | log-prob dtype | Arrow (save_to_disk) B/token | Parquet (Hub) B/token | "
+        "| K | format (log-prob dtype) | Arrow (save_to_disk) B/token | of which soft labels | Parquet (Hub) B/token | "
         "reference / Arrow (SmolLM2) | reference / Arrow (Qwen2.5 vocab) |",
-        "| ---: | --- | ---: | ---: | ---: | ---: |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for k, dtype, arrow, parquet in rows:
+    names = {"uint8": "compact v2 (uint16 ids, uint8 codes)", "float16": "float16", "float32": "float32"}
+    for k, dtype, arrow, parquet, soft in rows:
         lines.append(
-            f"| {k} | {dtype} | {arrow:,.0f} | {parquet:,.0f} | {4 * vocab / arrow:,.0f}x | "
+            f"| {k} | {names[dtype]} | {arrow:,.0f} | {soft:,.0f} | {parquet:,.0f} | {4 * vocab / arrow:,.0f}x | "
             f"{4 * QWEN25_VOCAB / arrow:,.0f}x |"
         )
     lines += [
         "",
-        "The soft labels alone cost K x (4 + 2) bytes per token with float16 log-probs (K x 8 with float32); the rest",
-        "is the row's prompt ids, mask and message text, spread over its answer tokens. The top-K size does not",
-        "depend on the vocabulary, so the saving grows with it.",
+        "The soft labels alone cost K x (4 + 2) + 8 bytes per token with float16 log-probs (K x 8 + 8 with float32;",
+        "the 8 are two list offsets), and K x (2 + 1) in the compact format (uint16 ids, uint8 log-prob codes, fixed-",
+        "size lists without offsets; K x (4 + 1) above 65,536 ids); the rest is the row's prompt ids, mask and",
+        "message text, spread over its answer tokens. The top-K size does not depend on the vocabulary, so the",
+        "saving grows with it.",
         "",
         f"Command: `python benchmarks/bench_storage.py --questions {args.questions} --max_new_tokens {args.max_new_tokens}`",
     ]

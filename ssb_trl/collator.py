@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .compact_labels import decode_logprobs_tensor
 from .contract import COMPLETION_MASK, INPUT_IDS, TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS
 
 
@@ -18,6 +19,9 @@ class SSBDataCollator:
     positions, scanned row-major, are exactly the rows of the soft labels), `teacher_topk_ids`
     [n_answer_tokens, K] and `teacher_topk_logprobs` [n_answer_tokens, K]. Concatenating instead of
     padding to [batch, max_answer, K] keeps memory proportional to real answer tokens.
+
+    Log-probs come out as float32 from either format: float16/32 values as they are, compact uint8 codes
+    (format version 2, `ssb_trl.compact_labels`) decoded, so the loss is the same code path for both.
     """
 
     pad_token_id: int
@@ -41,7 +45,7 @@ class SSBDataCollator:
             attention_mask[row, : len(ids)] = 1
             labels[row, : len(ids)] = torch.where(answer, ids, -100)
             topk_ids.append(torch.as_tensor(example[self.ids_column], dtype=torch.long))
-            topk_logprobs.append(torch.as_tensor(example[self.logprobs_column], dtype=torch.float32))
+            topk_logprobs.append(decode_logprobs_tensor(torch.as_tensor(example[self.logprobs_column])))
         return {
             INPUT_IDS: input_ids,
             "attention_mask": attention_mask,

@@ -12,6 +12,11 @@ One row per training example (TRL prompt-completion format plus the soft labels)
 Row j of the soft labels is the teacher's distribution over answer token j (predicted at position
 prompt_len + j - 1). The tail bucket log(1 - sum(exp(topk))) is derived, never stored.
 
+Format version 2 adds the compact soft labels (metadata `logprob_dtype="uint8"`, :mod:`ssb_trl.compact_labels`):
+the same two columns, ids as uint16 (vocabulary <= 65,536) or uint32 and log-probs as uint8 codes
+(log-prob = -code / 16), both in fixed-size lists of K: 3 bytes per entry instead of 6. Version 1 datasets
+(float log-probs) load and train as before; the collator decodes either to float32 log-probs.
+
 Dataset-level :class:`SoftLabelMetadata` (teacher, tokenizer fingerprint, K, temperature, prompt version,
 source and sampling settings) is stored once, as ``ssb_metadata.json`` beside the data, on disk and on the
 Hub alike. In memory it rides in ``Dataset.info.description``, so a loaded dataset carries it into
@@ -37,6 +42,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
+from .compact_labels import COMPACT_FORMAT_VERSION, LOGPROB_CODE_DTYPE, id_dtype_for_vocab
 from .storage import SETTINGS_FILENAME, WORK_DIRNAME, load_rows, write_json
 
 logger = logging.getLogger(__name__)
@@ -44,11 +50,15 @@ logger = logging.getLogger(__name__)
 ID, ANSWER, PROMPT, COMPLETION = "id", "answer", "prompt", "completion"
 INPUT_IDS, COMPLETION_MASK = "input_ids", "completion_mask"
 TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS = "teacher_topk_ids", "teacher_topk_logprobs"
-LOGPROB_DTYPES = ("float16", "float32")
+LOGPROB_DTYPES = ("float16", "float32", LOGPROB_CODE_DTYPE)
+"""float16/float32: log-probs as floats (format version 1); uint8: compact 8-bit codes (version 2)."""
 
 METADATA_FILENAME = "ssb_metadata.json"
 _METADATA_MARKER = "ssb_trl_soft_labels"
-FORMAT_VERSION = 1
+FORMAT_VERSION = COMPACT_FORMAT_VERSION
+"""The newest format this ssb-trl reads (and writes for compact soft labels)."""
+TOPK_FORMAT_VERSION = 1
+"""The version written for float log-probs, which every ssb-trl reads."""
 
 _CHECKS = (
     "MASS_TOLERANCE",
@@ -70,10 +80,20 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def features(logprob_dtype: str = "float16") -> datasets.Features:
-    """Arrow schema of a soft-label dataset as data preparation writes it."""
+def features(
+    logprob_dtype: str = "float16", vocab_size: int | None = None, top_k: int | None = None
+) -> datasets.Features:
+    """Arrow schema of a soft-label dataset as data preparation writes it.
+
+    For compact soft labels (`logprob_dtype="uint8"`) the ids take the narrowest dtype of `vocab_size` (uint32
+    when it is not given) and, with `top_k`, each token's K entries are a fixed-size list (no offsets).
+    """
     if logprob_dtype not in LOGPROB_DTYPES:
         raise ValueError(f"logprob_dtype must be one of {LOGPROB_DTYPES}, got {logprob_dtype!r}.")
+    id_dtype, k = "int32", None
+    if logprob_dtype == LOGPROB_CODE_DTYPE:
+        id_dtype = id_dtype_for_vocab(vocab_size) if vocab_size is not None else "uint32"
+        k = top_k
     message = {"role": datasets.Value("string"), "content": datasets.Value("string")}
     return datasets.Features(
         {
@@ -83,8 +103,8 @@ def features(logprob_dtype: str = "float16") -> datasets.Features:
             COMPLETION: datasets.List(message),
             INPUT_IDS: datasets.List(datasets.Value("int32")),
             COMPLETION_MASK: datasets.List(datasets.Value("int8")),
-            TEACHER_TOPK_IDS: datasets.List(datasets.List(datasets.Value("int32"))),
-            TEACHER_TOPK_LOGPROBS: datasets.List(datasets.List(datasets.Value(logprob_dtype))),
+            TEACHER_TOPK_IDS: datasets.List(datasets.List(datasets.Value(id_dtype), length=k or -1)),
+            TEACHER_TOPK_LOGPROBS: datasets.List(datasets.List(datasets.Value(logprob_dtype), length=k or -1)),
         }
     )
 
@@ -104,7 +124,11 @@ class SoftLabelMetadata:
     prompt_template_version: str = "unknown"
     source: dict = field(default_factory=dict)
     logprob_dtype: str = "float16"
-    format_version: int = FORMAT_VERSION
+    format_version: int = TOPK_FORMAT_VERSION
+
+    def __post_init__(self):
+        if self.logprob_dtype == LOGPROB_CODE_DTYPE:  # readers before version 2 cannot decode the codes
+            self.format_version = max(self.format_version, COMPACT_FORMAT_VERSION)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .compact_labels import LOGPROB_CODE_DTYPE, decode_logprobs
 from .contract import (
     COMPLETION_MASK,
     FORMAT_VERSION,
@@ -50,6 +51,31 @@ def _rows_with_nulls(array: pa.Array) -> np.ndarray:
             parents = pc.list_parent_indices(array).to_numpy(zero_copy_only=False)
             bad[np.unique(parents[child_bad])] = True
     return bad
+
+
+def _value_type(arrow_type: pa.DataType) -> pa.DataType:
+    while _is_list(arrow_type):
+        arrow_type = arrow_type.value_type
+    return arrow_type
+
+
+def _logprobs_are_codes(arrow_type: pa.DataType, name: str, metadata: SoftLabelMetadata | None) -> bool:
+    """Compact (uint8 codes) or float log-probs? Refuse other integer types and a column the metadata contradicts."""
+    value_type = _value_type(arrow_type)
+    codes = pa.types.is_integer(value_type)
+    if codes and value_type != pa.uint8():
+        raise SoftLabelError(
+            f"the soft-label dataset stores {name} as {value_type}: log-probs are floats (float16/float32), or uint8 "
+            "codes in the compact format (ssb_trl.compact_labels). Rebuild the column with "
+            "ssb_trl.compact_labels.encode_logprobs, or store the float log-probs."
+        )
+    if metadata is not None and codes != (metadata.logprob_dtype == LOGPROB_CODE_DTYPE):
+        raise SoftLabelError(
+            f"the soft-label metadata says logprob_dtype={metadata.logprob_dtype!r} but {name} holds "
+            f"{value_type} values: the data and its {'ssb_metadata.json'} disagree. Keep the metadata written with "
+            "the data (`ssb-trl prepare` / ssb_trl.save_soft_label_dataset write both), or correct logprob_dtype."
+        )
+    return codes
 
 
 def _require_integer_lists(arrow_type: pa.DataType, name: str, allow_bool: bool = False) -> None:
@@ -184,7 +210,10 @@ def validate_soft_label_dataset(
         i = token_row[_first(bad)]
         raise _row_error(i, f"expected K={k} soft-label entries per token, found {k_ids[bad][0]}", "Rebuild it.")
     flat_ids = pc.list_flatten(ids_inner).to_numpy(zero_copy_only=False).reshape(-1, k)
-    flat_logp = pc.list_flatten(logp_inner).to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, k)
+    flat_logp = pc.list_flatten(logp_inner).to_numpy(zero_copy_only=False).reshape(-1, k)
+    if _logprobs_are_codes(logp.type, logp_col, metadata):
+        flat_logp = decode_logprobs(flat_logp)
+    flat_logp = flat_logp.astype(np.float32)
     if vocab_size is not None:
         bad = ((flat_ids < 0) | (flat_ids >= vocab_size)).any(-1)
         if bad.any():

@@ -145,7 +145,14 @@ class PrepConfig(EngineConfig, QuestionSource):
     soft_label_temperature: float = field(
         default=2.0, metadata={"help": "Temperature of the stored log-probs (must match training's)."}
     )
-    logprob_dtype: str = field(default="float16", metadata={"help": "Stored log-prob dtype: float16 or float32."})
+    logprob_dtype: str = field(
+        default="float16",
+        metadata={
+            "help": "Stored log-prob dtype: float16, float32, or uint8 = compact soft labels (format version 2: "
+            "8-bit log-prob codes, step 1/16 nat, and ids in uint16 when the vocabulary has <= 65,536 ids; 3 bytes "
+            "per top-K entry instead of 6; older ssb-trl cannot read them)."
+        },
+    )
     soft_label_batch_size: int = field(default=8, metadata={"help": "Sequences per teacher-forced pass."})
     # Engine
     generation_batch_size: int | None = field(
@@ -184,7 +191,7 @@ class PrepConfig(EngineConfig, QuestionSource):
             (self.shard_size >= 1, "shard_size must be >= 1"),
             (self.soft_label_top_k >= 1, "soft_label_top_k must be >= 1"),
             (self.soft_label_temperature > 0, "soft_label_temperature must be > 0"),
-            (self.logprob_dtype in LOGPROB_DTYPES, "logprob_dtype must be float16 or float32"),
+            (self.logprob_dtype in LOGPROB_DTYPES, "logprob_dtype must be float16, float32 or uint8 (compact)"),
             (self.soft_label_batch_size >= 1, "soft_label_batch_size must be >= 1"),
             (
                 self.generation_batch_size is None or self.generation_batch_size >= 1,

@@ -231,7 +231,8 @@ def build_rows(
         sequences.append(prompt_ids + answer_ids)
         starts.append(len(prompt_ids))
         answers.append((attempt["text"], answer_ids))
-    row_features = features(config.logprob_dtype)
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    row_features = features(config.logprob_dtype, vocab_size=vocab_size, top_k=config.soft_label_top_k)
     columns: dict[str, list[Any]] = {name: [] for name in row_features}
     if kept:
         labels = extract_topk_soft_labels(

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ssb_trl.compact_labels import LOGPROB_CODE_DTYPE, compact_soft_label_rows
 from ssb_trl.contract import LOGPROB_DTYPES
 
 
@@ -39,7 +40,9 @@ def extract_topk_soft_labels(
     device, so memory stays at [batch tokens, hidden] plus one [answer tokens, vocab] slice per sequence.
     Sequences are processed longest first in right-padded batches.
 
-    Returns, per sequence (input order): (ids int32 [n_answer, K], logprobs [n_answer, K] in `logprob_dtype`).
+    Returns, per sequence (input order): (ids int32 [n_answer, K], logprobs [n_answer, K] in `logprob_dtype`);
+    with `logprob_dtype="uint8"` the compact format (`ssb_trl.compact_labels`): ids in the vocabulary's narrowest
+    dtype and uint8 log-prob codes, encoded from the float32 log-probs.
     """
     _validate_extraction_inputs(sequences, answer_starts)
     if logprob_dtype not in LOGPROB_DTYPES:
@@ -71,9 +74,12 @@ def extract_topk_soft_labels(
             logits = lm_head(h).float() / temperature
             logprobs = torch.log_softmax(logits, dim=-1)
             values, ids = logprobs.topk(top_k, dim=-1)
-            results[i] = (
-                ids.to(torch.int32).cpu().numpy(),
-                values.to(getattr(torch, logprob_dtype)).cpu().numpy(),
-            )
+            if logprob_dtype == LOGPROB_CODE_DTYPE:
+                results[i] = compact_soft_label_rows(ids.cpu().numpy(), values.cpu().numpy(), vocab)
+            else:
+                results[i] = (
+                    ids.to(torch.int32).cpu().numpy(),
+                    values.to(getattr(torch, logprob_dtype)).cpu().numpy(),
+                )
     model.train(was_training)
     return results  # type: ignore[return-value]

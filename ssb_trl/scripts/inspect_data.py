@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from trl import TrlParser
 
 from ssb_trl.cli import run_script
+from ssb_trl.compact_labels import LOGPROB_CODE_DTYPE, decode_logprobs
 from ssb_trl.contract import SoftLabelError, SoftLabelMetadata, load_soft_label_dataset, tokenizer_fingerprint
 from ssb_trl.models import load_tokenizer
 from ssb_trl.scripts import configure_logging
@@ -54,6 +55,16 @@ def _flat(dataset: Dataset, column: str) -> np.ndarray:
     return pc.list_flatten(per_token).to_numpy(zero_copy_only=False).reshape(-1, k)
 
 
+def soft_label_format(dataset: Dataset, metadata: SoftLabelMetadata) -> str:
+    """The storage format in words: version, id and log-prob types."""
+    ids_type = dataset.data.column("teacher_topk_ids").type
+    while hasattr(ids_type, "value_type"):
+        ids_type = ids_type.value_type
+    if metadata.logprob_dtype == LOGPROB_CODE_DTYPE:
+        return f"compact top-K (format version {metadata.format_version}: {ids_type} ids, uint8 log-prob codes)"
+    return f"top-K (format version {metadata.format_version}: {ids_type} ids, {metadata.logprob_dtype} log-probs)"
+
+
 def _directory_bytes(path: str) -> int | None:
     if not os.path.isdir(path):
         return None
@@ -62,7 +73,10 @@ def _directory_bytes(path: str) -> int | None:
 
 def soft_label_statistics(dataset: Dataset, metadata: SoftLabelMetadata, path: str) -> dict[str, Any]:
     """Rows, answer tokens, K, T, teacher, percentiles of the top-K mass, and bytes per answer token."""
-    logprobs = _flat(dataset, "teacher_topk_logprobs").astype(np.float64)
+    logprobs = _flat(dataset, "teacher_topk_logprobs")
+    if metadata.logprob_dtype == LOGPROB_CODE_DTYPE:
+        logprobs = decode_logprobs(logprobs)
+    logprobs = logprobs.astype(np.float64)
     mass = np.exp(logprobs).sum(-1)
     answer_lengths = np.array([len(ids) for ids in dataset["teacher_topk_ids"]])
     n_tokens = int(answer_lengths.sum())
@@ -78,16 +92,23 @@ def soft_label_statistics(dataset: Dataset, metadata: SoftLabelMetadata, path: s
         "teacher_model": metadata.teacher_model,
         "prompt_template_version": metadata.prompt_template_version,
         "logprob_dtype": metadata.logprob_dtype,
+        "format": soft_label_format(dataset, metadata),
         "top_k_mass_percentiles": {f"p{q}": float(np.percentile(mass, q)) for q in (5, 25, 50, 75, 95)},
         "bytes_per_answer_token": {
             "in_memory": dataset.data.nbytes / max(n_tokens, 1),
+            "soft_labels": sum(dataset.data.column(c).nbytes for c in ("teacher_topk_ids", "teacher_topk_logprobs"))
+            / max(n_tokens, 1),
             "on_disk": None if on_disk is None else on_disk / max(n_tokens, 1),
         },
     }  # fmt: skip
 
 
-def render_example(dataset: Dataset, tokenizer: PreTrainedTokenizerBase | None, row: int, max_tokens: int) -> str:
-    """One row: the student prompt, then each answer token with the teacher's top-5 and their probabilities."""
+def render_example(
+    dataset: Dataset, tokenizer: PreTrainedTokenizerBase | None, row: int, max_tokens: int, codes: bool = False
+) -> str:
+    """One row: the student prompt, then each answer token with the teacher's top-5 and their probabilities.
+
+    `codes`: the log-probs are compact uint8 codes (decoded for display)."""
     if not 0 <= row < len(dataset):
         raise ValueError(f"--row {row} is outside the dataset (0..{len(dataset) - 1})")
     example = dataset[row]
@@ -104,7 +125,8 @@ def render_example(dataset: Dataset, tokenizer: PreTrainedTokenizerBase | None, 
         if j == max_tokens:
             lines.append(f"| ... | {len(answer) - max_tokens} more | |")
             break
-        top = ", ".join(f"{name([i])!r} {np.exp(lp):.2f}" for i, lp in zip(top_ids[:5], top_lp[:5]))
+        top_lp = decode_logprobs(np.asarray(top_lp[:5])) if codes else top_lp[:5]
+        top = ", ".join(f"{name([i])!r} {np.exp(lp):.2f}" for i, lp in zip(top_ids[:5], top_lp))
         lines.append(f"| {j} | {name([token])!r} | {top} |")
     return "\n".join(lines)
 
@@ -124,12 +146,13 @@ def render_statistics(stats: dict[str, Any]) -> str:
             f"| answer tokens | {stats['answer_tokens']} (per row: mean {lengths['mean']:.1f}, "
             f"min {lengths['min']}, max {lengths['max']}) |",
             f"| K, temperature | {stats['top_k']}, {stats['temperature']} |",
+            f"| format | {stats['format']} |",
             f"| teacher | {stats['teacher_model']} (prompts {stats['prompt_template_version']}) |",
             "| top-K mass p5 / p25 / p50 / p75 / p95 | "
             + " / ".join(f"{mass[p]:.3f}" for p in ("p5", "p25", "p50", "p75", "p95"))
             + " |",
-            f"| bytes per answer token | on disk {on_disk}, in memory {size['in_memory']:.0f} "
-            f"({stats['logprob_dtype']} log-probs) |",
+            f"| bytes per answer token | on disk {on_disk}, in memory {size['in_memory']:.0f}, of which soft labels "
+            f"{size['soft_labels']:.0f} |",
         ]
     )
 
@@ -168,7 +191,9 @@ def main(args: InspectArguments) -> dict[str, Any]:
     if not 0 <= args.row < len(dataset):
         raise SystemExit(f"ssb-trl inspect: --row {args.row} is outside the dataset (rows 0..{len(dataset) - 1}).")
     stats = soft_label_statistics(dataset, metadata, args.dataset_name)
-    print(render_statistics(stats), render_example(dataset, tokenizer, args.row, args.max_tokens), sep="\n\n")
+    codes = metadata.logprob_dtype == LOGPROB_CODE_DTYPE
+    example = render_example(dataset, tokenizer, args.row, args.max_tokens, codes=codes)
+    print(render_statistics(stats), example, sep="\n\n")
     if args.output_json:
         with open(args.output_json, "w") as f:
             json.dump(stats, f, indent=2)
