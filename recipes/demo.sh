@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The embedded end-to-end demo (`make demo`), offline on a CPU, with the settings the powered experiment
 # (docs/experiment/RESULTS.md) found best:
-#   1. soft-label data from the bundled SmolLM2-135M-Instruct on reasoning-gym basic_arithmetic (seed 42)
-#   2. the check to run before spending compute on SSB: is the hinted teacher better than the model alone?
-#   3. SSB training (soft labels with a hard-label term, KD + CE 0.5: the experiment's validated setting) and the
+#   1. soft-label data from the bundled SmolLM2-135M-Instruct on reasoning-gym basic_arithmetic (seed 42), with
+#      the check to read before spending compute on SSB: is the hinted teacher better than the model alone?
+#      (preparation measures it in every run: the "hint gain" line of its summary)
+#   2. SSB training (soft labels with a hard-label term, KD + CE 0.5: the experiment's validated setting) and the
 #      hard-label baseline (CE only on the same teacher answers, same steps)
-#   4. evaluation of base / hard labels / SSB on held-out questions (seed 1234, none seen in training)
-#   5. training-curve and accuracy plots, and the results table
+#   3. evaluation of base / hard labels / SSB on held-out questions (seed 1234, none seen in training)
+#   4. training-curve and accuracy plots, and the results table
 # Usage: bash recipes/demo.sh [OUT] [ENGINE]; ENGINE (transformers by default, or vllm: `make demo-vllm`) generates
 # the rollouts, the teacher answers and the evaluation answers.
 set -euo pipefail
@@ -16,22 +17,18 @@ ENGINE=${2:-transformers}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 stage() { echo; echo "=== [$(date +%H:%M:%S), ${SECONDS}s] $*"; }
 
-stage "1/5 prepare SSB data"
+stage "1/4 prepare SSB data, and the hint check: the teacher (hinted) vs the same model alone"
 python recipes/prepare_ssb_data.py --config recipes/configs/demo_data.yaml --output_dir "$OUT/data" \
   --generation_backend "$ENGINE"
-stage "2/5 does the hint help? the teacher (hinted) vs the same model alone, on the paired questions"
-# 2 unhinted answers per paired question (--teacher_retries 1) against the 4 hinted ones: keeps the demo within 15 min
-python recipes/experiment/teacher_gain.py --config recipes/configs/demo_data.yaml --output_dir "$OUT/data" \
-  --generation_backend "$ENGINE" --teacher_retries 1
-stage "3/5 train: SSB (soft labels + CE 0.5) and the hard-label baseline"
+stage "2/4 train: SSB (soft labels + CE 0.5) and the hard-label baseline"
 python recipes/train_ssb.py --config recipes/configs/demo.yaml --dataset_name "$OUT/data" --output_dir "$OUT/ssb"
 python recipes/train_ssb.py --config recipes/configs/demo.yaml --dataset_name "$OUT/data" --output_dir "$OUT/sft" \
   --kd_weight 0 --ce_weight 1
-stage "4/5 evaluate base vs hard labels vs SSB on held-out questions"
+stage "3/4 evaluate base vs hard labels vs SSB on held-out questions"
 python recipes/evaluate.py --config recipes/configs/demo_eval.yaml --output_dir "$OUT/eval" \
   --models "base=bundled:smollm2-135m-instruct" "hard-labels=$OUT/sft" "ssb=$OUT/ssb" \
   --exclude_questions_from "$OUT/data" --generation_backend "$ENGINE"
-stage "5/5 plots"
+stage "4/4 plots"
 python - "$OUT" <<'PY'
 import json
 import sys
@@ -41,11 +38,10 @@ out = sys.argv[1]
 path = plot_training_curves({"ssb": f"{out}/ssb", "hard labels": f"{out}/sft"}, f"{out}/training_curves.png",
                             keys=("loss", "kd_loss", "ce_loss", "top1_agreement"))
 print(f"training curves: {path}\naccuracy chart: {out}/eval/accuracy.png")
-gain = json.load(open(f"{out}/data/teacher_gain.json"))
-low, high = gain["gain_interval_points"]
+gain = json.load(open(f"{out}/data/ssb_summary.json"))["hint_gain"]
 print(f"hint check: hinted teacher {gain['hinted_accuracy']:.1%} vs alone {gain['unhinted_accuracy']:.1%} on "
-      f"{gain['paired_questions']} paired questions: {gain['gain_points']:+.1f} pts [{low:+.1f}, {high:+.1f}] "
-      "(SSB needs a clearly positive gain; see docs/experiment/RESULTS.md)")
+      f"{gain['questions']} paired questions: {gain['gain_points']:+.1f} pts [{gain['gain_low']:+.1f}, "
+      f"{gain['gain_high']:+.1f}] (SSB needs a clearly positive gain; see docs/experiment/RESULTS.md)")
 PY
 stage "done"
 cat "$OUT/eval/results.md"

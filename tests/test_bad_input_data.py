@@ -111,7 +111,7 @@ def test_changing_later_stage_settings_reuses_the_earlier_stages(
         second = prepare_ssb_data(more_retries, model=model, tokenizer=tokenizer, show_progress=False)
     assert (
         "settings changed (teacher_retries: 2 -> 4): reusing the finished rollouts (2 shards); "
-        "redoing teacher answers, soft-label rows" in _messages(caplog)
+        "redoing teacher answers, hint check (unhinted answers), soft-label rows" in _messages(caplog)
     )
     assert {shard: _stamp(work.shard_path("rollouts", shard)) for shard in (0, 1)} == rollouts
     assert (second.rollouts_correct, second.pairs) == (first.rollouts_correct, first.pairs)
@@ -123,8 +123,8 @@ def test_changing_later_stage_settings_reuses_the_earlier_stages(
         smaller_k = small_config(tmp_path, questions, teacher_retries=4, soft_label_top_k=4)
         prepare_ssb_data(smaller_k, model=model, tokenizer=tokenizer, show_progress=False)
     assert (
-        "settings changed (soft_label_top_k: 8 -> 4): reusing the finished rollouts (2 shards), teacher (2 shards); "
-        "redoing soft-label rows" in _messages(caplog)
+        "settings changed (soft_label_top_k: 8 -> 4): reusing the finished rollouts (2 shards), teacher (2 shards), "
+        "hint_check (2 shards); redoing soft-label rows" in _messages(caplog)
     )
     assert {shard: _stamp(work.shard_path("teacher", shard)) for shard in (0, 1)} == teacher
     dataset, metadata = load_soft_label_dataset(str(work.output_dir))

@@ -139,3 +139,36 @@ def test_a_round_2_arm_is_compared_with_its_round_1_on_the_same_questions() -> N
     assert rows["ssb-seed0"].endswith("| - | - |") and rows["base"].endswith("| - | - | - |")
     without_round2 = analyze.suite_table({k: v for k, v in models.items() if "round2" not in k})
     assert "vs round 1" not in without_round2
+
+
+def _format(folder: Path, name: str, interval: tuple[float, float], kept: int, wrong: int) -> None:
+    _candidate(folder, name, interval, kept)
+    gain_file = folder / name / "teacher_gain.json"
+    gain = json.loads(gain_file.read_text())
+    gain.update(teacher_kept=kept, kept_with_wrong_step=wrong, kept_steps_checked=kept)
+    gain_file.write_text(json.dumps(gain))
+
+
+def test_experiment2_picks_the_largest_clear_gain_among_mostly_sound_formats(tmp_path: Path) -> None:
+    _format(tmp_path, "contrastive", (-30.0, -10.0), kept=20, wrong=2)
+    _format(tmp_path, "answer_only", (20.0, 40.0), kept=60, wrong=40)  # the largest gain, but mostly unsound
+    _format(tmp_path, "correct_solution", (2.0, 14.0), kept=30, wrong=5)
+    _format(tmp_path, "contrastive_short", (4.0, 10.0), kept=25, wrong=12)  # higher lower bound, smaller gain
+    rows = choose.load(tmp_path)
+    assert choose.choose_format(rows)[0] == "correct_solution"
+    assert (
+        "| answer_only | 20 | 30.0% | 20.0% | +30.0 [+20.0, +40.0] | 0.938 | 67% (40 / 60) |"
+        in choose.format_table(rows)
+    )
+    printed = subprocess.run(
+        [sys.executable, str(ROOT / "recipes/experiment/choose.py"), str(tmp_path), "--formats", "--name_only"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert printed.stdout.strip() == "correct_solution"
+    _format(tmp_path, "correct_solution_2", (-1.0, 14.0), kept=30, wrong=5)
+    (tmp_path / "correct_solution" / "teacher_gain.json").unlink()
+    (tmp_path / "contrastive_short" / "teacher_gain.json").unlink()
+    name, why = choose.choose_format(choose.load(tmp_path))
+    assert name is None and "no format qualifies: 2 of 3 have mostly sound kept answers" in why

@@ -177,7 +177,11 @@ def test_engine_choice_is_explicit_and_checked(tiny_backend) -> None:
             )
     # A server that is not there: a clear error naming the URL, not a hang.
     with pytest.raises(ServerError, match="cannot reach the generation server at http://127.0.0.1:9"):
-        make_backend(EngineConfig(vllm_server_url="http://127.0.0.1:9/v1"), tokenizer=tiny_backend.tokenizer)
+        make_backend(
+            EngineConfig(vllm_server_url="http://127.0.0.1:9/v1"),
+            tokenizer=tiny_backend.tokenizer,
+            model_name_or_path=BUNDLED_MODEL,
+        )
 
 
 @pytest.mark.slow

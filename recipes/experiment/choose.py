@@ -6,6 +6,12 @@ kept teacher answers per question wins, so that the experiment can still test SS
 
     python recipes/experiment/choose.py outputs/experiment/select [--name_only]
 
+Hint format (experiment 2, docs/experiment/DESIGN2.md): among the formats whose kept answers are mostly sound
+(fewer than half hold a wrong written arithmetic step), the largest gain whose 95% interval lies above 0; if none
+qualifies, no format is chosen, and that is the result.
+
+    python recipes/experiment/choose.py outputs/experiment2/select --formats [--name_only]
+
 Variant sent to the test split: the best greedy pass@1 among the SSB variants on the validation questions (ties: the
 first named).
 
@@ -57,6 +63,39 @@ def table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def wrong_step_share(row: dict) -> float:
+    """Kept answers with at least one wrong written step, as a share of all kept answers (0 when none was kept)."""
+    return row.get("kept_with_wrong_step", 0) / max(row.get("teacher_kept", 0), 1)
+
+
+def choose_format(rows: dict[str, dict]) -> tuple[str | None, str]:
+    """Experiment 2's rule; (None, why) when no format qualifies."""
+    sound = {name: r for name, r in rows.items() if r.get("teacher_kept", 0) and wrong_step_share(r) < 0.5}
+    helped = {name: r for name, r in sound.items() if r["gain_interval_points"][0] > 0}
+    if helped:
+        name = max(helped, key=lambda n: helped[n]["gain_points"])
+        return name, "the largest gain with a 95% interval above 0 among formats with mostly sound kept answers"
+    return None, (
+        f"no format qualifies: {len(sound)} of {len(rows)} have mostly sound kept answers, and none of those has a "
+        "gain interval above 0"
+    )
+
+
+def format_table(rows: dict[str, dict]) -> str:
+    lines = [
+        "| format | questions asked | hinted | unhinted | gain (pts, 95% interval) | kept / question | kept with a wrong step |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for name, r in rows.items():
+        low, high = r["gain_interval_points"]
+        lines.append(
+            f"| {name} | {r['paired_questions']} | {r['hinted_accuracy']:.1%} | {r['unhinted_accuracy']:.1%} | "
+            f"{r['gain_points']:+.1f} [{low:+.1f}, {high:+.1f}] | {r['kept_per_question']:.3f} | "
+            f"{wrong_step_share(r):.0%} ({r.get('kept_with_wrong_step', 0)} / {r.get('teacher_kept', 0)}) |"
+        )
+    return "\n".join(lines)
+
+
 def best_variant(validate_dir: Path, candidates: list[str]) -> str:
     """The candidate with the best greedy pass@1 in <validate_dir>/<candidate>/results.json."""
     scores = {}
@@ -72,12 +111,21 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("select_dir", type=Path, help="The selection folder (or, with --variant_among, validation's).")
     parser.add_argument("--name_only", action="store_true")
+    parser.add_argument("--formats", action="store_true", help="Choose a hint format (experiment 2's rule).")
     parser.add_argument("--variant_among", nargs="+", help="Print the best of these validated models and stop.")
     args = parser.parse_args()
     if args.variant_among:
         print(best_variant(args.select_dir, args.variant_among))
         raise SystemExit(0)
     rows = load(args.select_dir)
+    if args.formats:
+        name, why = choose_format(rows)
+        if args.name_only:
+            print(name or "none")
+        else:
+            print(format_table(rows))
+            print(f"\nchosen: {name or 'none'} ({why})")
+        raise SystemExit(0)
     name, why = choose(rows)
     if args.name_only:
         print(name)

@@ -1,83 +1,59 @@
-"""Does the hint help? The hinted teacher's accuracy vs the same model unhinted, on the questions SSB pairs.
+"""Does the hint help? The hinted teacher's accuracy vs the same model unhinted, on the questions it answered.
 
-SSB assumes that the model, shown a right and a wrong attempt, answers better than it does alone. This measures it
-on a finished (or partly finished) preparation folder: for every paired question it samples fresh unhinted answers
-with the teacher's own sampling settings (the rollouts themselves are biased: a pair needs at least one right one)
-and compares, question by question, the share of finished, correct answers with and without the hint.
+Preparation measures this itself in every run (``--hint_check_samples``, on by default: see
+:mod:`ssb_trl.data.hint_gain`); this script runs (or resumes) the preparation of a folder, so the check is done on
+every finished shard, and writes the figures as ``teacher_gain.json`` for the experiment's choice rules
+(``choose.py``). A run that keeps no teacher answer still has a gain to report.
 
-    python recipes/experiment/teacher_gain.py --config recipes/experiment/configs/select_1digit.yaml \
+    python recipes/experiment/teacher_gain.py --config recipes/experiment/configs/prep.yaml \
         --output_dir outputs/experiment/select/1digit
 
-Writes ``teacher_gain.json`` into the preparation folder and prints one line of figures.
+Prints one line of figures.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import statistics
 from pathlib import Path
 
 from trl import TrlParser
 
-from ssb_trl.data import PrepConfig, load_questions
-from ssb_trl.data.engine import make_backend
-from ssb_trl.data.grading import grade
-from ssb_trl.data.prompts import student_messages
-from ssb_trl.data.sampling import derive_seed
-from ssb_trl.data.workdir import WorkDir, read_jsonl
-from ssb_trl.eval.stats import wilson_interval
-from ssb_trl.models import load_model_and_tokenizer
+from ssb_trl.data import NoPairsError, PrepConfig, load_questions, prepare_ssb_data
+from ssb_trl.data.summary import summarize
+from ssb_trl.data.workdir import WorkDir
 from ssb_trl.scripts import configure_logging
 
 
 def teacher_gain(config: PrepConfig) -> dict:
-    questions = {q.id: q for q in load_questions(config)}
-    work = WorkDir(config.output_dir)
-    hinted: dict[str, list[bool]] = {}
-    rollout_correct = rollout_total = 0
-    for shard in work.finished_shards("teacher"):
-        rollouts = {r["id"]: r for r in read_jsonl(work.shard_path("rollouts", shard)) or []}
-        for record in read_jsonl(work.shard_path("teacher", shard)) or []:
-            rollout_correct += sum(r["correct"] for r in rollouts[record["id"]]["rollouts"])
-            rollout_total += len(rollouts[record["id"]]["rollouts"])
-            if record["pair"] is not None:
-                hinted[record["id"]] = [attempt["correct"] for attempt in record["attempts"]]
-    if not hinted:
-        raise ValueError(f"{config.output_dir} holds no paired question yet: run the preparation first")
-    ids = sorted(hinted)
-    model, tokenizer = load_model_and_tokenizer(config.model_name_or_path, dtype=config.dtype, device=config.device)
-    backend = make_backend(
-        config, model=model, tokenizer=tokenizer, model_name_or_path=config.model_name_or_path, dtype=config.dtype
-    )
-    sampling = config.teacher_sampling  # same temperature, top-k/p, length and number of attempts as the teacher
-    prompts = [student_messages(questions[i].question, config.system_prompt) for i in ids]
-    seeds = [derive_seed(config.seed, i, "unhinted-check") for i in ids]
-    outputs = backend.generate(prompts, sampling, seed=seeds)
-    backend.close()
-    unhinted = {
-        i: [c.finished and grade(c.text, questions[i], fallbacks=config.answer_fallbacks) for c in samples]
-        for i, samples in zip(ids, outputs)
-    }
-    differences = [statistics.mean(hinted[i]) - statistics.mean(unhinted[i]) for i in ids]
-    mean = statistics.mean(differences)
-    half = 1.96 * statistics.stdev(differences) / math.sqrt(len(ids)) if len(ids) > 1 else float("inf")
-    hinted_hits, unhinted_hits = sum(map(sum, hinted.values())), sum(map(sum, unhinted.values()))
-    hinted_n, unhinted_n = sum(map(len, hinted.values())), sum(map(len, unhinted.values()))
+    """Prepare (resumably) and return the hint gain in the shape choose.py reads; also written to teacher_gain.json."""
+    try:
+        prepare_ssb_data(config)
+    except NoPairsError:
+        pass  # no kept teacher answer: the hinted and unhinted accuracies are still measured
+    num_shards = -(-len(load_questions(config)) // config.shard_size)
+    summary = summarize(WorkDir(config.output_dir), num_shards, config, vocab_size=0)
+    gain = summary.hint_gain
+    if gain is None:
+        raise ValueError(
+            f"{config.output_dir}: no hint gain was measured (no question was asked, or --hint_check_samples 0)"
+        )
     result = {
         "output_dir": config.output_dir,
-        "questions_with_rollouts": rollout_total // max(config.num_rollouts, 1),
-        "rollout_accuracy": rollout_correct / max(rollout_total, 1),
-        "paired_questions": len(ids),
-        "hinted_accuracy": hinted_hits / hinted_n,
-        "hinted_interval": wilson_interval(hinted_hits, hinted_n),
-        "unhinted_accuracy": unhinted_hits / unhinted_n,
-        "unhinted_interval": wilson_interval(unhinted_hits, unhinted_n),
-        "attempts_each": [hinted_n, unhinted_n],
-        "gain_points": 100 * mean,
-        "gain_interval_points": [100 * (mean - half), 100 * (mean + half)],
-        "note": "accuracy = finished and graded correct; gain = mean over paired questions of (hinted - unhinted), "
-        "95% normal interval over questions",
+        "teacher_hint": summary.teacher_hint,
+        "questions_with_rollouts": summary.questions,
+        "rollout_accuracy": summary.rollout_accuracy,
+        "paired_questions": gain["questions"],
+        "hinted_accuracy": gain["hinted_accuracy"],
+        "hinted_interval": gain["hinted_interval"],
+        "unhinted_accuracy": gain["unhinted_accuracy"],
+        "unhinted_interval": gain["unhinted_interval"],
+        "attempts_each": [gain["hinted_attempts"], gain["unhinted_attempts"]],
+        "gain_points": gain["gain_points"],
+        "gain_interval_points": [gain["gain_low"], gain["gain_high"]],
+        "teacher_kept": summary.teacher_kept,
+        "kept_with_wrong_step": summary.kept_with_wrong_step,
+        "kept_steps_checked": summary.kept_steps_checked,
+        "note": gain["note"],
     }
     Path(config.output_dir, "teacher_gain.json").write_text(json.dumps(result, indent=2))
     return result
@@ -88,8 +64,9 @@ if __name__ == "__main__":
     (config,) = TrlParser((PrepConfig,)).parse_args_and_config()
     r = teacher_gain(config)
     print(
-        f"{r['output_dir']}: rollout accuracy {r['rollout_accuracy']:.1%}; on {r['paired_questions']} paired questions "
-        f"hinted {r['hinted_accuracy']:.1%} vs unhinted {r['unhinted_accuracy']:.1%} ({r['attempts_each']} "
-        f"attempts): gain {r['gain_points']:+.1f} pts [{r['gain_interval_points'][0]:+.1f}, "
-        f"{r['gain_interval_points'][1]:+.1f}]"
+        f"{r['output_dir']} ({r['teacher_hint']}): rollout accuracy {r['rollout_accuracy']:.1%}; on "
+        f"{r['paired_questions']} questions hinted {r['hinted_accuracy']:.1%} vs unhinted {r['unhinted_accuracy']:.1%} "
+        f"({r['attempts_each']} attempts): gain {r['gain_points']:+.1f} pts [{r['gain_interval_points'][0]:+.1f}, "
+        f"{r['gain_interval_points'][1]:+.1f}]; kept answers with a wrong step: {r['kept_with_wrong_step']} of "
+        f"{r['kept_steps_checked']} checked"
     )

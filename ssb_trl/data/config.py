@@ -17,7 +17,7 @@ from typing import Any
 
 from ssb_trl.contract import LOGPROB_DTYPES
 from ssb_trl.data.engine import EngineConfig
-from ssb_trl.data.prompts import DEFAULT_SYSTEM_PROMPT
+from ssb_trl.data.prompts import DEFAULT_HINT_FORMAT, DEFAULT_SYSTEM_PROMPT, HINT_FORMATS, HintFormat, load_hint_format
 from ssb_trl.data.sampling import Sampling
 from ssb_trl.data.sources import QuestionSource
 from ssb_trl.validation import require_finite_numbers
@@ -41,9 +41,11 @@ RUNTIME_ONLY_FIELDS = frozenset(
 # Which stage of a run each output-determining setting feeds; a rerun that changes only settings of later stages
 # reuses the earlier stages' files (see ssb_trl.data.pipeline). Every other field that is not runtime-only
 # (source, model, seed, rollout sampling, shard_size, ...) feeds the rollouts, the first stage.
-STAGES = ("rollouts", "teacher", "rows")
+STAGES = ("rollouts", "teacher", "hint_check", "rows")
 TEACHER_FIELDS = frozenset(
     {
+        "teacher_hint",
+        "teacher_unpaired_questions",
         "teacher_temperature",
         "teacher_top_k",
         "teacher_top_p",
@@ -52,14 +54,19 @@ TEACHER_FIELDS = frozenset(
         "teacher_attempts_in_parallel",
     }
 )
+HINT_CHECK_FIELDS = frozenset({"hint_check_samples"})
 ROWS_FIELDS = frozenset({"soft_label_top_k", "soft_label_temperature", "logprob_dtype"})
 # Settings that only choose which questions are used: compared question by question (shard by shard) instead.
 QUESTION_COUNT_FIELDS = frozenset({"num_questions", "max_question_chars"})
 
 
 def stage_of(name: str) -> str:
-    """The first stage a setting feeds: 'rollouts', 'teacher' or 'rows'."""
-    return "rows" if name in ROWS_FIELDS else "teacher" if name in TEACHER_FIELDS else "rollouts"
+    """The first stage a setting feeds: 'rollouts', 'teacher', 'hint_check' or 'rows'."""
+    if name in ROWS_FIELDS:
+        return "rows"
+    if name in HINT_CHECK_FIELDS:
+        return "hint_check"
+    return "teacher" if name in TEACHER_FIELDS else "rollouts"
 
 
 @dataclass
@@ -92,6 +99,24 @@ class PrepConfig(EngineConfig, QuestionSource):
     rollout_top_p: float = field(default=1.0, metadata={"help": "Rollout top-p."})
     rollout_max_new_tokens: int = field(default=1024, metadata={"help": "Longest rollout, in new tokens."})
     # Teacher (steps 3-5)
+    teacher_hint: str = field(
+        default=DEFAULT_HINT_FORMAT,
+        metadata={
+            "help": "How the teacher is hinted: "
+            + ", ".join(HINT_FORMATS)
+            + " (contrastive: the paper's right and wrong attempt; contrastive_short: the same, few words; "
+            "correct_solution: the right attempt only; answer_only: the verified answer only), or a template file "
+            "with the fields {question} {correct} {incorrect} {answer}. Changing it reuses the rollouts."
+        },
+    )
+    teacher_unpaired_questions: bool = field(
+        default=False,
+        metadata={
+            "help": "Also ask the teacher about questions without a right-and-wrong pair when the hint needs no "
+            "wrong attempt: correct_solution then serves every question with a correct rollout, answer_only every "
+            "question (STaR's rationalisation). Off: SSB's paired questions only, the same for every hint."
+        },
+    )
     teacher_temperature: float = field(default=0.4, metadata={"help": "Teacher sampling temperature."})
     teacher_top_k: int = field(default=50, metadata={"help": "Teacher top-k (0: off)."})
     teacher_top_p: float = field(default=1.0, metadata={"help": "Teacher top-p."})
@@ -106,6 +131,13 @@ class PrepConfig(EngineConfig, QuestionSource):
         metadata={
             "help": "Sample all 1 + teacher_retries attempts at once (fast on batch hardware); false: one round "
             "at a time, only for pairs still without a correct answer (least compute)."
+        },
+    )
+    hint_check_samples: int = field(
+        default=2,
+        metadata={
+            "help": "Unhinted answers per question the teacher was asked about, sampled with the teacher's settings, "
+            "to measure the hint's gain (hinted vs unhinted accuracy, in the summary and the metadata); 0: skip."
         },
     )
     # Soft labels (step 6)
@@ -141,6 +173,7 @@ class PrepConfig(EngineConfig, QuestionSource):
             (bool(self.model_name_or_path), "no model: set --model_name_or_path (it is both student and teacher)"),
             (self.num_rollouts >= 2, "num_rollouts must be >= 2 (a pair needs a correct and an incorrect rollout)"),
             (self.teacher_retries >= 0, "teacher_retries must be >= 0"),
+            (self.hint_check_samples >= 0, "hint_check_samples must be >= 0 (0 skips the hint check)"),
             (self.shard_size >= 1, "shard_size must be >= 1"),
             (self.soft_label_top_k >= 1, "soft_label_top_k must be >= 1"),
             (self.soft_label_temperature > 0, "soft_label_temperature must be > 0"),
@@ -156,7 +189,7 @@ class PrepConfig(EngineConfig, QuestionSource):
             if not ok:
                 raise ValueError(message)
         self.check_engine()
-        self.rollout_sampling, self.teacher_sampling  # noqa: B018 - validates the sampling fields early
+        self.rollout_sampling, self.teacher_sampling, self.hint_format  # noqa: B018 - validates them early
 
     @property
     def rollout_sampling(self) -> Sampling:
@@ -180,6 +213,20 @@ class PrepConfig(EngineConfig, QuestionSource):
             1 + self.teacher_retries,
         )
 
+    @property
+    def hint_format(self) -> HintFormat:
+        """The hinted teacher's prompt template (built-in or the user's file)."""
+        return load_hint_format(self.teacher_hint)
+
     def fingerprint(self) -> dict[str, Any]:
-        """The settings that determine the output (everything except runtime-only knobs)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUNTIME_ONLY_FIELDS}
+        """The settings that determine the output (everything except runtime-only knobs). The hint is recorded as
+        what it is (name and version; a file's digest), so an edited template file redoes the teacher answers."""
+        settings = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUNTIME_ONLY_FIELDS}
+        settings["teacher_hint"] = self.hint_identity
+        return settings
+
+    @property
+    def hint_identity(self) -> str:
+        """The hint as recorded: a built-in's name (``name@version`` past its first revision), a file's digest."""
+        hint = self.hint_format
+        return hint.name if hint.version == f"{hint.name}-v1" else f"{hint.name}@{hint.version}"

@@ -9,6 +9,7 @@ reason are logged and recorded in the run's summary.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,22 @@ class EngineConfig:
     vllm_server_max_concurrency: int = field(
         default=64, metadata={"help": "Requests in flight at once to the server (each asks for all its samples)."}
     )
+    vllm_server_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "The served model's name (its id in the server's /v1/models) when it differs from "
+            "--model_name_or_path, e.g. `vllm serve /models/my-sft --served-model-name sft` on another machine: "
+            "you vouch that it has the same weights. Default: the served model must be --model_name_or_path (same "
+            "name, same local folder, same Hub id, or a folder named after the Hub id's model name)."
+        },
+    )
+    vllm_server_timeout: float = field(
+        default=600.0,
+        metadata={
+            "help": "Seconds to wait for one server request (all samples of one prompt) before failing: raise it "
+            "for long answers on a busy server."
+        },
+    )
 
     def check_engine(self) -> None:
         """Validate the engine fields (called from the configs' ``__post_init__``)."""
@@ -79,6 +96,15 @@ class EngineConfig:
             raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
         if self.vllm_server_max_concurrency < 1:
             raise ValueError(f"vllm_server_max_concurrency must be >= 1, got {self.vllm_server_max_concurrency}")
+        timeout = self.vllm_server_timeout
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not (math.isfinite(timeout) and timeout > 0)
+        ):
+            raise ValueError(f"vllm_server_timeout must be a finite number of seconds > 0, got {timeout!r}")
+        if self.vllm_server_model is not None and not self.vllm_server_url:
+            raise ValueError("--vllm_server_model names a served model: it needs --vllm_server_url")
 
     def resolve_backend(self) -> tuple[str, str]:
         """The backend that will run, and why (for the logs and the summary)."""
@@ -110,8 +136,9 @@ def make_backend(
     show_progress: bool = True,
 ) -> GenerationBackend:
     """Build the backend ``config`` selects. The transformers backend needs the loaded ``model``; vLLM needs
-    ``model_name_or_path`` (a directory or Hub id); the server needs the ``tokenizer``, and takes the end-of-turn ids
-    of the ``model``'s generation config when it is given."""
+    ``model_name_or_path`` (a directory or Hub id); the server needs the ``tokenizer`` and ``model_name_or_path``
+    (the served model must be that one, unless ``vllm_server_model`` names it), and takes the end-of-turn ids and
+    vocabulary size of the ``model`` when it is given."""
     kind, reason = config.resolve_backend()
     logger.info("Generation backend: %s (%s)", kind, reason)
     if tokenizer is None:
@@ -138,10 +165,16 @@ def make_backend(
     from ssb_trl.data.server import OpenAIServerBackend
 
     generation_config = getattr(model, "generation_config", None)
+    model_config = getattr(model, "config", None)
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
     return OpenAIServerBackend(
         config.vllm_server_url or "",
         tokenizer,
+        model_name_or_path=model_name_or_path,
+        served_model=config.vllm_server_model,
         eos_token_ids=getattr(generation_config, "eos_token_id", None),
+        vocab_size=getattr(text_config, "vocab_size", None),
+        timeout=config.vllm_server_timeout,
         per_request_seeds=True if config.vllm_per_request_seeds is None else config.vllm_per_request_seeds,
         max_concurrency=config.vllm_server_max_concurrency,
         show_progress=show_progress,

@@ -48,7 +48,7 @@ from ssb_trl.data.engine import make_backend
 from ssb_trl.data.generation import GenerationBackend
 from ssb_trl.data.prompts import PROMPT_TEMPLATE_VERSION
 from ssb_trl.data.sources import QAExample, load_questions
-from ssb_trl.data.stages import build_rows, run_rollouts, run_teacher
+from ssb_trl.data.stages import build_rows, run_hint_check, run_rollouts, run_teacher
 from ssb_trl.data.summary import SUMMARY_FILENAME, PrepSummary, backends_used, summarize
 from ssb_trl.data.workdir import WorkDir, read_jsonl, write_jsonl
 from ssb_trl.models import check_model_available, load_model_and_tokenizer, load_tokenizer, resolve_model_path
@@ -93,12 +93,23 @@ def _process_shard(
         ]
         write_jsonl(teacher_path, teacher)
         done.append("teacher answers")
+    check_path = work.shard_path("hint_check", shard)
+    if config.hint_check_samples and not check_path.is_file():
+        checks = run_hint_check(backend, questions, teacher, config)
+        write_jsonl(check_path, [{**record, "generated_by": backend.name} for record in checks])
+        done.append("hint check")
     if not work.shard_path("rows", shard).is_dir():
         work.save_rows(
             shard, build_rows(model, tokenizer, questions, rollouts, teacher, config, eos_id, show_progress)
         )
         done.append("soft labels")
     logger.info("Shard %d: generated %s (%s)", shard, ", ".join(done), backend.name)
+
+
+def _shard_finished(work: WorkDir, shard: int, config: PrepConfig) -> bool:
+    """Every stage of the shard is on disk (the hint check only when it is on)."""
+    check_done = not config.hint_check_samples or work.shard_path("hint_check", shard).is_file()
+    return check_done and work.shard_path("rows", shard).is_dir()
 
 
 def _questions_digest(questions: list[QAExample]) -> str:
@@ -201,7 +212,7 @@ def _finalize(
             f"rerun into the same --output_dir with a larger --num_questions (now {summary.questions}): the finished "
             "shards are kept and only the new questions are sampled"
         )
-        if summary.pairs == 0:
+        if summary.teacher_questions == 0:
             raise NoPairsError(
                 f"no question yielded a pair (a correct and an incorrect rollout): {figures}. To fix it, {more_questions}"
                 ". Settings that change the rollouts themselves (--num_rollouts, a higher --rollout_temperature, "
@@ -226,6 +237,10 @@ def _finalize(
             "rollout_sampling": asdict(config.rollout_sampling),
             "teacher_sampling": asdict(config.teacher_sampling),
             "generation_backends": sorted(backends_used(work, num_shards)),
+            "teacher_hint": config.hint_identity,
+            "teacher_hint_version": config.hint_format.version,
+            "hint_gain": summary.hint_gain,
+            "kept_answers_with_wrong_arithmetic_step": [summary.kept_with_wrong_step, summary.kept_steps_checked],
         },
         logprob_dtype=config.logprob_dtype,
     )
@@ -305,7 +320,7 @@ def prepare_ssb_data(
     if not state.is_main_process:
         work.check_claimed(settings)
     num_shards = (len(questions) + config.shard_size - 1) // config.shard_size
-    reused = [s for s in range(num_shards) if work.shard_path("rows", s).is_dir()]
+    reused = [s for s in range(num_shards) if _shard_finished(work, s, config)]
     my_shards = [s for s in range(num_shards) if s % state.num_processes == state.process_index]
     todo = [s for s in my_shards if s not in reused]
     backend_kind, backend_reason = config.resolve_backend()
@@ -370,6 +385,8 @@ def prepare_ssb_data(
             }
             summary, _ = _finalize(work, num_shards, config, tokenizer, vocab_size, run)
             logger.info("SSB data preparation finished; dataset in %s\n%s", config.output_dir, summary.table())
+            if summary.hint_warning():
+                logger.warning("%s\n%s\n%s", "!" * 100, summary.hint_warning(), "!" * 100)
         except Exception as exc:  # re-raised below, after the other processes have been released
             error = exc
     state.wait_for_everyone()

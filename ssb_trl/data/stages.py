@@ -30,7 +30,7 @@ from ssb_trl.contract import (
 from ssb_trl.data.config import PrepConfig
 from ssb_trl.data.generation import GenerationBackend
 from ssb_trl.data.grading import extract_final_answer, grade, normalize_answer
-from ssb_trl.data.prompts import chat_prompt_ids, student_messages, teacher_messages
+from ssb_trl.data.prompts import chat_prompt_ids, student_messages
 from ssb_trl.data.sampling import derive_seed
 from ssb_trl.data.sources import QAExample
 from ssb_trl.data.teacher import extract_topk_soft_labels
@@ -81,14 +81,48 @@ def choose_pair(rollouts: list[dict[str, Any]], rng: random.Random) -> tuple[int
     return correct_index, incorrect_index
 
 
+def choose_hint(rollouts: list[dict[str, Any]], rng: random.Random, config: PrepConfig) -> dict[str, Any] | None:
+    """Which rollouts the hinted teacher is shown for one question, or None when it is not asked about it.
+
+    SSB asks only about questions with a right and a wrong rollout (:func:`choose_pair`), whatever the hint
+    shows, so every hint format is compared on the same questions. With ``teacher_unpaired_questions`` a hint
+    that needs no wrong attempt also serves the other questions it can: ``correct_solution`` those with a correct
+    rollout, ``answer_only`` all of them (the gold answer is known: STaR's rationalisation).
+    """
+    pair = choose_pair(rollouts, rng)
+    if pair is not None:
+        correct_index, incorrect_index = pair
+        return {
+            "correct_index": correct_index,
+            "incorrect_index": incorrect_index,
+            "incorrect_answer": rollouts[incorrect_index]["answer"],
+        }
+    hint = config.hint_format
+    if not config.teacher_unpaired_questions or hint.needs_incorrect:
+        return None
+    correct = [i for i, r in enumerate(rollouts) if r["correct"]]
+    if hint.needs_correct and not correct:
+        return None
+    return {"correct_index": rng.choice(correct) if hint.needs_correct else None, "incorrect_index": None}
+
+
+def is_pair(hint: dict[str, Any] | None) -> bool:
+    """A question with both a right and a wrong rollout (SSB's selection), as recorded by :func:`choose_hint`."""
+    return hint is not None and hint.get("correct_index") is not None and hint.get("incorrect_index") is not None
+
+
 def _teacher_prompt(
-    question: QAExample, rollouts: list[dict[str, Any]], pair: dict[str, Any], config: PrepConfig
+    question: QAExample, rollouts: list[dict[str, Any]], hint: dict[str, Any], config: PrepConfig
 ) -> list[dict[str, Any]]:
-    return teacher_messages(
+    def text(index: int | None) -> str | None:
+        return None if index is None else rollouts[index]["text"]
+
+    return config.hint_format.messages(
         question.question,
-        rollouts[pair["correct_index"]]["text"],
-        rollouts[pair["incorrect_index"]]["text"],
-        config.system_prompt,
+        correct=text(hint.get("correct_index")),
+        incorrect=text(hint.get("incorrect_index")),
+        answer=question.answer,
+        system_prompt=config.system_prompt,
     )
 
 
@@ -98,27 +132,20 @@ def run_teacher(
     rollout_records: list[dict[str, Any]],
     config: PrepConfig,
 ) -> list[dict[str, Any]]:
-    """Steps 3-5: pair each question, ask the hinted teacher, keep the first verified-correct answer.
+    """Steps 3-5: choose what each question's hint shows, ask the hinted teacher, keep the first verified-correct answer.
 
     An attempt counts only if it finished its turn (a cut answer would teach the student not to stop)
-    and grades correct. There are ``1 + teacher_retries`` attempts per pair: all sampled at once
-    (``teacher_attempts_in_parallel``, best on batch hardware) or one round at a time for the pairs
-    still without a kept answer (least compute).
+    and grades correct. There are ``1 + teacher_retries`` attempts per question asked: all sampled at once
+    (``teacher_attempts_in_parallel``, best on batch hardware) or one round at a time for the questions
+    still without a kept answer (least compute). The record's ``pair`` holds what the hint showed (None: not asked).
     """
     records: list[dict[str, Any]] = []
     pending: list[int] = []
     for index, (question, record) in enumerate(zip(questions, rollout_records)):
-        pair = choose_pair(record["rollouts"], random.Random(derive_seed(config.seed, question.id, "pair")))
-        entry: dict[str, Any] = {"id": question.id, "pair": None, "attempts": [], "kept_attempt": None}
-        if pair is not None:
-            correct_index, incorrect_index = pair
-            entry["pair"] = {
-                "correct_index": correct_index,
-                "incorrect_index": incorrect_index,
-                "incorrect_answer": record["rollouts"][incorrect_index]["answer"],
-            }
+        hint = choose_hint(record["rollouts"], random.Random(derive_seed(config.seed, question.id, "pair")), config)
+        records.append({"id": question.id, "pair": hint, "attempts": [], "kept_attempt": None})
+        if hint is not None:
             pending.append(index)
-        records.append(entry)
     sampling = config.teacher_sampling
     one_each = dataclasses.replace(sampling, n=1)
     rounds = [(0, sampling)] if config.teacher_attempts_in_parallel else [(a, one_each) for a in range(sampling.n)]
@@ -145,6 +172,38 @@ def run_teacher(
                     }
                 )
         pending = [i for i in pending if records[i]["kept_attempt"] is None]
+    return records
+
+
+def run_hint_check(
+    backend: GenerationBackend,
+    questions: list[QAExample],
+    teacher_records: list[dict[str, Any]],
+    config: PrepConfig,
+) -> list[dict[str, Any]]:
+    """The hint's gain, unhinted half: ``hint_check_samples`` fresh answers to the bare question, with the
+    teacher's sampling settings, for every question the teacher was asked about (see :mod:`ssb_trl.data.hint_gain`).
+
+    Seeded per question with the label the earlier ``teacher_gain.py`` used, so its figures reproduce.
+    """
+    asked = [i for i, record in enumerate(teacher_records) if record["pair"] is not None]
+    records = [{"id": question.id, "unhinted": None} for question in questions]
+    if not asked or config.hint_check_samples == 0:
+        return records
+    sampling = dataclasses.replace(config.teacher_sampling, n=config.hint_check_samples)
+    prompts = [student_messages(questions[i].question, config.system_prompt) for i in asked]
+    seeds = [derive_seed(config.seed, questions[i].id, "unhinted-check") for i in asked]
+    outputs = backend.generate(prompts, sampling, seed=seeds)
+    for i, samples in zip(asked, outputs):
+        records[i]["unhinted"] = [
+            {
+                "num_tokens": len(sample.token_ids),
+                "finished": sample.finished,
+                "answer": extract_final_answer(sample.text, fallbacks=config.answer_fallbacks),
+                "correct": sample.finished and grade(sample.text, questions[i], fallbacks=config.answer_fallbacks),
+            }
+            for sample in samples
+        ]
     return records
 
 

@@ -229,7 +229,12 @@ class WorkDir:
         staging.rmdir()
 
 
-STAGE_NAMES = {"rollouts": "rollouts", "teacher": "teacher answers", "rows": "soft-label rows"}
+STAGE_NAMES = {
+    "rollouts": "rollouts",
+    "teacher": "teacher answers",
+    "hint_check": "hint check (unhinted answers)",
+    "rows": "soft-label rows",
+}
 
 
 def _shard_digests(recorded: dict[str, Any]) -> list[str] | None:

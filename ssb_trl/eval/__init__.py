@@ -5,6 +5,7 @@ questions  the evaluation set, minus questions seen in training
 models     --models entries -> specs (labels, PEFT adapters), checks, loading
 stats      Wilson intervals, pass@1 / mean@n / pass@n, paired McNemar test
 report     results.md, results.json, accuracy chart
+saved      each finished model's results (output_dir/models/<label>.json): reuse on rerun, refuse other settings
 run        generate, grade, aggregate, write
 """
 
@@ -12,12 +13,14 @@ from ssb_trl.eval.config import EvalConfig
 from ssb_trl.eval.questions import EvaluationDataError, load_eval_questions
 from ssb_trl.eval.report import render_markdown, write_report
 from ssb_trl.eval.run import run_evaluation
+from ssb_trl.eval.saved import EvaluationResultsConflict
 from ssb_trl.eval.stats import Accuracy, wilson_interval
 
 __all__ = [
     "Accuracy",
     "EvalConfig",
     "EvaluationDataError",
+    "EvaluationResultsConflict",
     "load_eval_questions",
     "render_markdown",
     "run_evaluation",

@@ -98,7 +98,19 @@ class EvalConfig(EngineConfig, QuestionSource):
     dtype: str = field(default="auto", metadata={"help": "Model dtype: auto, float32, bfloat16, float16."})
     device: str = field(default="auto", metadata={"help": "Device: auto (cuda if available), cpu, cuda, cuda:0 ..."})
     output_dir: str = field(
-        default="eval_results", metadata={"help": "Where results.json, results.md and accuracy.png go."}
+        default="eval_results",
+        metadata={
+            "help": "Where results.json, results.md and accuracy.png go, and each finished model's results "
+            "(models/<label>.json): a rerun with the same settings reuses those and evaluates only the others."
+        },
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Evaluate again, and replace, the models whose saved results in output_dir/models/ (or an older "
+            "results.json) were computed with other settings, instead of refusing. Models saved with the same "
+            "settings are reused either way (delete output_dir/models/<label>.json to evaluate one again)."
+        },
     )
     plot: bool = field(default=True, metadata={"help": "Write the accuracy bar chart (needs matplotlib)."})
 

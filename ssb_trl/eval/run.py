@@ -37,6 +37,7 @@ from ssb_trl.eval.models import (
 )
 from ssb_trl.eval.questions import load_eval_questions
 from ssb_trl.eval.report import write_report
+from ssb_trl.eval.saved import SavedResults, run_settings
 from ssb_trl.eval.stats import Accuracy, paired_pass1_comparison, summarize_records
 from ssb_trl.storage import check_writable_dir
 
@@ -125,49 +126,49 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     """Evaluate every model in `config.models` and write the reports; return the full report dict.
 
     Everything that can be checked cheaply (model entries, the evaluation set, its gold answers, model configs and
-    context windows, a writable output_dir) is checked before the first model is loaded. Results are rewritten after each model, so a crash keeps the
-    models already done.
+    context windows, a writable output_dir, earlier results there) is checked before the first model is loaded.
+    Each model's results are saved to ``output_dir/models/<label>.json`` as soon as it finishes, and the reports
+    are rewritten: a rerun with the same settings reuses finished models and evaluates only the others (see
+    :mod:`ssb_trl.eval.saved`); results computed with other settings are refused unless ``overwrite``.
     """
     specs = parse_model_specs(config.models, config.adapter_base_model)
     examples, source = load_eval_questions(config)
     check_models_loadable(specs, max_new_tokens=config.max_new_tokens)
     check_writable_dir(config.output_dir, "output_dir")  # before the first model runs, not at its first write
+    backend_kind, backend_reason = config.resolve_backend()
+    settings = run_settings(config, examples, backend_kind)
+    saved = SavedResults(config.output_dir, settings, overwrite=config.overwrite)
+    reusable = saved.check(specs)
     report: dict[str, Any] = {
         "config": asdict(config),
         "benchmark": source,
         "prompt_template_version": PROMPT_TEMPLATE_VERSION,
         "environment": _environment(),
+        "settings": settings,
         "models": [],
         "comparisons": [],
     }
-    backend_kind, backend_reason = config.resolve_backend()
     report["generation_backend"] = backend_kind
     logger.info(
-        "Evaluating %d model(s) on %d questions: %s; generation backend %s (%s)",
+        "Evaluating %d model(s) on %d questions: %s; generation backend %s (%s)%s",
         len(specs),
         len(examples),
         source["description"],
         backend_kind,
         backend_reason,
+        f"; {len(reusable)} finished earlier, reused" if reusable else "",
     )
-    config.check_backend_available()
+    if len(reusable) < len(specs):
+        config.check_backend_available()
     for spec in specs:
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="ssb-eval-") as scratch_dir:
-            backend = open_backend(spec, config, scratch_dir)
-            try:
-                result = evaluate_model(backend, examples, config)
-            finally:
-                backend.close()
-        del backend
-        gc.collect()
-        result = {
-            "label": spec.label,
-            "model": spec.name_or_path,
-            "adapter_base": spec.adapter_base,
-            **result,
-            "seconds": time.perf_counter() - started,
-        }
+        if spec.label in reusable:
+            entry = reusable[spec.label]
+            result = {**entry["result"], "finished_at": entry.get("finished_at"), "reused": True}
+            logger.info("reused %s (finished %s, %s)", spec.label, entry.get("finished_at"), saved.path(spec.label))
+        else:
+            result = _evaluate_spec(spec, examples, config)
+            result["finished_at"] = saved.save(spec, result)
+            result["reused"] = False
         report["models"].append(result)
         if config.greedy and len(report["models"]) > 1:
             report["comparisons"] = [paired_pass1_comparison(report["models"][0], m) for m in report["models"][1:]]
@@ -176,3 +177,23 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
         write_report(report, config.output_dir, plot=False)
     write_report(report, config.output_dir, plot=config.plot)
     return report
+
+
+def _evaluate_spec(spec: ModelSpec, examples: Sequence[QAExample], config: EvalConfig) -> dict[str, Any]:
+    """Load one model, generate and grade its answers, free it; its result as results.json lists it."""
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="ssb-eval-") as scratch_dir:
+        backend = open_backend(spec, config, scratch_dir)
+        try:
+            result = evaluate_model(backend, examples, config)
+        finally:
+            backend.close()
+    del backend
+    gc.collect()
+    return {
+        "label": spec.label,
+        "model": spec.name_or_path,
+        "adapter_base": spec.adapter_base,
+        **result,
+        "seconds": time.perf_counter() - started,
+    }

@@ -1,8 +1,11 @@
 """Evaluate base, trained and adapter models side by side: pass@1 (greedy), mean@n / pass@n (sampled), length.
 
 Writes `results.json` (with per-question records), `results.md` (table) and `accuracy.png` (bars with 95%
-intervals) to `--output_dir`, and prints the table. Every field of `ssb_trl.eval.EvalConfig` (the question
-source fields shared with `ssb-trl prepare`, then the models and the decoding) is a flag and a YAML key.
+intervals) to `--output_dir`, and prints the table. Each finished model is also saved to
+`--output_dir/models/<label>.json`: rerun the same command after a crash, or with more `--models`, and finished
+models are reused (only the others are evaluated); results computed with other settings are refused unless
+`--overwrite`. Every field of `ssb_trl.eval.EvalConfig` (the question source fields shared with `ssb-trl prepare`,
+then the models and the decoding) is a flag and a YAML key.
 
     # offline: bundled SmolLM2 vs a trained adapter on held-out reasoning-gym questions
     ssb-trl evaluate --models base=bundled:smollm2-135m-instruct ssb=out/ssb \\
@@ -60,7 +63,10 @@ def main(eval_config: EvalConfig) -> dict:
     """Run the evaluation and print its table; return the report (what results.json holds)."""
     report = run_evaluation(eval_config)
     print(render_markdown(report))
-    print(f"Results written to {eval_config.output_dir}/ (results.json, results.md, accuracy.png)")
+    reused = [m["label"] for m in report["models"] if m.get("reused")]
+    print(f"Results written to {eval_config.output_dir}/ (results.json, results.md, accuracy.png, models/)")
+    if reused:
+        print(f"Reused from an earlier run with the same settings: {', '.join(reused)}")
     return report
 
 

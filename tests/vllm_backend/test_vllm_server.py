@@ -96,7 +96,12 @@ def test_api_root_accepts_the_usual_spellings() -> None:
 
 def test_server_samples_settings_and_seeds(server_url, bundled) -> None:
     model, tokenizer = bundled
-    backend = make_backend(EngineConfig(vllm_server_url=server_url), tokenizer=tokenizer, show_progress=False)
+    backend = make_backend(
+        EngineConfig(vllm_server_url=server_url),
+        tokenizer=tokenizer,
+        model_name_or_path=BUNDLED_MODEL,
+        show_progress=False,
+    )
     assert isinstance(backend, OpenAIServerBackend) and backend.model == resolve_model_path(BUNDLED_MODEL)
     sampling = Sampling(temperature=0.8, top_k=50, max_new_tokens=40, n=4)
     result = backend.generate(PROMPTS, sampling, seed=list(range(8)))  # 8 x 4: one wave, seeds work on CPU
@@ -129,8 +134,11 @@ def test_server_samples_settings_and_seeds(server_url, bundled) -> None:
 def test_server_refuses_what_it_cannot_do(server_url, bundled) -> None:
     _, tokenizer = bundled
     with pytest.raises(ValueError, match="does not serve 'other-model'"):
-        OpenAIServerBackend(server_url, tokenizer, model="other-model")
-    backend = OpenAIServerBackend(server_url, tokenizer, show_progress=False)
+        OpenAIServerBackend(server_url, tokenizer, served_model="other-model")
+    # A server serving another model than the configured one is refused, naming both and the override.
+    with pytest.raises(ValueError, match=r"not the configured model 'HuggingFaceTB/SmolLM2-360M-Instruct'"):
+        OpenAIServerBackend(server_url, tokenizer, model_name_or_path="HuggingFaceTB/SmolLM2-360M-Instruct")
+    backend = OpenAIServerBackend(server_url, tokenizer, model_name_or_path=BUNDLED_MODEL, show_progress=False)
     too_long = Sampling(temperature=0, max_new_tokens=100_000)
     with pytest.raises(RuntimeError, match="answered HTTP 400"):
         backend.generate(PROMPTS[:1], too_long)
@@ -139,7 +147,7 @@ def test_server_refuses_what_it_cannot_do(server_url, bundled) -> None:
 def test_the_models_end_of_turn_ids_stop_server_answers(server_url, bundled) -> None:
     """An end-of-turn id only the model's generation config lists (as Qwen's <|endoftext|>) ends answers too."""
     model, tokenizer = bundled
-    plain = OpenAIServerBackend(server_url, tokenizer, show_progress=False)
+    plain = OpenAIServerBackend(server_url, tokenizer, model_name_or_path=BUNDLED_MODEL, show_progress=False)
     greedy = plain.generate(PROMPTS[:1], Sampling(temperature=0, max_new_tokens=24))[0][0].token_ids
     extra = greedy[3]  # a token the greedy answer produces, declared end-of-turn: the answer must stop there
     assert extra not in plain.eos_ids
@@ -147,7 +155,11 @@ def test_the_models_end_of_turn_ids_stop_server_answers(server_url, bundled) -> 
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, extra]
     try:
         backend = make_backend(
-            EngineConfig(vllm_server_url=server_url), model=model, tokenizer=tokenizer, show_progress=False
+            EngineConfig(vllm_server_url=server_url),
+            model=model,
+            tokenizer=tokenizer,
+            model_name_or_path=BUNDLED_MODEL,
+            show_progress=False,
         )
     finally:
         model.generation_config.eos_token_id = original
@@ -182,4 +194,6 @@ def test_data_preparation_through_the_server(server_url, bundled, tmp_path: Path
     assert summary.rollouts == 64 and summary.pairs > 0 and summary.teacher_kept > 0
     dataset, metadata = load_soft_label_dataset(config.output_dir)
     validate_soft_label_dataset(dataset, metadata)
-    assert metadata.source["generation_backends"] == ["vllm_server"]
+    # The dataset names the model that answered (the served folder), next to the local teacher it matched.
+    assert metadata.source["generation_backends"] == [f"vllm_server:{resolve_model_path(BUNDLED_MODEL)}"]
+    assert metadata.teacher_model == BUNDLED_MODEL
