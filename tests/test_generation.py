@@ -296,8 +296,14 @@ def test_finished_rows_leave_the_batch_without_changing_any_sample(tokenizer, ti
     greedy_result = [per_prompt[0] for per_prompt in backend.generate(prompts, greedy)]
     assert greedy_result[0].finished and len(greedy_result[0].token_ids) <= 3
     for messages, completion in zip(prompts, greedy_result):
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         out = model.generate(
-            **ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=backend.eos_ids
+            **ids,
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=backend.eos_ids,
         )
         assert out[0, ids["input_ids"].shape[1] :].tolist()[: len(completion.token_ids)] == completion.token_ids

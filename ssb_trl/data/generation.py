@@ -108,6 +108,10 @@ class GenerationBackend:
     def close(self) -> None:
         """Free what the backend holds (an engine, connections); a no-op where there is nothing to free."""
 
+    def settings(self) -> dict[str, Any]:
+        """What generation runs with (for logs and run summaries)."""
+        return {"backend": self.name}
+
 
 @dataclass
 class GenerationStats:
@@ -205,6 +209,17 @@ class TransformersBackend(GenerationBackend):
         bytes_per_row = bytes_per_token * sequence_length + 4 * 4 * config.vocab_size
         free, _ = torch.cuda.mem_get_info(self.model.device)
         return int(max(1, min(cap, free * memory_fraction // bytes_per_row)))
+
+    def settings(self) -> dict[str, Any]:
+        """Backend, device, dtype and batch limits (``max_batch_size`` "auto" on CUDA: from free memory)."""
+        auto = "auto (free GPU memory, up to 1024)" if self.model.device.type == "cuda" else 64
+        return {
+            "backend": self.name,
+            "device": str(self.model.device),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "max_batch_size": auto if self.max_batch_size is None else self.max_batch_size,
+            "max_batch_tokens": self.max_batch_tokens,
+        }
 
     def _batches(self, rows: list[tuple[int, int]], lengths: list[int], max_new_tokens: int) -> list[list[int]]:
         max_batch_size = self.auto_batch_size(max(lengths) + max_new_tokens)
