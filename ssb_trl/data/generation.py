@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -134,6 +134,15 @@ class GenerationStats:
     @property
     def seconds(self) -> float:
         return self.prefill_seconds + self.decode_seconds
+
+    def plus(self, other: GenerationStats) -> GenerationStats:
+        """Both calls' counts and times added up (settings from ``other``, the later call): for a stage's total."""
+        added = {
+            f.name: getattr(self, f.name) + getattr(other, f.name)
+            for f in fields(self)
+            if f.name not in ("device", "dtype", "max_batch_size", "max_batch_tokens")
+        }
+        return replace(other, **added)
 
     @property
     def tokens_per_second(self) -> float:
