@@ -32,6 +32,7 @@ PROFILES = {
         extract=dict(n=64, prompt=256, answer=768, batch_size=16),
         generate=dict(prompts=512, prompt_len=200, new_tokens=256, batch1_new_tokens=32),
         smoke_shape="tiny",
+        end_to_end=dict(questions=1024, eval_questions=300, shard_size=256, prep={}, train=[], eval=[]),
     ),
     "tiny": dict(
         device="cpu",
@@ -42,6 +43,15 @@ PROFILES = {
         extract=dict(n=8, prompt=16, answer=32, batch_size=4),
         generate=dict(prompts=8, prompt_len=20, new_tokens=8, batch1_new_tokens=4),
         smoke_shape="tiny",
+        # The bundled model on the CPU, few questions and short answers: the code path, not the figures.
+        end_to_end=dict(
+            questions=8,
+            eval_questions=4,
+            shard_size=8,
+            prep=dict(rollout_max_new_tokens=128, teacher_max_new_tokens=128, hint_check_samples=1),
+            train=["--max_steps", "2"],
+            eval=["--max_new_tokens", "48"],
+        ),
     ),
 }
 
@@ -216,6 +226,176 @@ def part_zero3_smoke(p: dict, workdir: str) -> dict:
     return {"ok": ok, "seconds": time.perf_counter() - t0, "returncode": proc.returncode}
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUESTIONS = os.path.join(ROOT, "benchmarks/data/demo_task_1024.jsonl")  # the demo's task, seed 42 (reasoning-gym)
+HELD_OUT = os.path.join(ROOT, "benchmarks/data/demo_task_heldout_300.jsonl")  # seed 1234, none of the above
+
+
+def part_end_to_end(p: dict, workdir: str) -> list[dict]:
+    """The demo's path on the bundled SmolLM2 at scale: preparation (rollouts, teacher, hint check, soft labels),
+    SSB and SFT training, evaluation of base / SFT / SSB on held-out questions; each stage timed.
+
+    Preparation runs in this process (so each generation stage's tokens/s is measured), training and evaluation
+    through their recipes, as a user runs them. Settings come from recipes/configs/demo*.yaml; only the sizes,
+    the device and (on the GPU) ``--dtype auto`` / bf16 differ. The questions are files made from the demo's
+    reasoning-gym task (the GPU machine has no reasoning-gym): see benchmarks/data/README.md.
+    """
+    import yaml
+
+    from ssb_trl.data import PrepConfig, prepare_ssb_data
+    from ssb_trl.data.generation import GenerationStats, TransformersBackend
+    from ssb_trl.models import BUNDLED_MODEL, load_model_and_tokenizer
+
+    e, cuda = p["end_to_end"], p["device"] == "cuda"
+    with open(os.path.join(ROOT, "recipes/configs/demo_data.yaml")) as f:
+        settings = yaml.safe_load(f)
+    for question_field in ("task_config", "source_seed"):
+        settings.pop(question_field, None)
+    settings.update(
+        source=QUESTIONS,
+        num_questions=e["questions"],
+        output_dir=os.path.join(workdir, "data"),
+        device=p["device"],
+        dtype="auto",  # the default: float32 on the CPU, bfloat16 on a GPU
+        shard_size=e["shard_size"],
+        **e["prep"],
+    )
+    config = PrepConfig(**settings)
+    rows: list[dict] = []
+    started = time.perf_counter()
+    model, tokenizer = load_model_and_tokenizer(BUNDLED_MODEL, dtype="auto", device=p["device"])
+    rows.append({"stage": "load the bundled model", "seconds": time.perf_counter() - started, "detail": ""})
+
+    stage_stats: dict[str, GenerationStats] = {}
+
+    class StageTimedBackend(TransformersBackend):
+        """The default backend, adding up each generate() call's stats under the stage that made it."""
+
+        def generate(self, prompts, sampling, seed=0):
+            out = super().generate(prompts, sampling, seed)
+            stage = {config.rollout_sampling: "rollouts", config.teacher_sampling: "teacher answers"}.get(
+                sampling, "hint check (unhinted answers)"
+            )
+            stage_stats[stage] = stage_stats.get(stage, GenerationStats()).plus(self.last_stats)
+            return out
+
+    backend = StageTimedBackend(model, tokenizer, show_progress=False)
+    started = time.perf_counter()
+    summary = prepare_ssb_data(config, model=model, tokenizer=tokenizer, backend=backend, show_progress=False)
+    _sync(p)
+    prep_seconds = time.perf_counter() - started
+    for stage, stats in stage_stats.items():
+        rows.append(
+            {
+                "stage": f"prep: {stage}",
+                "seconds": stats.seconds,
+                "detail": f"{stats.new_tokens:,} new tokens, **{stats.tokens_per_second:,.0f} new tokens/s**, "
+                f"{stats.sequences} sequences in {stats.batches} batches ({stats.dtype}, up to "
+                f"{stats.max_batch_size} rows), {stats.hit_limit} cut at the limit",
+            }
+        )
+    gain = summary.hint_gain or {}
+    rows.append(
+        {
+            "stage": "prep: all (incl. soft labels, files)",
+            "seconds": prep_seconds,
+            "detail": f"{summary.questions} questions, {summary.pairs} pairs, {summary.teacher_kept} kept answers "
+            f"({summary.answer_tokens:,} answer tokens); hint gain {gain.get('gain_points', float('nan')):+.1f} pts",
+        }
+    )
+    del model, backend
+    if cuda:
+        torch.cuda.empty_cache()
+    data_dir = config.output_dir
+    train_tokens = _dataset_tokens(data_dir)
+    device_args = ["--use_cpu", "false", "--bf16", "true"] if cuda else []
+    for label, extra in (("ssb", []), ("sft", ["--kd_weight", "0", "--ce_weight", "1"])):
+        out_dir = os.path.join(workdir, label)
+        cmd = ["recipes/train_ssb.py", "--config", "recipes/configs/demo.yaml", "--dataset_name", data_dir]
+        seconds, log = _run([*cmd, "--output_dir", out_dir, *extra, *device_args, *e["train"]])
+        runtime, epoch = _logged(log, "train_runtime"), _logged(log, "epoch")
+        rate = train_tokens * epoch / runtime if runtime and epoch else float("nan")
+        rows.append(
+            {
+                "stage": f"train {label.upper()}",
+                "seconds": seconds,
+                "detail": f"{epoch:.2f} epochs of {train_tokens:,} tokens in {runtime:.1f} s of training: "
+                f"**{rate:,.0f} tokens/s**",
+            }
+        )
+    eval_dir = os.path.join(workdir, "eval")
+    seconds, _ = _run(
+        [
+            "recipes/evaluate.py",
+            "--config",
+            "recipes/configs/demo_eval.yaml",
+            "--source",
+            HELD_OUT,
+            "--num_questions",
+            str(e["eval_questions"]),
+            "--output_dir",
+            eval_dir,
+            "--device",
+            p["device"],
+            "--dtype",
+            "auto",
+            "--models",
+            f"base={BUNDLED_MODEL}",
+            f"sft={os.path.join(workdir, 'sft')}",
+            f"ssb={os.path.join(workdir, 'ssb')}",
+            *e["eval"],
+        ]
+    )
+    details = []
+    for label in ("base", "sft", "ssb"):
+        with open(os.path.join(eval_dir, "models", f"{label}.json")) as f:
+            result = json.load(f)
+        greedy = [r["greedy"] for r in result["records"]]
+        tokens = sum(g["num_tokens"] for g in greedy)
+        accuracy = sum(g["correct"] for g in greedy) / len(greedy)
+        settings = result.get("generation_settings", {})
+        details.append(
+            f"{label} {accuracy:.1%} ({tokens / result['timings']['greedy_s']:,.0f} new tokens/s, "
+            f"{settings.get('dtype', '?')})"
+        )
+    rows.append(
+        {
+            "stage": f"evaluate base/SFT/SSB on {e['eval_questions']} held-out",
+            "seconds": seconds,
+            "detail": "; ".join(details),
+        }
+    )
+    return rows
+
+
+def _dataset_tokens(data_dir: str) -> int:
+    from ssb_trl.contract import load_soft_label_dataset
+
+    dataset, _ = load_soft_label_dataset(data_dir)
+    return sum(len(ids) for ids in dataset["input_ids"])
+
+
+def _run(args: list[str]) -> tuple[float, str]:
+    """One recipe in a subprocess from the project root; (wall seconds, its output). Fails loudly."""
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, env=os.environ.copy(), check=False
+    )
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        print(proc.stdout[-4000:], proc.stderr[-6000:], sep="\n")
+        raise RuntimeError(f"{' '.join(args[:1])} failed with exit code {proc.returncode}")
+    return seconds, proc.stdout + proc.stderr
+
+
+def _logged(log: str, key: str) -> float:
+    """The last value the trainer logged for ``key`` (its dict lines: {'train_runtime': '52.1', ...})."""
+    import re
+
+    found = re.findall(rf"'{key}': '?([0-9.]+)'?", log)
+    return float(found[-1]) if found else float("nan")
+
+
 def _sync(p: dict) -> None:
     if p["device"] == "cuda":
         torch.cuda.synchronize()
@@ -224,7 +404,7 @@ def _sync(p: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tiny", action="store_true", help="small shape on the CPU (what CI runs)")
-    parser.add_argument("--parts", default="training,extraction,generation,zero3")
+    parser.add_argument("--parts", default="training,extraction,generation,zero3,end_to_end")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -268,6 +448,22 @@ def main() -> None:
         add(
             "### accelerate launch + deepspeed_zero3.yaml, 2 SSB steps\n\n"
             f"{'passed' if r['ok'] else 'FAILED'} in {r['seconds']:.0f} s"
+        )
+    if "end_to_end" in parts:
+        with tempfile.TemporaryDirectory() as workdir:
+            started = time.perf_counter()
+            try:
+                rows = part_end_to_end(p, workdir)
+            except Exception as error:  # noqa: BLE001 - the other parts' figures are already written
+                rows, failed = [{"stage": "FAILED", "seconds": 0.0, "detail": repr(error)}], True
+            total = time.perf_counter() - started
+        lines = ["| stage | wall s | what |", "| --- | ---: | --- |"]
+        lines += [f"| {r['stage']} | {r['seconds']:.1f} | {r['detail']} |" for r in rows]
+        lines.append(f"| **whole path** | **{total:.1f}** | |")
+        e = p["end_to_end"]
+        add(
+            f"### End to end, bundled SmolLM2-135M: {e['questions']} questions -> SSB and SFT -> evaluation on "
+            f"{e['eval_questions']} held-out\n\n" + "\n".join(lines)
         )
     if failed:
         raise SystemExit(1)

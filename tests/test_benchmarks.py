@@ -25,6 +25,16 @@ def test_gpu_check_runs_tiny_on_cpu(tmp_path):
         assert method in text
     assert "answer tokens/s" in text and "new tokens/s" in text
     assert "deepspeed_zero3.yaml, 2 SSB steps\n\npassed" in text
+    # The whole path on the bundled model: preparation stages, both trainings, evaluation, each timed.
+    assert "### End to end, bundled SmolLM2-135M" in text and "| FAILED |" not in text
+    for stage in (
+        "| prep: rollouts |",
+        "| prep: teacher answers |",
+        "| train SSB |",
+        "| train SFT |",
+        "| **whole path** |",
+    ):
+        assert stage in text
 
 
 def test_train_step_table_ratios():

@@ -235,3 +235,75 @@ def test_engine_completion_puts_back_a_left_out_end_of_turn(tokenizer) -> None:
     assert engine_completion(tokenizer, ids, True, [eos, 0], 0).token_ids == [*ids, 0]  # the id it stopped at
     cut = engine_completion(tokenizer, ids, False, [eos], None)
     assert cut.token_ids == ids and not cut.finished
+
+
+def _generate_reference(model, tokenizer, prompts, row_seeds, sampling, eos_ids):
+    """Today's way before rows could leave: one left-padded `model.generate` with the seeded sampler."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    from ssb_trl.data.prompts import chat_prompt_ids
+
+    encoded = [chat_prompt_ids(tokenizer, messages) for messages in prompts]
+    width, pad = max(len(ids) for ids in encoded), tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded])
+    attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded])
+    config = GenerationConfig(
+        max_new_tokens=sampling.max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=eos_ids
+    )
+    processors = LogitsProcessorList([SeededSampler(row_seeds, sampling.temperature, sampling.top_k, sampling.top_p)])
+    with torch.inference_mode():
+        output = model.generate(
+            input_ids=input_ids, attention_mask=attention, generation_config=config, logits_processor=processors
+        )
+    rows = []
+    for ids in output[:, width:].tolist():
+        end = next((i for i, token in enumerate(ids) if token in eos_ids), None)
+        rows.append(ids if end is None else ids[: end + 1])
+    return rows
+
+
+def test_finished_rows_leave_the_batch_without_changing_any_sample(tokenizer, tiny_model_factory) -> None:
+    """Rows that end their turn stop costing compute, and every row's tokens equal `model.generate`'s."""
+    model = tiny_model_factory(seed=0).eval()
+    prompts = [student_messages(q) for q in QUESTIONS]
+    sampling = Sampling(temperature=0.7, top_k=5, max_new_tokens=12, n=3)
+    seeds = [derive_seed(9, i) for i in range(len(prompts))]
+    probe = TransformersBackend(model, tokenizer, max_batch_size=64, show_progress=False)
+    first = probe.generate(prompts, sampling, seed=seeds)
+    # Make a token that some rows draw early an end-of-turn id, so rows finish at different steps.
+    end_of_turn = first[0][0].token_ids[3]
+    model.generation_config.eos_token_id = end_of_turn
+    backend = TransformersBackend(model, tokenizer, max_batch_size=64, show_progress=False)
+    result = backend.generate(prompts, sampling, seed=seeds)
+    completions = [c for per_prompt in result for c in per_prompt]
+    assert any(c.finished for c in completions) and not all(c.finished for c in completions)
+    first_end = first[0][0].token_ids.index(end_of_turn)
+    assert result[0][0].token_ids == first[0][0].token_ids[: first_end + 1] and result[0][0].finished
+    stats = backend.last_stats
+    assert stats.new_tokens == sum(len(c.token_ids) for c in completions)
+    assert stats.decode_row_steps == stats.new_tokens < len(completions) * sampling.max_new_tokens
+    assert stats.hit_limit == sum(not c.finished for c in completions)
+    assert stats.dtype == "float32" and stats.device == "cpu" and stats.max_batch_size == 64
+    row_prompts = [prompts[p] for p in range(len(prompts)) for _ in range(sampling.n)]
+    row_seeds = [derive_seed(seeds[p], s) for p in range(len(prompts)) for s in range(sampling.n)]
+    reference = _generate_reference(model, tokenizer, row_prompts, row_seeds, sampling, backend.eos_ids)
+    assert [c.token_ids for c in completions] == reference
+    # Greedy: the same, with rows leaving as they finish.
+    greedy = Sampling(temperature=0.0, max_new_tokens=12)
+    greedy_result = [per_prompt[0].token_ids for per_prompt in backend.generate(prompts, greedy)]
+    model.generation_config.eos_token_id = greedy_result[0][2]
+    backend = TransformersBackend(model, tokenizer, max_batch_size=64, show_progress=False)
+    greedy_result = [per_prompt[0] for per_prompt in backend.generate(prompts, greedy)]
+    assert greedy_result[0].finished and len(greedy_result[0].token_ids) <= 3
+    for messages, completion in zip(prompts, greedy_result):
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        out = model.generate(
+            **ids,
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=backend.eos_ids,
+        )
+        assert out[0, ids["input_ids"].shape[1] :].tolist()[: len(completion.token_ids)] == completion.token_ids

@@ -15,19 +15,20 @@ batch shapes; on a given machine and batch layout the output is bit-for-bit repe
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, LogitsProcessorList
+from transformers import DynamicCache
 
 from ssb_trl.data.prompts import Messages, chat_prompt_ids
-from ssb_trl.data.sampling import Sampling, SeededSampler, derive_seed
+from ssb_trl.data.sampling import Sampling, derive_seed, sample_next_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -107,16 +108,75 @@ class GenerationBackend:
     def close(self) -> None:
         """Free what the backend holds (an engine, connections); a no-op where there is nothing to free."""
 
+    def settings(self) -> dict[str, Any]:
+        """What generation runs with (for logs and run summaries)."""
+        return {"backend": self.name}
+
+
+@dataclass
+class GenerationStats:
+    """What one ``generate`` call of the transformers backend did: its settings and where the time went."""
+
+    device: str = ""
+    dtype: str = ""
+    max_batch_size: int = 0
+    max_batch_tokens: int | None = None
+    batches: int = 0
+    sequences: int = 0
+    prompt_tokens: int = 0
+    padded_prompt_tokens: int = 0
+    new_tokens: int = 0
+    decode_row_steps: int = 0
+    hit_limit: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self.prefill_seconds + self.decode_seconds
+
+    def plus(self, other: GenerationStats) -> GenerationStats:
+        """Both calls' counts and times added up (settings from ``other``, the later call): for a stage's total."""
+        added = {
+            f.name: getattr(self, f.name) + getattr(other, f.name)
+            for f in fields(self)
+            if f.name not in ("device", "dtype", "max_batch_size", "max_batch_tokens")
+        }
+        return replace(other, **added)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def padding_share(self) -> float:
+        """Share of the prefill's prompt positions that were padding."""
+        return 1 - self.prompt_tokens / self.padded_prompt_tokens if self.padded_prompt_tokens else 0.0
+
+    def describe(self) -> str:
+        limit = "" if self.max_batch_tokens is None else f", at most {self.max_batch_tokens} tokens"
+        return (
+            f"{self.sequences} sequences on {self.device} ({self.dtype}) in {self.batches} batch(es) of at most "
+            f"{self.max_batch_size} rows{limit}: {self.new_tokens} new tokens in {self.seconds:.1f} s "
+            f"({self.tokens_per_second:.0f}/s; prefill {self.prefill_seconds:.1f} s, decode {self.decode_seconds:.1f} s), "
+            f"{self.padding_share:.0%} prompt padding, {self.hit_limit} cut at max_new_tokens"
+        )
+
 
 class TransformersBackend(GenerationBackend):
-    """Batched ``model.generate`` on any device: left padding, length-sorted batches, all samples at once.
+    """Batched generation with any transformers causal LM on any device: left padding, length-sorted batches.
 
     Each (prompt, sample) pair is one row; rows are sorted by prompt length (longest first, so memory
     problems show up at once) and cut into batches of at most ``max_batch_size`` rows and
-    ``max_batch_tokens`` padded tokens (prompt + new tokens). With a greedy ``sampling`` (temperature 0)
-    each prompt is generated once, its completion repeated ``sampling.n`` times. Sampling settings
-    come only from the call: the model's own generation-config defaults (e.g. a repetition penalty) are
-    deliberately not applied.
+    ``max_batch_tokens`` padded tokens (prompt + new tokens). Each batch runs its own decoding loop (one
+    prefill, then one forward pass per new token on the KV cache) in which **a row leaves the batch as soon
+    as it ends its turn**: ``model.generate`` keeps computing finished rows until the longest one stops, so
+    a batch of long hinted teacher prompts with one answer that runs to ``max_new_tokens`` paid for every
+    row to the end. Sampling draws each row's token from its own seed and step (see
+    :mod:`ssb_trl.data.sampling`), so rows leaving does not change anyone's samples. With a greedy
+    ``sampling`` (temperature 0) each prompt is generated once, its completion repeated ``sampling.n``
+    times. Sampling settings come only from the call: the model's own generation-config defaults (e.g. a
+    repetition penalty) are deliberately not applied. ``last_stats`` holds what the last call did.
     """
 
     name = "transformers"
@@ -137,10 +197,15 @@ class TransformersBackend(GenerationBackend):
         self.max_batch_tokens = max_batch_tokens
         self.show_progress = show_progress
         self.eos_ids = eos_token_ids(model, tokenizer)
+        self.last_stats = GenerationStats()
+        parameters = inspect.signature(model.forward).parameters
+        # transformers >= 5.2x names the KV cache argument `cache` (`past_key_values` is deprecated there).
+        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
 
     def auto_batch_size(self, sequence_length: int, memory_fraction: float = 0.5, cap: int = 1024) -> int:
         """Rows per batch: on CUDA as many as the KV cache of `sequence_length` tokens fits in half the free
-        memory (generate's time per step barely grows with the batch, so bigger is faster); 64 elsewhere."""
+        memory (time per decoding step barely grows with the batch, so bigger is faster); 64 elsewhere."""
         if self.max_batch_size is not None:
             return self.max_batch_size
         if self.model.device.type != "cuda":
@@ -153,6 +218,17 @@ class TransformersBackend(GenerationBackend):
         bytes_per_row = bytes_per_token * sequence_length + 4 * 4 * config.vocab_size
         free, _ = torch.cuda.mem_get_info(self.model.device)
         return int(max(1, min(cap, free * memory_fraction // bytes_per_row)))
+
+    def settings(self) -> dict[str, Any]:
+        """Backend, device, dtype and batch limits (``max_batch_size`` "auto" on CUDA: from free memory)."""
+        auto = "auto (free GPU memory, up to 1024)" if self.model.device.type == "cuda" else 64
+        return {
+            "backend": self.name,
+            "device": str(self.model.device),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "max_batch_size": auto if self.max_batch_size is None else self.max_batch_size,
+            "max_batch_tokens": self.max_batch_tokens,
+        }
 
     def _batches(self, rows: list[tuple[int, int]], lengths: list[int], max_new_tokens: int) -> list[list[int]]:
         max_batch_size = self.auto_batch_size(max(lengths) + max_new_tokens)
@@ -180,6 +256,72 @@ class TransformersBackend(GenerationBackend):
             ids = ids[:-1]
         return completion_from_ids(self.tokenizer, ids, False)
 
+    def _decode_batch(
+        self, input_ids: torch.Tensor, attention: torch.Tensor, row_seeds: list[int] | None, sampling: Sampling
+    ) -> list[list[int]]:
+        """Generate for one left-padded batch; returns each row's new ids (up to and including its end of turn).
+
+        One prefill, then one forward pass per step over the rows still going: finished rows are dropped
+        from the batch, the KV cache and the mask, so their compute stops with them.
+        """
+        model, device = self.model, self.model.device
+        eos = torch.tensor(self.eos_ids, device=device)
+        seeds = None if row_seeds is None else torch.tensor(row_seeds, dtype=torch.long, device=device)
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=model.config)
+        started = time.perf_counter()
+        logits = model(
+            input_ids=input_ids,
+            attention_mask=attention,
+            position_ids=positions,
+            use_cache=True,
+            **{self._cache_argument: cache},
+            **self._last_logits_only,
+        ).logits[:, -1]
+        self._sync()
+        self.last_stats.prefill_seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        generated: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+        active = list(range(input_ids.shape[0]))  # batch position -> row
+        next_positions = positions[:, -1:] + 1
+        for step in range(sampling.max_new_tokens):
+            if seeds is None:
+                tokens = logits.argmax(dim=-1)
+            else:
+                tokens = sample_next_tokens(logits, seeds, step, sampling.temperature, sampling.top_k, sampling.top_p)
+            self.last_stats.decode_row_steps += len(active)
+            for row, token in zip(active, tokens.tolist()):
+                generated[row].append(token)
+            if step == sampling.max_new_tokens - 1:
+                break
+            going = ~torch.isin(tokens, eos)
+            if not bool(going.all()):
+                keep = going.nonzero().squeeze(-1)
+                if keep.numel() == 0:
+                    break
+                cache.batch_select_indices(keep)
+                kept = keep.tolist()
+                active = [active[i] for i in kept]
+                tokens, attention, next_positions = tokens[keep], attention[keep], next_positions[keep]
+                seeds = None if seeds is None else seeds[keep]
+            attention = torch.cat([attention, attention.new_ones((attention.shape[0], 1))], dim=-1)
+            logits = model(
+                input_ids=tokens.unsqueeze(-1),
+                attention_mask=attention,
+                position_ids=next_positions,
+                use_cache=True,
+                **{self._cache_argument: cache},
+            ).logits[:, -1]
+            next_positions = next_positions + 1
+        self._sync()
+        self.last_stats.decode_seconds += time.perf_counter() - started
+        return generated
+
+    def _sync(self) -> None:
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize(self.model.device)
+
     @torch.inference_mode()
     def generate(
         self,
@@ -189,25 +331,25 @@ class TransformersBackend(GenerationBackend):
     ) -> list[list[Completion]]:
         if not prompts:
             return []
-        greedy, max_new_tokens = sampling.greedy, sampling.max_new_tokens
+        greedy = sampling.greedy
         seeds = prompt_seeds(seed, len(prompts))
         encoded = [chat_prompt_ids(self.tokenizer, messages) for messages in prompts]
         lengths = [len(ids) for ids in encoded]
         samples_to_run = 1 if greedy else sampling.n
         rows = [(p, s) for p in range(len(prompts)) for s in range(samples_to_run)]
         results: dict[tuple[int, int], Completion] = {}
-        device = self.model.device
         pad = self.tokenizer.pad_token_id
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            eos_token_id=self.eos_ids,
-            use_cache=True,
+        batches = self._batches(rows, lengths, sampling.max_new_tokens)
+        stats = self.last_stats = GenerationStats(
+            device=str(self.model.device),
+            dtype=str(self.model.dtype).removeprefix("torch."),
+            max_batch_size=self.auto_batch_size(max(lengths) + sampling.max_new_tokens),
+            max_batch_tokens=self.max_batch_tokens,
+            batches=len(batches),
+            sequences=len(rows),
         )
         progress = tqdm(total=len(rows), desc="Generating", unit="seq", disable=not self.show_progress)
-        new_tokens, started = 0, time.perf_counter()
-        for batch in self._batches(rows, lengths, max_new_tokens):
+        for batch in batches:
             width = max(lengths[rows[r][0]] for r in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
@@ -215,25 +357,19 @@ class TransformersBackend(GenerationBackend):
                 ids = encoded[rows[r][0]]
                 input_ids[i, width - len(ids) :] = torch.tensor(ids)
                 attention[i, width - len(ids) :] = 1
-            processors = LogitsProcessorList()
-            if not greedy:
-                row_seeds = [derive_seed(seeds[rows[r][0]], rows[r][1]) for r in batch]
-                processors.append(SeededSampler(row_seeds, sampling.temperature, sampling.top_k, sampling.top_p))
-            output = self.model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                generation_config=config,
-                logits_processor=processors,
-            )
-            generated = output[:, width:].tolist()
+                stats.prompt_tokens += len(ids)
+            stats.padded_prompt_tokens += width * len(batch)
+            row_seeds = None if greedy else [derive_seed(seeds[rows[r][0]], rows[r][1]) for r in batch]
+            generated = self._decode_batch(input_ids, attention, row_seeds, sampling)
             for i, r in enumerate(batch):
                 completion = self._completion(generated[i])
                 results[rows[r]] = completion
-                new_tokens += len(completion.token_ids)
+                stats.new_tokens += len(completion.token_ids)
+                stats.hit_limit += not completion.finished
             progress.update(len(batch))
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            progress.set_postfix(new_tok_per_s=f"{new_tokens / elapsed:.0f}")
+            progress.set_postfix(new_tok_per_s=f"{stats.new_tokens / max(stats.seconds, 1e-9):.0f}")
         progress.close()
+        logger.info("Generated %s", stats.describe())
         return [[results[(p, 0 if greedy else s)] for s in range(sampling.n)] for p in range(len(prompts))]
 
 

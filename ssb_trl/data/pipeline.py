@@ -458,6 +458,7 @@ def _prepare(
                 "generation_backend": backend_kind if len(reused) < num_shards else "",
                 "shards_generated": [s for s in range(num_shards) if s not in reused],
                 "shards_reused": reused,
+                "generation_settings": {**backend.settings(), "shard_size": config.shard_size} if todo else {},
             }
             summary, _ = _finalize(work, num_shards, config, tokenizer, vocab_size, run)
             logger.info("SSB data preparation finished; dataset in %s\n%s", config.output_dir, summary.table())

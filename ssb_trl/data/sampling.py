@@ -86,12 +86,34 @@ def counter_uniform(seeds: torch.Tensor, step: int, k: int) -> torch.Tensor:
     return (h.double() + 0.5) / 2.0**32
 
 
-class SeededSampler(LogitsProcessor):
-    """Temperature / top-k / top-p sampling with one seed per batch row (see `counter_uniform`).
+def sample_next_tokens(
+    logits: torch.Tensor, seeds: torch.Tensor, step: int, temperature: float, top_k: int, top_p: float
+) -> torch.Tensor:
+    """One token per row [rows] drawn from temperature / top-k / top-p filtered ``logits`` [rows, vocab].
 
-    Used with greedy decoding: it draws the next token itself (Gumbel-max over the top-k/top-p
-    candidates, which is exact sampling from the filtered softmax) and returns scores where only that
-    token is finite, so the greedy step picks it.
+    Gumbel-max over the top-k/top-p candidates (exact sampling from the filtered softmax) with noise from
+    :func:`counter_uniform`, so a row's token depends only on its logits, its seed and ``step`` (the number of
+    tokens the row has generated so far): rows may join or leave a batch without changing anyone's samples.
+    """
+    logits = logits.float() / temperature
+    vocab = logits.shape[-1]
+    k = min(top_k, vocab) if top_k and top_k > 0 else vocab
+    values, indices = logits.topk(k, dim=-1)  # sorted, largest first
+    if top_p < 1.0:
+        probs = values.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        values = values.masked_fill(mass_before >= top_p, float("-inf"))
+    noise = counter_uniform(seeds.to(values.device), step, k)
+    gumbel = -torch.log(-torch.log(noise)).to(values.dtype)
+    choice = (values + gumbel).argmax(dim=-1, keepdim=True)
+    return indices.gather(-1, choice).squeeze(-1)
+
+
+class SeededSampler(LogitsProcessor):
+    """:func:`sample_next_tokens` as a logits processor, for ``model.generate`` with greedy decoding.
+
+    It draws the next token itself and returns scores where only that token is finite, so the greedy
+    step picks it. (The transformers backend calls :func:`sample_next_tokens` directly.)
     """
 
     def __init__(self, seeds: list[int], temperature: float, top_k: int, top_p: float):
@@ -102,20 +124,9 @@ class SeededSampler(LogitsProcessor):
         self.top_p = top_p
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        logits = scores.float() / self.temperature
-        vocab = logits.shape[-1]
-        k = min(self.top_k, vocab) if self.top_k and self.top_k > 0 else vocab
-        values, indices = logits.topk(k, dim=-1)  # sorted, largest first
-        if self.top_p < 1.0:
-            probs = values.softmax(dim=-1)
-            mass_before = probs.cumsum(dim=-1) - probs
-            values = values.masked_fill(mass_before >= self.top_p, float("-inf"))
-        if self.seeds.device != values.device:
-            self.seeds = self.seeds.to(values.device)  # once, not every step
-        noise = counter_uniform(self.seeds, self.step, k)
+        if self.seeds.device != scores.device:
+            self.seeds = self.seeds.to(scores.device)  # once, not every step
+        tokens = sample_next_tokens(scores, self.seeds, self.step, self.temperature, self.top_k, self.top_p)
         self.step += 1
-        gumbel = -torch.log(-torch.log(noise)).to(values.dtype)
-        choice = (values + gumbel).argmax(dim=-1, keepdim=True)
-        tokens = indices.gather(-1, choice)
         forced = torch.full_like(scores, float("-inf"))
-        return forced.scatter_(-1, tokens, 0.0)
+        return forced.scatter_(-1, tokens.unsqueeze(-1), 0.0)

@@ -39,6 +39,8 @@ class PrepSummary:
     generation_backend: str = ""  # the engine of this run (finished shards may have come from another: see records)
     shards_generated: list[int] = field(default_factory=list)  # shards this run generated (in part or whole)
     shards_reused: list[int] = field(default_factory=list)  # shards finished before this run, never regenerated
+    # What this run generated with: backend, device, dtype, batch limits, shard size ({} when every shard was reused)
+    generation_settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rollout_accuracy(self) -> float:
@@ -64,6 +66,7 @@ class PrepSummary:
             ),
             ("answer tokens", f"{self.answer_tokens}"),
             ("generation backend (this run)", self.generation_backend or "none (every shard reused)"),
+            ("generation settings (this run)", ", ".join(f"{k} {v}" for k, v in self.generation_settings.items())),
             ("shards generated / reused", f"{_ranges(self.shards_generated)} / {_ranges(self.shards_reused)}"),
             (
                 "bytes per answer token on disk",

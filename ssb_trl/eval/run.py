@@ -186,6 +186,7 @@ def _evaluate_spec(spec: ModelSpec, examples: Sequence[QAExample], config: EvalC
         backend = open_backend(spec, config, scratch_dir)
         try:
             result = evaluate_model(backend, examples, config)
+            result["generation_settings"] = backend.settings()
         finally:
             backend.close()
     del backend
