@@ -349,7 +349,7 @@ def part_end_to_end(p: dict, workdir: str) -> list[dict]:
     details = []
     for label in ("base", "sft", "ssb"):
         with open(os.path.join(eval_dir, "models", f"{label}.json")) as f:
-            result = json.load(f)
+            result = json.load(f)["result"]  # models/<label>.json: the saved model's settings, identity, result
         greedy = [r["greedy"] for r in result["records"]]
         tokens = sum(g["num_tokens"] for g in greedy)
         accuracy = sum(g["correct"] for g in greedy) / len(greedy)
