@@ -468,3 +468,9 @@ def test_unknown_yaml_key_is_rejected(tmp_path: Path) -> None:
     config.write_text("models: [bundled:smollm2-135m-instruct]\nsource: gsm8k\nnum_sampels: 4\n")
     with pytest.raises(ValueError, match="num_sampels"):
         _run_recipe(["--config", str(config)])
+
+
+def test_an_empty_model_label_is_refused() -> None:
+    """`--models =path` was read as a model path named '=path' and failed at loading with a Hub error."""
+    with pytest.raises(ValueError, match="has an empty label: write 'label=name_or_path'"):
+        parse_model_specs(["=bundled:smollm2-135m-instruct"])

@@ -51,6 +51,10 @@ def parse_model_specs(models: Sequence[str], adapter_base_model: str | None = No
         raise ValueError("No models to evaluate: pass --models, e.g. --models bundled:smollm2-135m-instruct out/ssb")
     specs: list[ModelSpec] = []
     for entry in models:
+        if entry.startswith("=") and not Path(entry).exists():
+            raise ValueError(
+                f"--models entry {entry!r} has an empty label: write 'label=name_or_path' or just the path"
+            )
         match = _LABEL_RE.match(entry)
         label, target = (match.group(1), match.group(2)) if match and not Path(entry).exists() else (None, entry)
         path = Path(target).expanduser()
