@@ -164,7 +164,8 @@ def test_pipeline_builds_the_soft_label_dataset(tmp_path: Path, tokenizer) -> No
     assert summary.generation_backend == "transformers" and summary.shards_reused == []
     assert again.generation_backend == "" and again.shards_generated == []  # nothing generated: every shard reused
     assert again.shards_reused == summary.shards_generated == list(range(len(summary.shards_generated)))
-    run_fields = {"generation_backend": "", "shards_generated": [], "shards_reused": []}
+    assert summary.generation_settings["backend"] == "transformers" and again.generation_settings == {}
+    run_fields = {"generation_backend": "", "generation_settings": {}, "shards_generated": [], "shards_reused": []}
     assert dataclasses.replace(again, **run_fields) == dataclasses.replace(summary, **run_fields)
     assert load_soft_label_dataset(config.output_dir)[0].to_list() == dataset.to_list()
     # Other settings in the same directory are refused, naming what differs.
