@@ -36,7 +36,12 @@ def tokenizer(tokenizer_dir):
 
 
 def make_tiny_model(
-    seed: int = 0, hidden_size: int = 32, num_layers: int = 2, vocab_size: int = 49152, initializer_range: float = 0.02
+    seed: int = 0,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    vocab_size: int = 49152,
+    initializer_range: float = 0.02,
+    tie_word_embeddings: bool = True,
 ):
     """A random Llama-shaped model with SmolLM2's vocabulary: fast, real transformers code."""
     torch.manual_seed(seed)
@@ -48,7 +53,7 @@ def make_tiny_model(
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=2048,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=2,

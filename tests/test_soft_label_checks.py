@@ -12,9 +12,7 @@ from pathlib import Path
 
 import datasets
 import pytest
-import torch
 from conftest import build_soft_label_dataset, make_tiny_model
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from ssb_trl import SSBConfig, SSBTrainer, extract_topk_soft_labels, tokenizer_fingerprint
 from ssb_trl.contract import SoftLabelError, SoftLabelMetadata, save_soft_label_dataset, validate_soft_label_dataset
@@ -31,20 +29,7 @@ def untied_teacher():
     With tied embeddings a tiny random model ranks alike at every position (each hidden state is close to its
     own input embedding), so soft labels moved by a token would still list the sampled tokens.
     """
-    torch.manual_seed(1)
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
-    return LlamaForCausalLM(config)
+    return make_tiny_model(seed=1, tie_word_embeddings=False)
 
 
 def sampled_soft_label_dataset(tokenizer, sampling: Sampling, n_rows: int = 4):
