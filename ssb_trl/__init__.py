@@ -22,6 +22,7 @@ _EXPORTS = {  # public name -> the module that defines it
     "SSBTrainer": "ssb_trl.trainer",
     "SoftLabelError": "ssb_trl.contract",
     "SoftLabelMetadata": "ssb_trl.contract",
+    "extract_soft_labels": "ssb_trl.data.teacher",
     "extract_topk_soft_labels": "ssb_trl.data.teacher",
     "load_soft_label_dataset": "ssb_trl.contract",
     "push_soft_label_dataset_to_hub": "ssb_trl.contract",
@@ -37,6 +38,7 @@ __all__ = [  # the keys of _EXPORTS, spelled out for tools that read __all__ sta
     "SSBTrainer",
     "SoftLabelError",
     "SoftLabelMetadata",
+    "extract_soft_labels",
     "extract_topk_soft_labels",
     "load_soft_label_dataset",
     "push_soft_label_dataset_to_hub",
@@ -61,6 +63,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         tokenizer_fingerprint,
         validate_soft_label_dataset,
     )
-    from .data.teacher import extract_topk_soft_labels
+    from .data.teacher import extract_soft_labels, extract_topk_soft_labels
     from .loss import DistillationLossSpec, sparse_distillation_loss
     from .trainer import SSBTrainer

@@ -39,14 +39,20 @@ def id_dtype_for_vocab(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 2**16 else "uint32"
 
 
-def encode_logprobs(logprobs: np.ndarray) -> np.ndarray:
-    """[..., K] log-probs, most probable first, normalised over the full vocabulary -> uint8 codes [..., K]."""
+def encode_logprobs(logprobs: np.ndarray, round_up: bool = False) -> np.ndarray:
+    """[..., K] log-probs, most probable first, normalised over the full vocabulary -> uint8 codes [..., K].
+
+    Each log-prob goes to the nearest code, or with `round_up` to the code just above it (probability rounded up,
+    by at most a factor exp(1/16)): sampled soft labels (`ssb_trl.sampled_labels`) sum to 1 and must keep a mass
+    >= 1 so that no rounding lands in the derived tail bucket; the loss scales the excess back to 1.
+    """
     values = np.asarray(logprobs, dtype=np.float64)
     if not np.isfinite(values).all():
         raise ValueError("logprobs hold NaN or infinite values; the teacher pass overflowed.")
     if (values > 1e-3).any():
         raise ValueError("logprobs must be <= 0 (log_softmax over the full vocabulary), not raw logits.")
-    return np.clip(np.rint(-values / LOGPROB_CODE_STEP), 0, MAX_LOGPROB_CODE).astype(np.uint8)
+    codes = np.floor(-values / LOGPROB_CODE_STEP + 1e-9) if round_up else np.rint(-values / LOGPROB_CODE_STEP)
+    return np.clip(codes, 0, MAX_LOGPROB_CODE).astype(np.uint8)
 
 
 def decode_logprobs(codes: np.ndarray) -> np.ndarray:
@@ -61,12 +67,16 @@ def decode_logprobs_tensor(values: torch.Tensor) -> torch.Tensor:
     return values.float() * -LOGPROB_CODE_STEP
 
 
-def compact_soft_label_rows(ids: np.ndarray, logprobs: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One row's float soft labels [n_answer, K] -> (ids in the vocabulary's id dtype, uint8 codes)."""
+def compact_soft_label_rows(
+    ids: np.ndarray, logprobs: np.ndarray, vocab_size: int, round_up: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """One row's float soft labels [n_answer, K] -> (ids in the vocabulary's id dtype, uint8 codes).
+
+    `round_up`: see :func:`encode_logprobs` (sampled soft labels)."""
     ids = np.asarray(ids)
     if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
         raise ValueError(f"teacher ids must lie in [0, {vocab_size}) (the vocabulary), got {ids.min()}..{ids.max()}.")
-    return ids.astype(id_dtype_for_vocab(vocab_size)), encode_logprobs(logprobs)
+    return ids.astype(id_dtype_for_vocab(vocab_size)), encode_logprobs(logprobs, round_up=round_up)
 
 
 def compact_soft_label_dataset(dataset, metadata, vocab_size: int):

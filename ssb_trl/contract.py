@@ -17,6 +17,12 @@ the same two columns, ids as uint16 (vocabulary <= 65,536) or uint32 and log-pro
 (log-prob = -code / 16), both in fixed-size lists of K: 3 bytes per entry instead of 6. Version 1 datasets
 (float log-probs) load and train as before; the collator decodes either to float32 log-probs.
 
+Format version 3 adds sampled soft labels (metadata `soft_label_mode="sampled"`, `soft_label_draws=N`,
+:mod:`ssb_trl.sampled_labels`): the same columns, each token's K = N entries hold the distinct ids drawn N times
+from the teacher's distribution at `temperature`, with log(count / N), then padding ids at a negligible log-prob.
+Their mass is 1 (no tail) and the answer's own token need not be among them. Readers before version 3 would take
+them for top-K labels (and could rescale them to another temperature, which biases them), so they refuse them.
+
 Dataset-level :class:`SoftLabelMetadata` (teacher, tokenizer fingerprint, K, temperature, prompt version,
 source and sampling settings) is stored once, as ``ssb_metadata.json`` beside the data, on disk and on the
 Hub alike. In memory it rides in ``Dataset.info.description``, so a loaded dataset carries it into
@@ -55,10 +61,14 @@ LOGPROB_DTYPES = ("float16", "float32", LOGPROB_CODE_DTYPE)
 
 METADATA_FILENAME = "ssb_metadata.json"
 _METADATA_MARKER = "ssb_trl_soft_labels"
-FORMAT_VERSION = COMPACT_FORMAT_VERSION
-"""The newest format this ssb-trl reads (and writes for compact soft labels)."""
+SAMPLED_FORMAT_VERSION = 3
+"""The version written for sampled soft labels (any log-prob dtype)."""
+FORMAT_VERSION = SAMPLED_FORMAT_VERSION
+"""The newest format this ssb-trl reads (and writes for sampled or compact soft labels)."""
 TOPK_FORMAT_VERSION = 1
-"""The version written for float log-probs, which every ssb-trl reads."""
+"""The version written for top-K float log-probs, which every ssb-trl reads."""
+SOFT_LABEL_MODES = ("topk", "sampled")
+"""topk: the K most probable ids per token; sampled: N draws from the teacher's distribution (unbiased)."""
 
 _CHECKS = (
     "MASS_TOLERANCE",
@@ -125,10 +135,28 @@ class SoftLabelMetadata:
     source: dict = field(default_factory=dict)
     logprob_dtype: str = "float16"
     format_version: int = TOPK_FORMAT_VERSION
+    soft_label_mode: str = "topk"
+    """"topk" (the K most probable ids) or "sampled" (N draws; `top_k` is then N); datasets without it are top-K."""
+    soft_label_draws: int | None = None
+    """N, the draws per token of sampled soft labels; None for top-K."""
 
     def __post_init__(self):
         if self.logprob_dtype == LOGPROB_CODE_DTYPE:  # readers before version 2 cannot decode the codes
             self.format_version = max(self.format_version, COMPACT_FORMAT_VERSION)
+        if self.soft_label_mode not in SOFT_LABEL_MODES:
+            raise ValueError(f"soft_label_mode must be one of {SOFT_LABEL_MODES}, got {self.soft_label_mode!r}.")
+        if self.sampled and self.soft_label_draws != self.top_k:
+            raise ValueError(
+                f"sampled soft labels store their N draws as N entries per token: soft_label_draws "
+                f"({self.soft_label_draws}) must equal top_k ({self.top_k})."
+            )
+        if self.soft_label_mode == "sampled":  # readers before version 3 would take the draws for a top-K
+            self.format_version = max(self.format_version, SAMPLED_FORMAT_VERSION)
+
+    @property
+    def sampled(self) -> bool:
+        """Sampled soft labels (an unbiased estimate of the full distribution), not top-K."""
+        return self.soft_label_mode == "sampled"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -244,6 +272,14 @@ def read_metadata_file(path: str | os.PathLike[str]) -> SoftLabelMetadata:
         and temperature > 0
     ):
         problems.append(f"temperature must be a finite number > 0, got {temperature!r}")
+    mode, draws = data.get("soft_label_mode", "topk"), data.get("soft_label_draws")
+    if mode not in SOFT_LABEL_MODES:
+        problems.append(f"soft_label_mode must be one of {SOFT_LABEL_MODES}, got {mode!r}")
+    elif mode == "sampled" and not (isinstance(draws, int) and not isinstance(draws, bool) and draws == top_k):
+        problems.append(
+            f"sampled soft labels need soft_label_draws = top_k (N draws stored as N entries per token), got "
+            f"soft_label_draws={draws!r} and top_k={top_k!r}"
+        )
     if "tokenizer_fingerprint" in data and not isinstance(data["tokenizer_fingerprint"], dict):
         problems.append(f"tokenizer_fingerprint must be an object, got {data['tokenizer_fingerprint']!r}")
     if problems:

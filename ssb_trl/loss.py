@@ -9,6 +9,8 @@ mass). The loss compares teacher and student on that coarse (K + 1)-bucket distr
 
 D is a generalised Jensen-Shannon divergence as in TRL's GKD: beta = 0 is forward KL(P || Q),
 beta = 1 is reverse KL(Q || P). Without the tail bucket both sides are renormalised over the K ids.
+A stored sum(p) above 1 (rounding) is scaled back to 1. Sampled soft labels (`ssb_trl.sampled_labels`) store
+counts / N with sum(p) = 1: their tail is empty and the gradient is q - p_hat over the whole vocabulary.
 
 Memory: the student's [tokens, vocab] logits are never built for the whole batch. The answer
 positions' hidden states are projected chunk by chunk; each chunk's gradient with respect to the
@@ -70,7 +72,11 @@ def teacher_coarse_log_probs(teacher_logprobs: torch.Tensor, use_tail_bucket: bo
     teacher_logprobs = teacher_logprobs.float()
     if not use_tail_bucket:
         return torch.log_softmax(teacher_logprobs, dim=-1)
-    tail = (1.0 - teacher_logprobs.exp().sum(-1, keepdim=True)).clamp(min=_MIN_TAIL_PROB)
+    mass = teacher_logprobs.exp().sum(-1, keepdim=True)
+    # A stored mass above 1 is rounding (float16, or the 8-bit codes of sampled soft labels, which round up): scale
+    # it back to 1 so the target is a distribution; the tail bucket is then empty.
+    teacher_logprobs = teacher_logprobs - mass.log().clamp(min=0.0)
+    tail = (1.0 - mass).clamp(min=_MIN_TAIL_PROB)
     return torch.cat([teacher_logprobs, tail.log()], dim=-1)
 
 

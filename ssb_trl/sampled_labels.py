@@ -7,13 +7,18 @@ and stores the empirical distribution p_hat = counts / N over the distinct drawn
 forward-KL gradient with respect to the student's logits, q - p_hat, is linear in p_hat, so its expectation
 over draws is the dense gradient q - p (proposal = p, so every importance weight is 1 and the counts suffice).
 
-The rows fit the one contract unchanged: K >= N entries per token, the drawn ids by count (most probable
-first) with log(count / N), then padding ids (never drawn) at log-prob PAD_LOGPROB, whose probability
-(e^-80) is nil next to 1 / N. The top-K mass is 1, so the derived tail bucket is empty and `ssb_trl.loss`
-computes exactly q - p_hat over the whole vocabulary. Draws are reproducible: the caller passes a generator
-seeded per row.
+The rows fit the one contract: K = N entries per token (the metadata's `top_k` is N), the drawn ids by
+count (most probable first) with log(count / N), then padding ids (never drawn) at log-prob PAD_LOGPROB, whose
+probability (e^-80; 1.2e-7 once stored as compact uint8 codes, whose floor is -15.94) is nil next to 1 / N. The
+stored mass is 1, so the derived tail bucket is empty and `ssb_trl.loss` computes q - p_hat over the whole
+vocabulary. Stored rounding must not leak mass into the tail: the compact 8-bit codes of a sampled row round
+every probability up (`encode_logprobs(..., round_up=True)`), so its mass is >= 1, and the loss scales a stored
+mass above 1 back to 1 (float16 rounding leaves at most ~0.1% in the tail). Draws are reproducible: the
+caller passes a generator seeded per row (data preparation seeds it from the run seed and the question id).
 
-This module is the estimator and its test against the dense gradient; data preparation does not call it yet.
+Data preparation writes these rows with `--soft_label_mode sampled --soft_label_draws N`
+(:func:`ssb_trl.data.teacher.extract_soft_labels`); the dataset metadata records the mode and N
+(`SoftLabelMetadata.soft_label_mode`, `.soft_label_draws`, format version 3).
 """
 
 from __future__ import annotations

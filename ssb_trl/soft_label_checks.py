@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .compact_labels import LOGPROB_CODE_DTYPE, decode_logprobs
+from .compact_labels import LOGPROB_CODE_DTYPE, LOGPROB_CODE_STEP, decode_logprobs
 from .contract import (
     COMPLETION_MASK,
     FORMAT_VERSION,
@@ -26,6 +26,9 @@ from .contract import (
 
 # fp16 rounding of K log-probs can push their mass a little above 1; beyond this it is a broken row.
 MASS_TOLERANCE = 1e-2
+# The compact 8-bit codes round each probability by up to a factor exp(step / 2) (exp(step) for sampled soft
+# labels, which round up so that their mass stays >= 1): a row's mass may exceed 1 by as much.
+CODE_MASS_TOLERANCE = float(np.expm1(LOGPROB_CODE_STEP)) + 1e-3
 
 
 def _row_error(row: int, problem: str, fix: str) -> SoftLabelError:
@@ -120,8 +123,10 @@ def validate_soft_label_dataset(
 ) -> None:
     """Refuse a dataset that breaks the column contract, naming the first bad row and the fix.
 
-    With `metadata`, K must be its `top_k` and the answers must be the tokens the teacher sampled
-    (:func:`check_sampled_tokens_in_top_k`); with `vocab_size`, every id must fit the model. Vectorised over
+    With `metadata`, K must be its `top_k` and, for top-K labels, the answers must be the tokens the teacher sampled
+    (:func:`check_sampled_tokens_in_top_k`; a sampled soft label's drawn set need not hold its answer token, so
+    sampled rows are checked for a mass of 1 instead, :func:`check_sampled_mass`); with `vocab_size`, every id must
+    fit the model. Vectorised over
     Arrow buffers, so a large dataset is checked in seconds.
     """
     ids_col, logp_col = columns
@@ -211,7 +216,8 @@ def validate_soft_label_dataset(
         raise _row_error(i, f"expected K={k} soft-label entries per token, found {k_ids[bad][0]}", "Rebuild it.")
     flat_ids = pc.list_flatten(ids_inner).to_numpy(zero_copy_only=False).reshape(-1, k)
     flat_logp = pc.list_flatten(logp_inner).to_numpy(zero_copy_only=False).reshape(-1, k)
-    if _logprobs_are_codes(logp.type, logp_col, metadata):
+    codes = _logprobs_are_codes(logp.type, logp_col, metadata)
+    if codes:
         flat_logp = decode_logprobs(flat_logp)
     flat_logp = flat_logp.astype(np.float32)
     if vocab_size is not None:
@@ -253,7 +259,8 @@ def validate_soft_label_dataset(
             )
     if check_mass:
         mass = np.exp(flat_logp.astype(np.float64)).sum(-1)
-        bad = (flat_logp > 1e-3).any(-1) | (mass > 1.0 + MASS_TOLERANCE)
+        tolerance = CODE_MASS_TOLERANCE if codes else MASS_TOLERANCE
+        bad = (flat_logp > 1e-3).any(-1) | (mass > 1.0 + tolerance)
         if bad.any():
             i = token_row[_first(bad)]
             raise _row_error(
@@ -262,9 +269,35 @@ def validate_soft_label_dataset(
                 "the full vocabulary)",
                 "Store log_softmax(logits / T) values, not raw logits.",
             )
-    if metadata is not None:
+        if metadata is not None and metadata.sampled:
+            check_sampled_mass(mass, token_row, offsets_ids, metadata, codes)
+    if metadata is not None and not metadata.sampled:  # a drawn set need not hold the answer's token
         answer_tokens = pc.list_flatten(col(INPUT_IDS)).to_numpy(zero_copy_only=False)[mask_values == 1]
         check_sampled_tokens_in_top_k(answer_tokens, flat_ids, n_answer, metadata, ids_col)
+
+
+def check_sampled_mass(
+    mass: np.ndarray, token_row: np.ndarray, offsets: np.ndarray, metadata: SoftLabelMetadata, codes: bool
+) -> None:
+    """Sampled soft labels are counts / N over the drawn ids: each token's stored mass is 1, up to rounding.
+
+    A lower mass means entries were dropped or the rows are not draws (top-K labels under a sampled metadata,
+    or importance weights), and the loss would put the missing mass in the tail bucket: a biased target.
+    """
+    lowest = np.exp(-LOGPROB_CODE_STEP) - 1e-3 if codes else 1.0 - MASS_TOLERANCE
+    bad = mass < lowest
+    if bad.any():
+        t = _first(bad)
+        i = token_row[t]
+        raise _row_error(
+            i,
+            f"answer token {t - offsets[i]} holds sampled soft labels of mass {mass[t]:.4f}, not 1: the metadata "
+            f"says soft_label_mode='sampled' with N={metadata.soft_label_draws} draws, whose log(count / N) entries "
+            "sum to 1",
+            "Rebuild the soft labels with `ssb-trl prepare --soft_label_mode sampled` (or "
+            "ssb_trl.data.teacher.extract_soft_labels(..., mode='sampled')), or, if these are top-K labels, correct "
+            "soft_label_mode in the dataset's ssb_metadata.json.",
+        )
 
 
 def teacher_sampling_top_k(metadata: SoftLabelMetadata) -> int | None:
@@ -364,6 +397,13 @@ def check_metadata_compatible(
             f"the soft labels were made with another tokenizer (dataset: {metadata.tokenizer_fingerprint}, "
             f"this tokenizer: {expected}; teacher {metadata.teacher_model!r}). Train the model the data was made "
             "for, or rebuild the soft labels with this model's tokenizer."
+        )
+    if abs(metadata.temperature - temperature) > 1e-6 and metadata.sampled:
+        raise SoftLabelError(
+            f"the sampled soft labels were drawn at temperature {metadata.temperature} but SSBConfig.temperature is "
+            f"{temperature}. Draws are an unbiased estimate of the distribution at the temperature they were drawn "
+            f"at only; rescaling them to another one is biased, so it is not offered. Set "
+            f"temperature={metadata.temperature}, or rebuild the soft labels at {temperature}."
         )
     if abs(metadata.temperature - temperature) > 1e-6 and not allow_temperature_renormalization:
         raise SoftLabelError(

@@ -22,7 +22,14 @@ from trl.trainer.utils import get_config_model_id
 
 from .collator import SSBDataCollator
 from .config import SSBConfig
-from .contract import COMPLETION_MASK, INPUT_IDS, TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS, SoftLabelMetadata
+from .contract import (
+    COMPLETION_MASK,
+    INPUT_IDS,
+    TEACHER_TOPK_IDS,
+    TEACHER_TOPK_LOGPROBS,
+    SoftLabelError,
+    SoftLabelMetadata,
+)
 from .loss import DistillationLossSpec
 from .model_card import finish_model_card, hub_base_model, portable_model_name
 from .modeling import patch_forward_with_soft_label_loss
@@ -272,6 +279,13 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
         drops the tail bucket.
         """
         spec = args.loss_spec()
+        if metadata is not None and metadata.sampled and not spec.use_tail_bucket:
+            raise SoftLabelError(
+                "use_tail_bucket=False renormalises the student over each token's stored ids; with sampled soft labels "
+                "those are the drawn ids, so the student's mass on every other token would get no gradient (a "
+                "biased loss). Sampled labels hold the whole mass (their tail bucket is empty), so keep "
+                "use_tail_bucket=True: the loss is then the full-vocabulary KL to the drawn distribution."
+            )
         if metadata is None or abs(metadata.temperature - args.temperature) < 1e-6:
             return spec, None
         return replace(spec, use_tail_bucket=False), metadata.temperature / args.temperature

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ssb_trl.contract import LOGPROB_DTYPES
+from ssb_trl.contract import LOGPROB_DTYPES, SOFT_LABEL_MODES
 from ssb_trl.data.engine import EngineConfig
 from ssb_trl.data.prompts import DEFAULT_HINT_FORMAT, DEFAULT_SYSTEM_PROMPT, HINT_FORMATS, HintFormat, load_hint_format
 from ssb_trl.data.sampling import Sampling
@@ -55,7 +55,9 @@ TEACHER_FIELDS = frozenset(
     }
 )
 HINT_CHECK_FIELDS = frozenset({"hint_check_samples"})
-ROWS_FIELDS = frozenset({"soft_label_top_k", "soft_label_temperature", "logprob_dtype"})
+ROWS_FIELDS = frozenset(
+    {"soft_label_mode", "soft_label_top_k", "soft_label_draws", "soft_label_temperature", "logprob_dtype"}
+)
 # Settings that only choose which questions are used: compared question by question (shard by shard) instead.
 QUESTION_COUNT_FIELDS = frozenset({"num_questions", "max_question_chars"})
 
@@ -67,6 +69,9 @@ def stage_of(name: str) -> str:
     if name in HINT_CHECK_FIELDS:
         return "hint_check"
     return "teacher" if name in TEACHER_FIELDS else "rollouts"
+
+
+_DEFAULT_TOP_K = 64
 
 
 @dataclass
@@ -141,7 +146,27 @@ class PrepConfig(EngineConfig, QuestionSource):
         },
     )
     # Soft labels (step 6)
-    soft_label_top_k: int = field(default=64, metadata={"help": "Teacher log-probs stored per answer token (K)."})
+    soft_label_mode: str = field(
+        default="topk",
+        metadata={
+            "help": "topk: store the teacher's K most probable tokens per answer token (the tail's shape is lost: a "
+            "biased target). sampled: store N draws from the teacher's distribution at soft_label_temperature, as "
+            "the distinct drawn ids with log(count / N) (Sparse Logit Sampling, arXiv 2503.16870): an unbiased "
+            "estimate of the full distribution, N entries per token (format version 3; older ssb-trl cannot read "
+            "it). Changing it redoes only the soft labels."
+        },
+    )
+    soft_label_top_k: int = field(
+        default=_DEFAULT_TOP_K,
+        metadata={"help": "Teacher log-probs stored per answer token (K) in topk mode; sampled mode stores N draws."},
+    )
+    soft_label_draws: int = field(
+        default=32,
+        metadata={
+            "help": "Draws per answer token (N) in sampled mode, stored as N entries (as many bytes as top-N): "
+            "seeded per question from --seed, so a rerun draws the same tokens."
+        },
+    )
     soft_label_temperature: float = field(
         default=2.0, metadata={"help": "Temperature of the stored log-probs (must match training's)."}
     )
@@ -190,6 +215,15 @@ class PrepConfig(EngineConfig, QuestionSource):
             (self.hint_check_samples >= 0, "hint_check_samples must be >= 0 (0 skips the hint check)"),
             (self.shard_size >= 1, "shard_size must be >= 1"),
             (self.soft_label_top_k >= 1, "soft_label_top_k must be >= 1"),
+            (self.soft_label_mode in SOFT_LABEL_MODES, f"soft_label_mode must be one of {SOFT_LABEL_MODES}"),
+            (self.soft_label_draws >= 1, "soft_label_draws must be >= 1 (N draws per answer token)"),
+            (
+                self.soft_label_mode != "sampled" or self.soft_label_top_k == _DEFAULT_TOP_K,
+                f"soft_label_top_k={self.soft_label_top_k} applies to --soft_label_mode topk; sampled soft labels "
+                f"store their soft_label_draws (N = {self.soft_label_draws}) draws as N entries per token. For the "
+                f"bytes of top-{self.soft_label_top_k}, pass --soft_label_draws {self.soft_label_top_k} and drop "
+                "--soft_label_top_k",
+            ),
             (self.soft_label_temperature > 0, "soft_label_temperature must be > 0"),
             (self.logprob_dtype in LOGPROB_DTYPES, "logprob_dtype must be float16, float32 or uint8 (compact)"),
             (self.soft_label_batch_size >= 1, "soft_label_batch_size must be >= 1"),
@@ -232,11 +266,18 @@ class PrepConfig(EngineConfig, QuestionSource):
         """The hinted teacher's prompt template (built-in or the user's file)."""
         return load_hint_format(self.teacher_hint)
 
+    @property
+    def soft_label_entries(self) -> int:
+        """Entries stored per answer token: K in topk mode, N in sampled mode."""
+        return self.soft_label_draws if self.soft_label_mode == "sampled" else self.soft_label_top_k
+
     def fingerprint(self) -> dict[str, Any]:
         """The settings that determine the output (everything except runtime-only knobs). The hint is recorded as
         what it is (name and version; a file's digest), so an edited template file redoes the teacher answers."""
         settings = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUNTIME_ONLY_FIELDS}
         settings["teacher_hint"] = self.hint_identity
+        if self.soft_label_mode != "sampled":  # unused by top-K labels: changing it must not redo them
+            del settings["soft_label_draws"]
         return settings
 
     @property

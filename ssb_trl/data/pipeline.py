@@ -219,6 +219,12 @@ def _preflight(config: PrepConfig, model: Any, tokenizer: Any, main_process: boo
             f"soft_label_top_k={config.soft_label_top_k} is larger than the vocabulary of {name!r} ({vocab_size} "
             f"tokens); K must be at most {vocab_size} (64 is the default). Nothing was written."
         )
+    if config.soft_label_mode == "sampled" and config.soft_label_draws > vocab_size:
+        raise ValueError(
+            f"soft_label_draws={config.soft_label_draws} is larger than the vocabulary of {name!r} ({vocab_size} "
+            f"tokens): the N draws are stored as N distinct entries per token, so N must be at most {vocab_size} "
+            "(32 is the default). Nothing was written."
+        )
     context = getattr(text_config, "max_position_embeddings", None)
     for flag, value in (
         ("rollout_max_new_tokens", config.rollout_max_new_tokens),
@@ -277,7 +283,7 @@ def _finalize(
     metadata = SoftLabelMetadata(
         teacher_model=config.model_name_or_path,
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-        top_k=config.soft_label_top_k,
+        top_k=config.soft_label_entries,
         temperature=config.soft_label_temperature,
         prompt_template_version=PROMPT_TEMPLATE_VERSION,
         source={
@@ -294,6 +300,8 @@ def _finalize(
             "kept_answers_with_wrong_arithmetic_step": [summary.kept_with_wrong_step, summary.kept_steps_checked],
         },
         logprob_dtype=config.logprob_dtype,
+        soft_label_mode=config.soft_label_mode,
+        soft_label_draws=config.soft_label_draws if config.soft_label_mode == "sampled" else None,
     )
     staging = work.root / "final.tmp"
     if staging.exists():

@@ -33,7 +33,7 @@ from ssb_trl.data.grading import extract_final_answer, grade, normalize_answer
 from ssb_trl.data.prompts import chat_prompt_ids, student_messages
 from ssb_trl.data.sampling import derive_seed
 from ssb_trl.data.sources import QAExample
-from ssb_trl.data.teacher import extract_topk_soft_labels
+from ssb_trl.data.teacher import extract_soft_labels
 
 
 def run_rollouts(backend: GenerationBackend, questions: list[QAExample], config: PrepConfig) -> list[dict[str, Any]]:
@@ -217,7 +217,10 @@ def build_rows(
     eos_id: int,
     show_progress: bool = True,
 ) -> datasets.Dataset:
-    """Step 6: teacher-forced soft labels on [hinted prompt + answer]; student rows on [student prompt + answer]."""
+    """Step 6: teacher-forced soft labels on [hinted prompt + answer]; student rows on [student prompt + answer].
+
+    Sampled soft labels draw from a generator seeded per question (run seed, question id), so a rerun, a resumed
+    run or a run on more processes draws the same tokens."""
     kept = [(q, r, t) for q, r, t in zip(questions, rollout_records, teacher_records) if t["kept_attempt"] is not None]
     sequences, starts, answers = [], [], []
     for question, rollout_record, teacher_record in kept:
@@ -232,14 +235,17 @@ def build_rows(
         starts.append(len(prompt_ids))
         answers.append((attempt["text"], answer_ids))
     vocab_size = model.get_output_embeddings().weight.shape[0]
-    row_features = features(config.logprob_dtype, vocab_size=vocab_size, top_k=config.soft_label_top_k)
+    row_features = features(config.logprob_dtype, vocab_size=vocab_size, top_k=config.soft_label_entries)
     columns: dict[str, list[Any]] = {name: [] for name in row_features}
     if kept:
-        labels = extract_topk_soft_labels(
+        labels = extract_soft_labels(
             model,
             sequences,
             starts,
+            mode=config.soft_label_mode,
             top_k=config.soft_label_top_k,
+            num_draws=config.soft_label_draws,
+            seeds=[derive_seed(config.seed, question.id, "soft_labels") for question, _, _ in kept],
             temperature=config.soft_label_temperature,
             batch_size=config.soft_label_batch_size,
             logprob_dtype=config.logprob_dtype,

@@ -1,4 +1,5 @@
-"""Soft labels (METHOD.md step 6): the teacher's top-K log-probs on its own answer, one teacher-forced pass."""
+"""Soft labels (METHOD.md step 6): the teacher's top-K log-probs, or N draws from its distribution
+(`ssb_trl.sampled_labels`), on its own answer, one teacher-forced pass."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ssb_trl.compact_labels import LOGPROB_CODE_DTYPE, compact_soft_label_rows
-from ssb_trl.contract import LOGPROB_DTYPES
+from ssb_trl.contract import LOGPROB_DTYPES, SOFT_LABEL_MODES
+from ssb_trl.sampled_labels import sample_soft_labels
 
 
 def _validate_extraction_inputs(sequences: list[list[int]], answer_starts: list[int]) -> None:
@@ -21,7 +23,6 @@ def _validate_extraction_inputs(sequences: list[list[int]], answer_starts: list[
             )
 
 
-@torch.no_grad()
 def extract_topk_soft_labels(
     model: torch.nn.Module,
     sequences: list[list[int]],
@@ -32,7 +33,53 @@ def extract_topk_soft_labels(
     logprob_dtype: str = "float16",
     show_progress: bool = True,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Teacher-forced top-K log-probs on the answer span of each sequence.
+    """Teacher-forced top-K log-probs on the answer span of each sequence: :func:`extract_soft_labels` in mode
+    "topk" (kept for the callers that predate sampled soft labels)."""
+    return extract_soft_labels(
+        model,
+        sequences,
+        answer_starts,
+        mode="topk",
+        top_k=top_k,
+        temperature=temperature,
+        batch_size=batch_size,
+        logprob_dtype=logprob_dtype,
+        show_progress=show_progress,
+    )
+
+
+def _check_mode(mode: str, num_draws: int | None, seeds: list[int] | None, n_sequences: int) -> None:
+    if mode not in SOFT_LABEL_MODES:
+        raise ValueError(f"mode must be one of {SOFT_LABEL_MODES}, got {mode!r}.")
+    if mode != "sampled":
+        return
+    if num_draws is None or num_draws < 1:
+        raise ValueError(f"sampled soft labels need num_draws >= 1 (N draws per answer token), got {num_draws}.")
+    if seeds is None or len(seeds) != n_sequences:
+        raise ValueError(
+            f"sampled soft labels need one seed per sequence ({n_sequences}), got "
+            f"{'none' if seeds is None else len(seeds)}: the draws of a sequence must not depend on its batch. "
+            "Derive them from your run seed and each row's id (ssb_trl.data.sampling.derive_seed(seed, id, "
+            "'soft_labels'))."
+        )
+
+
+@torch.no_grad()
+def extract_soft_labels(
+    model: torch.nn.Module,
+    sequences: list[list[int]],
+    answer_starts: list[int],
+    *,
+    mode: str = "topk",
+    top_k: int = 64,
+    num_draws: int | None = None,
+    seeds: list[int] | None = None,
+    temperature: float = 2.0,
+    batch_size: int = 8,
+    logprob_dtype: str = "float16",
+    show_progress: bool = True,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Teacher-forced soft labels on the answer span of each sequence: top-K log-probs or N sampled draws.
 
     Row j of a result is the distribution over answer token j (`sequence[answer_start + j]`), read
     from the logits at position `answer_start + j - 1`, at `temperature`, normalised over the whole
@@ -40,17 +87,27 @@ def extract_topk_soft_labels(
     device, so memory stays at [batch tokens, hidden] plus one [answer tokens, vocab] slice per sequence.
     Sequences are processed longest first in right-padded batches.
 
+    `mode="topk"`: the `top_k` most probable ids per token. `mode="sampled"`: `num_draws` (N) draws per token from
+    the teacher's distribution at `temperature`, stored as N entries (the distinct drawn ids with log(count / N),
+    then padding; `ssb_trl.sampled_labels`), from a generator seeded with `seeds[i]` for sequence i, so a
+    sequence's draws depend on its seed alone (not on its batch); `top_k` is not used.
+
     Returns, per sequence (input order): (ids int32 [n_answer, K], logprobs [n_answer, K] in `logprob_dtype`);
     with `logprob_dtype="uint8"` the compact format (`ssb_trl.compact_labels`): ids in the vocabulary's narrowest
-    dtype and uint8 log-prob codes, encoded from the float32 log-probs.
+    dtype and uint8 log-prob codes, encoded from the float32 log-probs (rounded up for sampled labels, so their
+    mass stays >= 1).
     """
     _validate_extraction_inputs(sequences, answer_starts)
+    _check_mode(mode, num_draws, seeds, len(sequences))
     if logprob_dtype not in LOGPROB_DTYPES:
         raise ValueError(f"logprob_dtype must be one of {LOGPROB_DTYPES}, got {logprob_dtype!r}.")
     lm_head = model.get_output_embeddings()
     vocab = lm_head.weight.shape[0]
-    if not 1 <= top_k <= vocab:
-        raise ValueError(f"top_k must be in [1, {vocab}] (the vocabulary size), got {top_k}.")
+    sampled = mode == "sampled"
+    entries = num_draws if sampled else top_k
+    if not 1 <= entries <= vocab:
+        name = "num_draws" if sampled else "top_k"
+        raise ValueError(f"{name} must be in [1, {vocab}] (the vocabulary size), got {entries}.")
     device = lm_head.weight.device
     backbone = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = backbone.base_model
@@ -73,9 +130,13 @@ def extract_topk_soft_labels(
             h = hidden[row, start - 1 : end - 1]
             logits = lm_head(h).float() / temperature
             logprobs = torch.log_softmax(logits, dim=-1)
-            values, ids = logprobs.topk(top_k, dim=-1)
+            if sampled:
+                generator = torch.Generator(device=logprobs.device).manual_seed(seeds[i])
+                ids, values = sample_soft_labels(logprobs, num_draws, num_draws, generator)
+            else:
+                values, ids = logprobs.topk(top_k, dim=-1)
             if logprob_dtype == LOGPROB_CODE_DTYPE:
-                results[i] = compact_soft_label_rows(ids.cpu().numpy(), values.cpu().numpy(), vocab)
+                results[i] = compact_soft_label_rows(ids.cpu().numpy(), values.cpu().numpy(), vocab, round_up=sampled)
             else:
                 results[i] = (
                     ids.to(torch.int32).cpu().numpy(),

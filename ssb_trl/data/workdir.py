@@ -292,8 +292,8 @@ class WorkDir:
                 f"({'; '.join(reasons)}). These determine the rollouts, the first stage, so the "
                 f"finished work ({len(finished['rollouts'])} shards of rollouts) cannot be reused. Rerun with the "
                 "recorded settings to resume it, or choose another --output_dir (or delete that directory) to start "
-                "afresh. Teacher settings (teacher_*), soft-label settings (soft_label_top_k, "
-                "soft_label_temperature, logprob_dtype) and num_questions may change between runs."
+                "afresh. Teacher settings (teacher_*), soft-label settings (soft_label_mode, soft_label_top_k, "
+                "soft_label_draws, soft_label_temperature, logprob_dtype) and num_questions may change between runs."
             )
         notes = []
         if first_stage == 0 or questions_changed:

@@ -1,10 +1,11 @@
-"""Inspect a soft-label dataset before training on it: size, K, T, teacher, top-K mass, storage, one example.
+"""Inspect a soft-label dataset before training on it: size, K, T, teacher, mode, top-K mass, storage, one example.
 
     ssb-trl inspect --dataset_name outputs/demo/data
     ssb-trl inspect --dataset_name user/my-ssb-data --row 3 --max_tokens 40
 
 The top-K mass is the share of the teacher's probability held by the stored K ids on each answer token
-(the rest is the tail bucket); a low mass means K is small for this teacher and temperature.
+(the rest is the tail bucket); a low mass means K is small for this teacher and temperature. Sampled soft labels
+(`--soft_label_mode sampled`) hold the whole mass; for them the distinct drawn tokens per position are reported.
 
 It first runs the checks training runs that need no model (`ssb_trl.soft_label_checks`: empty data, missing
 columns, NaN, raw logits, mixed K, misaligned rows, answers that are not the teacher's sampled tokens...) and,
@@ -60,9 +61,10 @@ def soft_label_format(dataset: Dataset, metadata: SoftLabelMetadata) -> str:
     ids_type = dataset.data.column("teacher_topk_ids").type
     while hasattr(ids_type, "value_type"):
         ids_type = ids_type.value_type
+    kind = f"sampled, N = {metadata.soft_label_draws} draws" if metadata.sampled else "top-K"
     if metadata.logprob_dtype == LOGPROB_CODE_DTYPE:
-        return f"compact top-K (format version {metadata.format_version}: {ids_type} ids, uint8 log-prob codes)"
-    return f"top-K (format version {metadata.format_version}: {ids_type} ids, {metadata.logprob_dtype} log-probs)"
+        return f"compact {kind} (format version {metadata.format_version}: {ids_type} ids, uint8 log-prob codes)"
+    return f"{kind} (format version {metadata.format_version}: {ids_type} ids, {metadata.logprob_dtype} log-probs)"
 
 
 def _directory_bytes(path: str) -> int | None:
@@ -72,7 +74,9 @@ def _directory_bytes(path: str) -> int | None:
 
 
 def soft_label_statistics(dataset: Dataset, metadata: SoftLabelMetadata, path: str) -> dict[str, Any]:
-    """Rows, answer tokens, K, T, teacher, percentiles of the top-K mass, and bytes per answer token."""
+    """Rows, answer tokens, K, T, teacher, the mode, percentiles of the top-K mass, bytes per answer token, and for
+    sampled soft labels the distinct drawn tokens per position (entries of probability >= 1 / (2N); padding is
+    ~0)."""
     logprobs = _flat(dataset, "teacher_topk_logprobs")
     if metadata.logprob_dtype == LOGPROB_CODE_DTYPE:
         logprobs = decode_logprobs(logprobs)
@@ -81,6 +85,10 @@ def soft_label_statistics(dataset: Dataset, metadata: SoftLabelMetadata, path: s
     answer_lengths = np.array([len(ids) for ids in dataset["teacher_topk_ids"]])
     n_tokens = int(answer_lengths.sum())
     on_disk = _directory_bytes(path)
+    distinct = None
+    if metadata.sampled:
+        per_position = (np.exp(logprobs) >= 0.5 / metadata.soft_label_draws).sum(-1)
+        distinct = {"mean": float(per_position.mean()), "median": float(np.median(per_position))}
     return {
         "dataset": path,
         "rows": len(dataset),
@@ -93,6 +101,9 @@ def soft_label_statistics(dataset: Dataset, metadata: SoftLabelMetadata, path: s
         "prompt_template_version": metadata.prompt_template_version,
         "logprob_dtype": metadata.logprob_dtype,
         "format": soft_label_format(dataset, metadata),
+        "soft_label_mode": metadata.soft_label_mode,
+        "soft_label_draws": metadata.soft_label_draws,
+        "distinct_tokens_per_position": distinct,
         "top_k_mass_percentiles": {f"p{q}": float(np.percentile(mass, q)) for q in (5, 25, 50, 75, 95)},
         "bytes_per_answer_token": {
             "in_memory": dataset.data.nbytes / max(n_tokens, 1),
@@ -136,6 +147,8 @@ def render_statistics(stats: dict[str, Any]) -> str:
     size = stats["bytes_per_answer_token"]
     on_disk = "n/a (not a local directory)" if size["on_disk"] is None else f"{size['on_disk']:.0f}"
     lengths = stats["answer_tokens_per_row"]
+    distinct = stats["distinct_tokens_per_position"]
+    mass_name = "stored mass (sampled: 1 up to rounding)" if distinct else "top-K mass"
     return "\n".join(
         [
             f"Soft-label dataset {stats['dataset']}",
@@ -147,8 +160,16 @@ def render_statistics(stats: dict[str, Any]) -> str:
             f"min {lengths['min']}, max {lengths['max']}) |",
             f"| K, temperature | {stats['top_k']}, {stats['temperature']} |",
             f"| format | {stats['format']} |",
+            *(
+                [
+                    f"| distinct drawn tokens per position (mean / median) | {distinct['mean']:.1f} / "
+                    f"{distinct['median']:.0f} of {stats['soft_label_draws']} draws |"
+                ]
+                if distinct
+                else []
+            ),
             f"| teacher | {stats['teacher_model']} (prompts {stats['prompt_template_version']}) |",
-            "| top-K mass p5 / p25 / p50 / p75 / p95 | "
+            f"| {mass_name} p5 / p25 / p50 / p75 / p95 | "
             + " / ".join(f"{mass[p]:.3f}" for p in ("p5", "p25", "p50", "p75", "p95"))
             + " |",
             f"| bytes per answer token | on disk {on_disk}, in memory {size['in_memory']:.0f}, of which soft labels "
