@@ -9,6 +9,11 @@ we compare the KD loss T^2 * KL(teacher || student) at T = 2 computed
     tail bucket,
 and the gradient each gives with respect to the student's hidden states (what training follows).
 
+The second table puts sampled soft labels (`ssb_trl.sampled_labels`, `--soft_label_mode sampled`) beside top-K at
+equal bytes (N draws stored as N entries, like top-N): the gradient cosine of one draw and of the mean gradient over
+DRAWS independent draws (unbiased: it approaches 1 as draws are added, where top-K's bias stays), and the bias of
+the logged KD value (mean over draws vs dense).
+
     python benchmarks/bench_fidelity.py --questions 16 --max_new_tokens 128
 """
 
@@ -21,8 +26,11 @@ from _ssb_bench_data import load_bundled, machine, make_sequences, write_results
 
 from ssb_trl.compact_labels import decode_logprobs, encode_logprobs
 from ssb_trl.loss import DistillationLossSpec, sparse_distillation_loss
+from ssb_trl.sampled_labels import sample_soft_labels
 
 KS = (8, 16, 24, 32, 48, 64, 128, 256)
+NS = (16, 24, 32, 48, 64)
+DRAWS = 8
 T = 2.0
 
 
@@ -40,6 +48,49 @@ def dense_kd(student_hidden: torch.Tensor, weight: torch.Tensor, teacher_logp: t
     """Per-token T^2 * KL(teacher || student) over the full vocabulary."""
     student_logp = torch.log_softmax(student_hidden @ weight.T / T, dim=-1)
     return T * T * (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
+
+
+def sparse_value_and_grad(student_hidden, weight, ids, stored, targets) -> tuple[float, torch.Tensor]:
+    """Mean KD per answer token from stored soft labels, and its gradient w.r.t. the student's hidden states."""
+    n = targets.numel()
+    h = student_hidden.clone().requires_grad_(True)
+    loss_sum, _ = sparse_distillation_loss(h, weight, None, ids, stored, targets, DistillationLossSpec(temperature=T))
+    (grad,) = torch.autograd.grad(loss_sum / n, h)
+    return loss_sum.item() / n, grad
+
+
+def sampled_rows(student_hidden, weight, teacher_logp, targets, dense_value, dense_grad) -> list[dict]:
+    """Per N: DRAWS independent draws of N tokens per position, stored as float16 and as 8-bit codes."""
+    rows = []
+    for n_draws in NS:
+        result: dict = {"n": n_draws}
+        for label in ("fp16", "uint8"):
+            values, grads, distinct = [], [], []
+            for draw in range(DRAWS):
+                generator = torch.Generator().manual_seed(1000 * n_draws + draw)
+                ids, logp = sample_soft_labels(teacher_logp, n_draws, n_draws, generator)
+                distinct.append((logp > -20).sum(-1).float().mean().item())
+                if label == "uint8":
+                    stored = torch.from_numpy(decode_logprobs(encode_logprobs(logp.numpy(), round_up=True)))
+                else:
+                    stored = logp.half()
+                value, grad = sparse_value_and_grad(student_hidden, weight, ids, stored, targets)
+                values.append(value)
+                grads.append(grad)
+            values_t = torch.tensor(values)
+            result[label] = {
+                "distinct": sum(distinct) / DRAWS,
+                "cos_single": sum(cosine(g, dense_grad) for g in grads) / DRAWS,
+                "cos_mean": cosine(torch.stack(grads).mean(0), dense_grad),
+                "bias": (values_t.mean().item() - dense_value) / dense_value,
+                "bias_se": (values_t.std().item() / DRAWS**0.5) / dense_value,
+            }
+        rows.append(result)
+    return rows
 
 
 def main() -> None:
@@ -64,6 +115,7 @@ def main() -> None:
     (dense_grad,) = torch.autograd.grad(dense_mean, h)
     dense_value = dense_mean.item()
 
+    sampled = sampled_rows(student_hidden, weight, teacher_logp, targets, dense_value, dense_grad)
     rows = []
     for k in KS:
         top_logp, top_ids = teacher_logp.topk(k, dim=-1)
@@ -105,7 +157,30 @@ def main() -> None:
             f"{r['fp16_cos']:.4f} | {r['fp16_norm']:.3f} | {r['fp32'][1]:.1%} | {r['fp16_notail'][1]:.1%} | "
             f"{r['fp16_notail_cos']:.4f} | {r['uint8'][1]:.1%} | {r['uint8_cos']:.4f} |"
         )
-    r64 = next(r for r in rows if r["k"] == 64)
+    by_k = {r["k"]: r for r in rows}
+    lines += [
+        "",
+        f"## Sampled soft labels vs top-K at equal bytes ({DRAWS} independent draws per N)",
+        "",
+        "N draws per position are stored as N entries, as many bytes as top-N (3 bytes per entry in the compact "
+        "format, 6 with float16 log-probs and int32 ids). Cosines are of the gradient w.r.t. the student's hidden "
+        f"states, to the dense one; 'one draw' is the mean over the {DRAWS} draws of each draw's cosine, "
+        f"'mean of {DRAWS}' the cosine of the gradient averaged over them (what an unbiased estimate approaches). "
+        "KD bias: (mean over draws of the sparse KD value - dense) / dense, +- its standard error.",
+        "",
+        "| K = N | top-K grad cosine (fp16 / uint8) | sampled: distinct tokens per position | sampled grad cosine, "
+        f"one draw (fp16 / uint8) | sampled grad cosine, mean of {DRAWS} draws (fp16 / uint8) | top-K KD bias | "
+        "sampled KD bias (fp16) |",
+        "| ---: | --- | ---: | --- | --- | ---: | ---: |",
+    ]
+    for r in sampled:
+        top, fp16, uint8 = by_k[r["n"]], r["fp16"], r["uint8"]
+        lines.append(
+            f"| {r['n']} | {top['fp16_cos']:.4f} / {top['uint8_cos']:.4f} | {fp16['distinct']:.1f} | "
+            f"{fp16['cos_single']:.4f} / {uint8['cos_single']:.4f} | {fp16['cos_mean']:.4f} / {uint8['cos_mean']:.4f} | "
+            f"{-top['fp16'][1]:+.1%} | {fp16['bias']:+.1%} +- {fp16['bias_se']:.1%} |"
+        )
+    r64 = by_k[64]
     lines += [
         "",
         "Reading: merging the tokens outside the top-K into one tail bucket can only lower the KL (data-processing",

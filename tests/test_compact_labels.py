@@ -12,6 +12,7 @@ from conftest import build_soft_label_dataset, make_tiny_model
 from ssb_trl import SSBConfig, SSBTrainer
 from ssb_trl.collator import SSBDataCollator
 from ssb_trl.compact_labels import (
+    COMPACT_FORMAT_VERSION,
     LOGPROB_CODE_STEP,
     compact_soft_label_dataset,
     decode_logprobs,
@@ -85,7 +86,8 @@ def float_and_compact(tokenizer):
 
 def test_compact_dataset_saves_small_and_loads(tmp_path, float_and_compact):
     dataset, metadata, compact, compact_metadata = float_and_compact
-    assert compact_metadata.logprob_dtype == "uint8" and compact_metadata.format_version == FORMAT_VERSION == 2
+    assert compact_metadata.logprob_dtype == "uint8" and compact_metadata.format_version == COMPACT_FORMAT_VERSION == 2
+    assert FORMAT_VERSION == 3  # the newest this ssb-trl reads: sampled soft labels
     assert metadata.format_version == 1  # float datasets keep the version every ssb-trl reads
     save_soft_label_dataset(compact, str(tmp_path / "compact"), compact_metadata)
     save_soft_label_dataset(dataset, str(tmp_path / "float"), metadata)
