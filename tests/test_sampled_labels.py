@@ -54,3 +54,21 @@ def test_draws_are_reproducible_and_fit_the_contract():
     assert ((logp.exp() * 8).where(drawn, 1) - (logp.exp() * 8).where(drawn, 1).round()).abs().max() < 1e-4
     with pytest.raises(ValueError, match="every drawn token must be stored"):
         sample_soft_labels(teacher_logp, 8, 4)
+
+
+def test_compact_codes_of_sampled_rows_round_up_so_no_mass_reaches_the_tail():
+    """Nearest 8-bit codes can round a sampled row's mass below 1, and the loss would put the rest in the tail bucket
+    (a target the draws never had); rounded up, the mass is in [1, exp(1/16)] and the loss scales it back to 1."""
+    from ssb_trl.compact_labels import LOGPROB_CODE_STEP, decode_logprobs, encode_logprobs
+    from ssb_trl.loss import teacher_coarse_log_probs
+
+    _, _, teacher_logp = _problem()
+    _, logp = sample_soft_labels(teacher_logp.repeat(50, 1), 24, 24, torch.Generator().manual_seed(3))
+    nearest = torch.from_numpy(decode_logprobs(encode_logprobs(logp.numpy()))).double().exp().sum(-1)
+    up = torch.from_numpy(decode_logprobs(encode_logprobs(logp.numpy(), round_up=True)))
+    assert (nearest < 1 - 1e-3).any()  # what rounding to nearest would leave to the tail
+    mass = up.double().exp().sum(-1)
+    assert (mass >= 1).all() and (mass <= torch.tensor(LOGPROB_CODE_STEP).exp() + 1e-4).all()
+    coarse = teacher_coarse_log_probs(up, use_tail_bucket=True).exp()
+    torch.testing.assert_close(coarse[:, :-1].sum(-1), torch.ones(len(up)))  # scaled back to 1
+    assert (coarse[:, -1] < 1e-6).all()  # empty tail

