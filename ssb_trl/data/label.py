@@ -833,6 +833,11 @@ def _label(
         needs_generation = any(
             tokens[i].completion is None for s in todo for i in range(s * size, min((s + 1) * size, len(examples)))
         )
+        if needs_generation and config.resolve_backend()[0] == "vllm" and state.num_processes > 1:
+            raise ValueError(
+                f"a local vLLM engine per process ({state.num_processes} processes) is not supported: for many GPUs "
+                "start one server (`vllm serve TEACHER --data-parallel-size N`) and pass --vllm_server_url"
+            )
         if needs_generation and backend is None:
             own_backend = True
             backend = make_backend(
@@ -907,8 +912,9 @@ def _finalize(
     if not parts:
         raise ValueError(
             f"no row was labelled: the teacher's {len(to_generate)} completions were all cut at max_new_tokens="
-            f"{config.max_new_tokens}, empty, or longer than max_length={config.max_length}. Raise --max_new_tokens "
-            f"(the completions are kept in {str(work.root)!r} only for finished shards), or give completions."
+            f"{config.max_new_tokens}, empty, or longer than max_length={config.max_length}. Rerun with a larger "
+            "--max_new_tokens (and --max_length) into a new --output_dir (this one keeps the cut completions, which a "
+            f"rerun here would reuse: {str(work.root)!r}), or give the completions in a 'completion' column."
         )
     dataset = datasets.concatenate_datasets(parts)
     unfinished = 0
