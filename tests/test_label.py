@@ -281,6 +281,8 @@ def test_label_is_a_launched_command_with_flags_and_yaml(tmp_path) -> None:
     yaml_file.write_text("dataset_name: data.jsonl\nteacher_model_name_or_path: teacher\nsoft_label_top_k: 16\n")
     (parsed,) = parser.parse_args_and_config(["--config", str(yaml_file), "--logprob_dtype", "uint8"])
     assert (parsed.dataset_name, parsed.soft_label_top_k, parsed.logprob_dtype) == ("data.jsonl", 16, "uint8")
+    (shipped,) = parser.parse_args_and_config(["--config", str(REPO / "recipes/configs/label_qwen2.5.yaml")])
+    assert (shipped.teacher_model_name_or_path, shipped.logprob_dtype) == ("Qwen/Qwen2.5-7B-Instruct", "uint8")
     with pytest.raises(ValueError, match="no teacher"):
         LabelConfig(dataset_name="data.jsonl")
     with pytest.raises(ValueError, match="both a 'teacher_prompt' column and --teacher_system_prompt"):
