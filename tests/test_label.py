@@ -27,6 +27,7 @@ from ssb_trl.data.label import LabelConfig, label_dataset
 from ssb_trl.data.prompts import chat_prompt_ids
 from ssb_trl.data.workdir import WorkDir
 from ssb_trl.models import BUNDLED_MODEL, load_model_and_tokenizer, load_tokenizer
+from ssb_trl.scripts import train as train_script
 from ssb_trl.scripts.label import make_parser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -268,6 +269,23 @@ def test_a_student_with_another_tokenizer_is_refused_when_labelling_and_when_tra
     student = make_tiny_model(seed=0, vocab_size=len(other))
     with pytest.raises(SoftLabelError, match="made with another tokenizer"):
         SSBTrainer(student, args=args(tmp_path), train_dataset=dataset, processing_class=other)
+
+    # `ssb-trl train` takes the labelled folder unchanged: a student of the teacher's tokenizer trains, one of
+    # another tokenizer is refused before training.
+    make_tiny_model(seed=0).save_pretrained(same_dir)
+    student.save_pretrained(student_dir)
+
+    def train(model_dir: Path, out: str) -> None:
+        flags = {"dataset_name": tmp_path / "out", "model_name_or_path": model_dir, "output_dir": tmp_path / out,
+                 "max_steps": 1, "per_device_train_batch_size": 2, "use_cpu": "true", "bf16": "false",
+                 "report_to": "none", "save_strategy": "no", "gradient_checkpointing": "false"}  # fmt: skip
+        argv = [item for key, value in flags.items() for item in (f"--{key}", str(value))]
+        train_script.main(*train_script.make_parser().parse_args_and_config(argv)[:3])
+
+    train(same_dir, "trained")
+    assert (tmp_path / "trained" / "model.safetensors").is_file()
+    with pytest.raises(SoftLabelError, match="made with another tokenizer"):
+        train(student_dir, "refused")
 
 
 def test_label_is_a_launched_command_with_flags_and_yaml(tmp_path) -> None:
