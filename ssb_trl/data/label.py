@@ -662,7 +662,7 @@ def _check_completion_shards(work: WorkDir, examples: list[LabelExample], shard_
 # Orchestration
 
 
-def _generate(backend: Any, examples: list[LabelExample], tokens: list[_Tokens], config: LabelConfig) -> list[dict]:
+def _generate(backend: Any, examples: list[LabelExample], config: LabelConfig) -> list[dict]:
     """The teacher's completions of one shard's prompts (seeded per row id), as JSON-able records."""
     seeds = [derive_seed(config.seed, example.id, "label") for example in examples]
     outputs = backend.generate([e.teacher_prompt for e in examples], config.generation_sampling, seed=seeds)
@@ -688,7 +688,7 @@ def _process_shard(
     if any(t.completion is None for t in tokens):
         records = work.read_shard("completions", shard, [e.id for e in examples])
         if records is None:
-            records = _generate(backend, examples, tokens, config)
+            records = _generate(backend, examples, config)
             write_jsonl(work.shard_path("completions", shard), records)
         kept_examples, kept_tokens, texts = [], [], []
         for example, token, record in zip(examples, tokens, records):
@@ -707,10 +707,10 @@ def _process_shard(
     logger.info("Shard %d: %d rows labelled", shard, len(examples))
 
 
-def _preflight(config: LabelConfig, model: Any, tokenizer: Any) -> tuple[Any, Any, Any, int | None]:
+def _preflight(config: LabelConfig, model: Any, tokenizer: Any) -> tuple[Any, Any, int | None]:
     """Check the models before any work: the teacher loads, K fits its vocabulary, the student shares its tokenizer.
 
-    Returns (teacher tokenizer, student tokenizer, teacher config, context window)."""
+    Returns (teacher tokenizer, student tokenizer, the teacher's context window)."""
     from transformers import AutoConfig
 
     name = config.teacher_model_name_or_path
@@ -746,7 +746,7 @@ def _preflight(config: LabelConfig, model: Any, tokenizer: Any) -> tuple[Any, An
             "tokens); pass a smaller --soft_label_top_k (64 is the default)"
         )
     context = getattr(text_config, "max_position_embeddings", None)
-    return tokenizer, student_tokenizer, model_config, context if isinstance(context, int) else None
+    return tokenizer, student_tokenizer, context if isinstance(context, int) else None
 
 
 def label_dataset(
@@ -766,10 +766,18 @@ def label_dataset(
     from ssb_trl.data.pipeline import _distributed_state  # preparation's: one accelerate state per launch
 
     state = _distributed_state(config)
-    tokenizer, student_tokenizer, _, context = _preflight(config, model, tokenizer)
+    tokenizer, student_tokenizer, context = _preflight(config, model, tokenizer)
     if examples is None:
         examples = load_examples(config)
     tokens = tokenize_examples(examples, tokenizer, student_tokenizer, config, context)
+    generating = any(token.completion is None for token in tokens)
+    if generating and config.resolve_backend()[0] == "vllm" and state.num_processes > 1:
+        raise ValueError(
+            f"a local vLLM engine per process ({state.num_processes} processes) is not supported: for many GPUs "
+            "start one server (`vllm serve TEACHER --data-parallel-size N`) and pass --vllm_server_url"
+        )
+    if generating:
+        config.check_backend_available()
     check_writable_dir(config.output_dir, "output_dir")
     work = WorkDir(config.output_dir)
     settings = {
@@ -833,11 +841,6 @@ def _label(
         needs_generation = any(
             tokens[i].completion is None for s in todo for i in range(s * size, min((s + 1) * size, len(examples)))
         )
-        if needs_generation and config.resolve_backend()[0] == "vllm" and state.num_processes > 1:
-            raise ValueError(
-                f"a local vLLM engine per process ({state.num_processes} processes) is not supported: for many GPUs "
-                "start one server (`vllm serve TEACHER --data-parallel-size N`) and pass --vllm_server_url"
-            )
         if needs_generation and backend is None:
             own_backend = True
             backend = make_backend(
