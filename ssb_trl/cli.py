@@ -1,6 +1,6 @@
-"""The ``ssb-trl`` command: ``ssb-trl prepare|train|evaluate|inspect [flags]``, like TRL's ``trl sft``.
+"""The ``ssb-trl`` command: ``ssb-trl prepare|label|train|evaluate|inspect [flags]``, like TRL's ``trl sft``.
 
-``prepare`` and ``train`` run through ``accelerate launch`` as TRL's commands do: flags the script does not
+``prepare``, ``label`` and ``train`` run through ``accelerate launch`` as TRL's commands do: flags the script does not
 know (``--num_processes 8``, ``--config_file x.yaml``, ``--mixed_precision bf16``) go to accelerate, and
 ``--accelerate_config NAME`` picks a config shipped in ``ssb_trl/accelerate_configs`` (``ddp``,
 ``deepspeed_zero2``, ``deepspeed_zero3``, ``deepspeed_zero3_offload``) or a YAML path. ``evaluate`` and
@@ -29,6 +29,10 @@ from ssb_trl.validation import require_integers
 # Nothing heavy at import time: `ssb-trl --help` answers without loading torch, transformers or accelerate.
 COMMANDS = {  # command -> (module in ssb_trl.scripts, help)
     "prepare": ("prepare", "Prepare a soft-label dataset (rollouts, hinted teacher, top-K soft labels); resumable"),
+    "label": (
+        "label",
+        "Label a prompt/completion dataset with any teacher's top-K soft labels (offline distillation); resumable",
+    ),
     "train": ("train", "Train with SSBTrainer on a soft-label dataset"),
     "evaluate": (
         "evaluate",
@@ -36,7 +40,7 @@ COMMANDS = {  # command -> (module in ssb_trl.scripts, help)
     ),  # argparse %-formats help
     "inspect": ("inspect_data", "Inspect a soft-label dataset: size, K, T, top-K mass, bytes, one decoded row"),
 }
-LAUNCHED_COMMANDS = ("prepare", "train")
+LAUNCHED_COMMANDS = ("prepare", "label", "train")
 
 
 def accelerate_config_path(name_or_path: str) -> str:

@@ -292,10 +292,16 @@ def _unfinished_preparation_error(folder: Path, name_or_path: str) -> SoftLabelE
     work_dir = folder / WORK_DIRNAME
     if not work_dir.is_dir() or (folder / "dataset_info.json").is_file():
         return None
+    command, run = "ssb-trl prepare", "data-preparation run"
+    try:  # `ssb-trl label` writes the same kind of work folder and records its kind
+        if json.loads((work_dir / SETTINGS_FILENAME).read_text()).get("kind") == "ssb-trl label":
+            command, run = "ssb-trl label", "labelling run"
+    except (OSError, ValueError, AttributeError):
+        pass
     return SoftLabelError(
-        f"{name_or_path!r} holds a data-preparation run that did not finish: its work folder {str(work_dir)!r} is "
+        f"{name_or_path!r} holds a {run} that did not finish: its work folder {str(work_dir)!r} is "
         "there but no soft-label dataset was written (the run was stopped, failed, or kept no example; its log "
-        "says which). Resume it by rerunning `ssb-trl prepare` with the same settings and "
+        f"says which). Resume it by rerunning `{command}` with the same settings and "
         f"--output_dir {name_or_path} (they are recorded in {str(work_dir / SETTINGS_FILENAME)!r}); finished stages are "
         "reused. Train on this folder once that run ends with its summary."
     )

@@ -211,6 +211,17 @@ def test_folder_of_an_unfinished_preparation_run(tmp_path):
     assert f"--output_dir {tmp_path / 'prep'}" in str(e.value) and "settings.json" in str(e.value)
 
 
+def test_folder_of_an_unfinished_label_run_names_the_label_command(tmp_path):
+    """A stopped `ssb-trl label` leaves the same layout; its settings say which command resumes it."""
+    from ssb_trl.data.workdir import WorkDir
+    from ssb_trl.storage import write_json
+
+    work = WorkDir(tmp_path / "labelled")
+    write_json(work.settings_path, {"kind": "ssb-trl label", "config": {"dataset_name": "rows.jsonl"}})
+    with pytest.raises(SoftLabelError, match="labelling run that did not finish.*rerunning `ssb-trl label`"):
+        load_soft_label_dataset(str(tmp_path / "labelled"))
+
+
 @pytest.mark.parametrize("argument", ["train_dataset", "eval_dataset"])
 def test_dataset_dict_list_and_streaming_datasets_are_refused(tmp_path, tokenizer, data, argument):
     dataset, _ = data
