@@ -192,6 +192,37 @@ def test_a_rerun_skips_finished_shards_and_redoes_what_changed(tmp_path, tiny, c
     assert load_soft_label_dataset(str(tmp_path / "out"))[0][2]["completion"] == assistant("Eight.")
 
 
+def test_sampled_labels_are_draws_seeded_per_row_and_a_mode_switch_redoes_only_them(tmp_path, tiny):
+    """--soft_label_mode sampled: N draws per token, reproducible (seeded per row id, whatever the shard), recorded
+    in the metadata; switching modes redoes the soft labels of every shard and keeps the rows otherwise."""
+    model, tokenizer = tiny
+    data = write_rows(tmp_path / "in.jsonl", ROWS[:3])
+    sampled = {"soft_label_mode": "sampled", "soft_label_draws": 6, "logprob_dtype": "uint8"}
+    label_dataset(config(tmp_path, data, shard_size=1, **sampled), model, tokenizer, show_progress=False)
+    dataset, metadata = load_soft_label_dataset(str(tmp_path / "out"))
+    assert (metadata.soft_label_mode, metadata.soft_label_draws, metadata.top_k) == ("sampled", 6, 6)
+    assert metadata.format_version == 3
+    for row in dataset:
+        codes = torch.tensor(row["teacher_topk_logprobs"], dtype=torch.float32)
+        mass = (-codes / 16).exp().sum(-1)  # the draws' shares, rounded up: at least 1, never less
+        assert codes.shape[-1] == 6 and bool((mass >= 1 - 1e-6).all()) and bool((mass < 1.1).all())
+    label_dataset(
+        config(tmp_path, data, shard_size=3, output_dir=str(tmp_path / "again"), **sampled),
+        model,
+        tokenizer,
+        show_progress=False,
+    )
+    assert load_soft_label_dataset(str(tmp_path / "again"))[0].to_list() == dataset.to_list()
+
+    topk = label_dataset(
+        config(tmp_path, data, shard_size=1, logprob_dtype="uint8"), model, tokenizer, show_progress=False
+    )
+    assert topk.shards_done == [0, 1, 2]
+    relabelled, metadata = load_soft_label_dataset(str(tmp_path / "out"))
+    assert (metadata.soft_label_mode, metadata.top_k) == ("topk", K)
+    assert relabelled["input_ids"] == dataset["input_ids"]
+
+
 def test_the_teacher_writes_missing_completions_and_keeps_them(tmp_path, tokenizer_dir):
     tokenizer = load_tokenizer(tokenizer_dir)
     teacher = make_digit_model(tokenizer)  # after the assistant header it writes one digit, then ends its turn

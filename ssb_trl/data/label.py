@@ -41,6 +41,7 @@ from ssb_trl.contract import (
     INPUT_IDS,
     LOGPROB_DTYPES,
     PROMPT,
+    SOFT_LABEL_MODES,
     TEACHER_TOPK_IDS,
     TEACHER_TOPK_LOGPROBS,
     SoftLabelMetadata,
@@ -52,7 +53,7 @@ from ssb_trl.contract import (
 from ssb_trl.data.engine import EngineConfig, make_backend
 from ssb_trl.data.prompts import Messages, chat_prompt_ids
 from ssb_trl.data.sampling import Sampling, derive_seed
-from ssb_trl.data.teacher import extract_topk_soft_labels
+from ssb_trl.data.teacher import extract_soft_labels
 from ssb_trl.data.workdir import WorkDir, read_jsonl, write_jsonl
 from ssb_trl.models import (
     check_model_available,
@@ -168,7 +169,22 @@ class LabelConfig(EngineConfig):
     )
     seed: int = field(default=42, metadata={"help": "Seed of sampled completions (each row seeded by its id)."})
     # Soft labels
-    soft_label_top_k: int = field(default=64, metadata={"help": "Teacher log-probs stored per completion token (K)."})
+    soft_label_mode: str = field(
+        default="topk",
+        metadata={
+            "help": "topk: the teacher's K most probable tokens per completion token (a biased target: the tail's "
+            "shape is lost). sampled: N draws from the teacher's distribution at soft_label_temperature, stored as "
+            "the distinct drawn ids with log(count / N) (Sparse Logit Sampling, arXiv 2503.16870): unbiased, "
+            "noisier per step (format version 3). Changing it redoes only the soft labels."
+        },
+    )
+    soft_label_top_k: int = field(
+        default=64, metadata={"help": "Teacher log-probs stored per completion token (K) in topk mode."}
+    )
+    soft_label_draws: int = field(
+        default=32,
+        metadata={"help": "Draws per completion token (N) in sampled mode, stored as N entries; seeded per row."},
+    )
     soft_label_temperature: float = field(
         default=2.0, metadata={"help": "Temperature of the stored log-probs (training's SSBConfig.temperature)."}
     )
@@ -211,6 +227,8 @@ class LabelConfig(EngineConfig):
             (bool(self.teacher_model_name_or_path), "no teacher: set --teacher_model_name_or_path"),
             (self.num_rows is None or self.num_rows >= 1, "num_rows must be >= 1 (or unset for all rows)"),
             (self.soft_label_top_k >= 1, "soft_label_top_k must be >= 1"),
+            (self.soft_label_mode in SOFT_LABEL_MODES, f"soft_label_mode must be one of {SOFT_LABEL_MODES}"),
+            (self.soft_label_draws >= 1, "soft_label_draws must be >= 1 (N draws per completion token)"),
             (self.soft_label_temperature > 0, "soft_label_temperature must be > 0"),
             (self.logprob_dtype in LOGPROB_DTYPES, "logprob_dtype must be float16, float32 or uint8 (compact)"),
             (self.max_length is None or self.max_length >= 2, "max_length must be >= 2 (or None for no limit)"),
@@ -231,9 +249,17 @@ class LabelConfig(EngineConfig):
             self.generation_temperature, self.generation_top_k, self.generation_top_p, self.max_new_tokens, 1
         )
 
+    @property
+    def soft_label_entries(self) -> int:
+        """Entries stored per completion token: K in topk mode, N in sampled mode."""
+        return self.soft_label_draws if self.soft_label_mode == "sampled" else self.soft_label_top_k
+
     def fingerprint(self) -> dict[str, Any]:
-        """The settings that determine the output (everything except runtime-only knobs)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUNTIME_ONLY_FIELDS}
+        """The settings that determine the output (everything except runtime-only knobs); the unused one of K and N
+        is left out, so changing it redoes nothing."""
+        settings = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in RUNTIME_ONLY_FIELDS}
+        del settings["soft_label_top_k" if self.soft_label_mode == "sampled" else "soft_label_draws"]
+        return settings
 
 
 @dataclass
@@ -504,12 +530,17 @@ def teacher_soft_labels(
     """The teacher's soft labels on each completion, in the stored dtype; non-finite ones refused, naming the row.
 
     The one call of the extraction: taken in float32 so every row is checked before it is rounded or encoded.
+    Sampled draws are seeded per row id, so a rerun or another process draws the same tokens.
     """
-    labels = extract_topk_soft_labels(
+    sampled = config.soft_label_mode == "sampled"
+    labels = extract_soft_labels(
         model,
         sequences,
         starts,
+        mode=config.soft_label_mode,
         top_k=config.soft_label_top_k,
+        num_draws=config.soft_label_draws if sampled else None,
+        seeds=[derive_seed(config.seed, row_id, "soft_labels") for row_id in row_ids] if sampled else None,
         temperature=config.soft_label_temperature,
         batch_size=config.soft_label_batch_size,
         logprob_dtype="float32",
@@ -526,7 +557,7 @@ def teacher_soft_labels(
                 f"Run the teacher in float32 (--dtype float32) or check its weights ({config.teacher_model_name_or_path!r})."
             )
         if config.logprob_dtype == LOGPROB_CODE_DTYPE:
-            stored.append(compact_soft_label_rows(ids, logprobs, vocab_size))
+            stored.append(compact_soft_label_rows(ids, logprobs, vocab_size, round_up=sampled))
         else:
             stored.append((ids.astype(np.int32), logprobs.astype(config.logprob_dtype)))
     return stored
@@ -541,7 +572,7 @@ def build_rows(
 ) -> datasets.Dataset:
     """Soft labels on [teacher prompt + completion]; rows on [student prompt + completion], in the contract."""
     vocab_size = model.get_output_embeddings().weight.shape[0]
-    row_features = features(config.logprob_dtype, vocab_size=vocab_size, top_k=config.soft_label_top_k)
+    row_features = features(config.logprob_dtype, vocab_size=vocab_size, top_k=config.soft_label_entries)
     columns: dict[str, list[Any]] = {name: [] for name in row_features}
     if not examples:
         return datasets.Dataset.from_dict(columns, features=row_features)
@@ -618,8 +649,8 @@ def claim(work: WorkDir, settings: dict[str, Any]) -> list[str]:
             f"generated with other settings ({_describe(for_completions)}); they would be thrown away. Rerun with the "
             "recorded settings to resume (they are in "
             f"{str(work.settings_path)!r}), or choose another --output_dir (or delete that one) to start afresh. "
-            "Soft-label settings (soft_label_top_k, soft_label_temperature, logprob_dtype, max_length, "
-            "--student_model_name_or_path) may change between runs: only the soft labels are redone."
+            "Soft-label settings (soft_label_mode, soft_label_top_k or soft_label_draws, soft_label_temperature, "
+            "logprob_dtype, max_length, --student_model_name_or_path) may change between runs: only the soft labels are redone."
         )
     notes = []
     finished = work.finished_shards("rows")
@@ -740,10 +771,11 @@ def _preflight(config: LabelConfig, model: Any, tokenizer: Any) -> tuple[Any, An
         check_student_tokenizer(tokenizer, student_tokenizer, name, config.student_model_name_or_path)
     text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
     vocab_size = getattr(text_config, "vocab_size", None) or len(tokenizer)
-    if config.soft_label_top_k > vocab_size:
+    if config.soft_label_entries > vocab_size:
+        flag = "soft_label_draws" if config.soft_label_mode == "sampled" else "soft_label_top_k"
         raise ValueError(
-            f"soft_label_top_k={config.soft_label_top_k} is larger than the teacher's vocabulary ({vocab_size} "
-            "tokens); pass a smaller --soft_label_top_k (64 is the default)"
+            f"{flag}={config.soft_label_entries} is larger than the teacher's vocabulary ({vocab_size} "
+            f"tokens); pass a smaller --{flag}"
         )
     context = getattr(text_config, "max_position_embeddings", None)
     return tokenizer, student_tokenizer, context if isinstance(context, int) else None
@@ -951,11 +983,13 @@ def _finalize(
     metadata = SoftLabelMetadata(
         teacher_model=config.teacher_model_name_or_path,
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-        top_k=config.soft_label_top_k,
+        top_k=config.soft_label_entries,
         temperature=config.soft_label_temperature,
         prompt_template_version=LABEL_PROMPT_VERSION,
         source=source,
         logprob_dtype=config.logprob_dtype,
+        soft_label_mode=config.soft_label_mode,
+        soft_label_draws=config.soft_label_draws if config.soft_label_mode == "sampled" else None,
     )
     staging = work.root / "final.tmp"
     if staging.exists():
