@@ -24,7 +24,7 @@ from ssb_trl.data.config import PrepConfig
 from ssb_trl.data.hint_gain import hint_gain, hinted_outcomes
 from ssb_trl.data.prompts import HINT_FORMATS, chat_prompt_ids, load_hint_format
 from ssb_trl.data.stages import choose_hint
-from ssb_trl.data.steps import check_arithmetic_steps
+from ssb_trl.data.steps import StepCheck, check_arithmetic_steps
 from ssb_trl.data.summary import SUMMARY_FILENAME
 from ssb_trl.data.workdir import WorkDir, read_jsonl
 
@@ -153,6 +153,12 @@ def test_arithmetic_steps() -> None:
     assert check_arithmetic_steps("The answer is 5.").checked == 0
     assert check_arithmetic_steps("2024-01-02 = a date; 6 ÷ 0 = 1").checked == 0
     assert not check_arithmetic_steps("9 × 8 = 72 and 2 x 3 = 6 and -3 + 5 = 2").has_wrong_step
+    # Kept answers of a real run (experiment 2, answer_only): a chain across a line break is not one step (it
+    # crashed the summary with a SyntaxError); each line's own step still counts.
+    listed = "the final answer is 1.\n\nThe steps are:\n- 8 - 7 = 1\n- 11 = 1\n- 1 = 1\n\nThe final answer is 1."
+    assert check_arithmetic_steps(listed) == StepCheck(1, ())
+    lines = "Step 1: Add the result\n-5 + 5 = 10\n\nStep 2: Multiply the result by -1\n-10 * 10 = -100\n"
+    assert check_arithmetic_steps(lines) == StepCheck(2, ("-5 + 5 = 10",))
 
 
 def test_preparation_measures_the_hint_gain_and_records_the_format(tmp_path: Path, tokenizer, caplog) -> None:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 _NUMBER = r"-?\d+(?:\.\d+)?"
 _OPERATOR = r"[-+*/]"
 # A chain of numbers joined by operators, then '=', then a number: "3 + 4 * 2 = 11".
-_STEP = re.compile(rf"(?<![\w.])({_NUMBER}(?:\s*{_OPERATOR}\s*{_NUMBER})+)\s*=\s*({_NUMBER})(?![\w]|\.\d)")
+# A step is written on one line: spaces and tabs only, so "5\n- 1 = 4" (a list item after a number) is not one.
+_STEP = re.compile(rf"(?<![\w.])({_NUMBER}(?:[ \t]*{_OPERATOR}[ \t]*{_NUMBER})+)[ \t]*=[ \t]*({_NUMBER})(?![\w]|\.\d)")
 _SPELLINGS = (
     (re.compile(r"\\times|\\cdot|×|·|(?<=\d)\s*[xX]\s*(?=\d)"), " * "),
     (re.compile(r"\\div|÷"), " / "),
@@ -40,7 +41,8 @@ class StepCheck:
 
 
 def _evaluate(expression: str) -> float | None:
-    """The value of a chain of numbers and + - * / (usual precedence); None on division by zero."""
+    """The value of a chain of numbers and + - * / (usual precedence); None when it has none (division by zero,
+    overflow, or text the regular expression let through that is not arithmetic)."""
 
     def value(node: ast.AST) -> float:
         if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
@@ -53,7 +55,7 @@ def _evaluate(expression: str) -> float | None:
 
     try:
         return value(ast.parse(expression, mode="eval").body)
-    except ZeroDivisionError:
+    except (ZeroDivisionError, OverflowError, SyntaxError, ValueError):  # not a step that can be checked
         return None
 
 
