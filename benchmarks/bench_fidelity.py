@@ -29,6 +29,7 @@ from ssb_trl.loss import DistillationLossSpec, sparse_distillation_loss
 from ssb_trl.sampled_labels import sample_soft_labels
 
 KS = (8, 16, 24, 32, 48, 64, 128, 256)
+T1_KS = (4, 8, 16, 24, 32)
 NS = (16, 24, 32, 48, 64)
 DRAWS = 8
 T = 2.0
@@ -122,10 +123,14 @@ def sampled_rows(
     return rows
 
 
-def topk_cosine(student_hidden, weight, teacher_logp, targets, k: int, temperature: float) -> float:
+def topk_cosine(
+    student_hidden, weight, teacher_logp, targets, k: int, temperature: float, compact: bool = False
+) -> float:
+    """Gradient cosine of top-K + tail (float16 log-probs, or the compact format's 8-bit codes) to the dense one."""
     _, dense_grad = dense_value_and_grad(student_hidden, weight, teacher_logp, temperature)
     top_logp, top_ids = teacher_logp.topk(k, dim=-1)
-    _, grad = sparse_value_and_grad(student_hidden, weight, top_ids, top_logp.half(), targets, temperature)
+    stored = torch.from_numpy(decode_logprobs(encode_logprobs(top_logp.numpy()))) if compact else top_logp.half()
+    _, grad = sparse_value_and_grad(student_hidden, weight, top_ids, stored, targets, temperature)
     return cosine(grad, dense_grad)
 
 
@@ -187,7 +192,12 @@ def main() -> None:
     sampled_t1 = sampled_rows(student_hidden, weight, teacher_logp_t1, targets, ns=(16, 64), labels=("fp16",),
                               temperature=1.0)  # fmt: skip
     topk_t1 = {r["n"]: topk_cosine(student_hidden, weight, teacher_logp_t1, targets, r["n"], 1.0) for r in sampled_t1}
-    mass_t1 = {k: teacher_logp_t1.topk(k, dim=-1)[0].exp().sum(-1).mean().item() for k in (16, 64)}
+    mass_t1 = {k: teacher_logp_t1.topk(k, dim=-1)[0].exp().sum(-1).mean().item() for k in (*T1_KS, 64)}
+    compact_t1 = {
+        k: (topk_cosine(student_hidden, weight, teacher_logp_t1, targets, k, 1.0),
+            topk_cosine(student_hidden, weight, teacher_logp_t1, targets, k, 1.0, compact=True))
+        for k in T1_KS
+    }  # fmt: skip
     rows = []
     for k in KS:
         top_logp, top_ids = teacher_logp.topk(k, dim=-1)
@@ -272,6 +282,17 @@ def main() -> None:
             f"{fp16['cos_single']:.4f} | {fp16['cos_mean']:.4f} | {fp16['cos_noise_only']:.4f} | "
             f"{fp16['ce_bias']:+.2%} +- {fp16['ce_bias_se']:.2%} |"
         )
+    lines += [
+        "",
+        "Top-K at T = 1, float16 and compact (uint8 codes, uint16 ids: 3 bytes per entry, so K x 3 bytes of soft "
+        "labels per answer token; whole rows add ~22 B, `bench_storage.md`):",
+        "",
+        "| K | teacher top-K mass | soft-label bytes per answer token (compact) | grad cosine, float16 | "
+        "grad cosine, compact uint8 |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for k in T1_KS:
+        lines.append(f"| {k} | {mass_t1[k]:.3f} | {3 * k} | {compact_t1[k][0]:.4f} | {compact_t1[k][1]:.4f} |")
     r64 = by_k[64]
     lines += [
         "",
