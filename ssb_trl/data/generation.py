@@ -174,12 +174,12 @@ class TransformersBackend(GenerationBackend):
     ``max_batch_tokens`` padded tokens (prompt + new tokens). Each batch runs its own decoding loop (one
     prefill of each distinct prompt, its KV cache then shared by that prompt's samples, then one forward
     pass per new token on a KV cache written in place, see :mod:`ssb_trl.data.kv_cache`) in which **a row
-    leaves the batch as soon as it ends its turn**: ``model.generate`` keeps computing finished rows until the longest one stops, so
-    a batch of long hinted teacher prompts with one answer that runs to ``max_new_tokens`` paid for every
-    row to the end. Sampling draws each row's token from its own seed and step (see
-    :mod:`ssb_trl.data.sampling`), so rows leaving does not change anyone's samples. With a greedy
-    ``sampling`` (temperature 0) each prompt is generated once, its completion repeated ``sampling.n``
-    times. Sampling settings come only from the call: the model's own generation-config defaults (e.g. a
+    leaves the batch as soon as it ends its turn**: ``model.generate`` keeps computing finished rows until
+    the longest one stops, so a batch of long hinted teacher prompts with one answer that runs to
+    ``max_new_tokens`` paid for every row to the end. Sampling draws each row's token from its own seed
+    and step (see :mod:`ssb_trl.data.sampling`), so rows leaving does not change anyone's samples. With a
+    greedy ``sampling`` (temperature 0) each prompt is generated once, its completion repeated
+    ``sampling.n`` times. Sampling settings come only from the call: the model's own generation-config defaults (e.g. a
     repetition penalty) are deliberately not applied. ``last_stats`` holds what the last call did.
     """
 
