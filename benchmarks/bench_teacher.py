@@ -3,7 +3,11 @@
 Why this exists: on an H200 and on the CPU, teacher answers ran several times slower per token than
 rollouts. Teacher prompts are long (the hinted prompt holds two full student attempts) and their answers
 longer, and ``model.generate`` keeps computing every row of a batch until its longest row stops, so one
-answer that runs to ``max_new_tokens`` made the whole batch pay for it (on long contexts).
+answer that runs to ``max_new_tokens`` made the whole batch pay for it (on long contexts). The backend's
+own loop fixed that (finished rows leave the batch); it then still prefilled each prompt once per sample
+and copied the whole KV cache at every step (``DynamicCache`` grows by ``torch.cat``), which on ~700-token
+teacher prompts was most of the time; now each distinct prompt of a batch is prefilled once and the cache
+is written in place (:mod:`ssb_trl.data.kv_cache`).
 
 The demo's data (recipes/configs/demo_data.yaml: bundled SmolLM2-135M-Instruct, one-digit reasoning-gym
 arithmetic, seed 42): rollouts (4 per question, T=0.8, top-k 50, max 192 new tokens), then teacher prompts
@@ -12,15 +16,20 @@ without one, its first two attempts, so every question gives a hinted prompt of 
 4 times at T=0.4, top-k 50, max 256 new tokens. Each stage runs, shard by shard (the demo's shard size),
 with three decoders on the same batches, back to back, so load changes hit all three alike:
 
-* ``generate (before)``: the backend's batching + ``model.generate`` with the seeded sampler (the backend
-  up to this change);
-* ``own loop (now)``: :class:`~ssb_trl.data.generation.TransformersBackend` (finished rows leave the batch);
+* ``own loop (before)`` (``--decoders before``): the backend's own loop as it was up to the shared
+  prefill and the in-place cache: every row prefilled, ``DynamicCache`` (the same samples);
+* ``own loop (now)``: :class:`~ssb_trl.data.generation.TransformersBackend` (finished rows leave the batch,
+  each prompt prefilled once per batch, KV cache written in place);
 * ``plain generate``: the same batches through ``model.generate(do_sample=True, ...)`` (transformers' own
-  sampler), the reference a user would compare with.
+  sampler), the reference a user would compare with;
+* ``generate + seeded sampler`` (``--decoders generate``, not run by default): the backend before its own
+  loop: ``model.generate`` with the seeded sampler (the same samples, rows kept to the end of the batch).
 
 Reported per stage and decoder: new tokens/s (wall and per CPU-second: the machine is shared, the load is
 printed), prompt padding share, prefill vs decode seconds, rows cut at the limit, and the share of decoded
-row-steps that produced a kept token (the rest is compute spent on rows that had already finished).
+row-steps that produced a kept token (the rest is compute spent on rows that had already finished), and
+for each seeded decoder how many completions equal the own loop's (now): the same seeds give the same
+samples unless batch-shape-dependent float rounding flips a token.
 
     python benchmarks/bench_teacher.py --questions 8 --shard_size 8
 """
@@ -35,6 +44,7 @@ from collections import defaultdict
 
 import torch
 from _ssb_bench_data import load_bundled, machine, questions, write_results
+from transformers import DynamicCache
 
 from ssb_trl.data.generation import GenerationStats, TransformersBackend
 from ssb_trl.data.grading import extract_final_answer, grade
@@ -57,9 +67,11 @@ class GenerateDecoding(TransformersBackend):
     def __init__(self, model, tokenizer, seeded: bool):
         super().__init__(model, tokenizer, show_progress=False)
         self.seeded = seeded
-        self.name = "generate (before)" if seeded else "plain generate"
+        self.name = "generate + seeded sampler" if seeded else "plain generate"
 
-    def _decode_batch(self, input_ids, attention, row_seeds, sampling):
+    def _decode_batch(self, input_ids, attention, row_seeds, sampling, prompt_of_row):
+        self.last_stats.prefill_tokens += int(attention[prompt_of_row].sum() - attention.sum())
+        input_ids, attention = input_ids[prompt_of_row], attention[prompt_of_row]  # every row prefilled
         calls: list[float] = []
         started = [0.0]
 
@@ -96,6 +108,22 @@ class GenerateDecoding(TransformersBackend):
         generated = output[:, input_ids.shape[1] :]
         self.last_stats.decode_row_steps += generated.shape[0] * generated.shape[1]
         return generated.tolist()
+
+
+class PreviousOwnLoop(TransformersBackend):
+    """The own loop before the shared prefill and the in-place KV cache: each row prefilled, cache by torch.cat."""
+
+    name = "own loop (before)"
+
+    def _new_cache(self, capacity: int) -> DynamicCache:
+        return DynamicCache(config=self.model.config)
+
+    def _decode_batch(self, input_ids, attention, row_seeds, sampling, prompt_of_row):
+        rows = torch.tensor(prompt_of_row)
+        self.last_stats.prefill_tokens += int(attention[rows].sum() - attention.sum())
+        return super()._decode_batch(
+            input_ids[rows], attention[rows], row_seeds, sampling, list(range(len(prompt_of_row)))
+        )
 
 
 def own_loop(model, tokenizer) -> TransformersBackend:
@@ -145,16 +173,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--questions", type=int, default=8)
     parser.add_argument("--shard_size", type=int, default=8, help="questions per generate() call (the demo: 16)")
-    parser.add_argument("--decoders", default="before,now,plain", help="which of before,now,plain to run")
+    parser.add_argument(
+        "--decoders", default="before,now,plain", help="which of before,now,plain,generate to run (see above)"
+    )
     parser.add_argument("--output", default="bench_teacher")
     args = parser.parse_args()
 
     load_before = load()
     model, tokenizer = load_bundled()
     choice = {
-        "before": lambda: GenerateDecoding(model, tokenizer, seeded=True),
+        "before": lambda: PreviousOwnLoop(model, tokenizer, show_progress=False),
         "now": lambda: own_loop(model, tokenizer),
         "plain": lambda: GenerateDecoding(model, tokenizer, seeded=False),
+        "generate": lambda: GenerateDecoding(model, tokenizer, seeded=True),
     }
     decoders = [choice[name]() for name in args.decoders.split(",")]
     for decoder in decoders:  # warm-up
@@ -164,35 +195,46 @@ def main() -> None:
     cpu_seconds: dict = defaultdict(float)
     prompts = [student_messages(q.question) for q in qs]
     seeds = [derive_seed(SEED, q.id, "rollouts") for q in qs]
-    rollouts = run_stage(decoders, prompts, seeds, ROLLOUT, args.shard_size, totals, cpu_seconds, "rollouts")
+    outputs = {}
+    rollouts = outputs["rollouts"] = run_stage(
+        decoders, prompts, seeds, ROLLOUT, args.shard_size, totals, cpu_seconds, "rollouts"
+    )
     # Teacher prompts from the backend's own rollouts (the first decoder's when "now" was not run).
     source = rollouts.get("own loop (now)") or next(iter(rollouts.values()))
     hinted = teacher_prompts(qs, source)
     teacher_seeds = [derive_seed(SEED, q.id, "teacher", 0) for q in qs]
-    run_stage(decoders, hinted, teacher_seeds, TEACHER, args.shard_size, totals, cpu_seconds, "teacher")
+    outputs["teacher"] = run_stage(
+        decoders, hinted, teacher_seeds, TEACHER, args.shard_size, totals, cpu_seconds, "teacher"
+    )
 
     names = [d.name for d in decoders]
     lines = [
-        "# Rollouts vs hinted teacher answers: three decoders on the same batches",
+        "# Rollouts vs hinted teacher answers: several decoders on the same batches",
         "",
         f"Model: bundled SmolLM2-135M-Instruct ({totals[('rollouts', names[0])].dtype}), the demo's data: "
         f"{args.questions} questions in shards of {args.shard_size}; rollouts {ROLLOUT.n} x (T={ROLLOUT.temperature}, "
         f"top-k {ROLLOUT.top_k}, max {ROLLOUT.max_new_tokens}); teacher {TEACHER.n} x (T={TEACHER.temperature}, top-k "
         f"{TEACHER.top_k}, max {TEACHER.max_new_tokens}). Machine: {machine()}; load average (1/5/15 min) "
-        f"{load_before} before, {load()} after (2 cores shared: compare decoders within this run, not across runs).",
+        f"{load_before} before, {load()} after (a shared machine: compare decoders within this run, not across runs).",
         "",
         "| stage | decoder | rows | prompt tokens (mean) | padding | new tokens | cut at limit | kept / decoded "
-        "row-steps | prefill s | decode s | new tokens/s | per CPU-s |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "row-steps | prefilled prompt tokens | prefill s | decode s | new tokens/s | per CPU-s | same as now |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for stage in ("rollouts", "teacher"):
         for name in names:
             t = totals[(stage, name)]
+            now = outputs[stage].get("own loop (now)")
+            same = ""
+            if now is not None and name != "plain generate":
+                pairs = [(a.token_ids, b.token_ids) for x, y in zip(outputs[stage][name], now) for a, b in zip(x, y)]
+                same = f"{sum(a == b for a, b in pairs)}/{len(pairs)}"
             lines.append(
                 f"| {stage} | {name} | {t.sequences} | {t.prompt_tokens / max(t.sequences, 1):.0f} | "
                 f"{t.padding_share:.0%} | {t.new_tokens} | {t.hit_limit} | "
-                f"{t.new_tokens / max(t.decode_row_steps, 1):.0%} | {t.prefill_seconds:.1f} | {t.decode_seconds:.1f} | "
-                f"{t.tokens_per_second:.1f} | {t.new_tokens / cpu_seconds[(stage, name)]:.1f} |"
+                f"{t.new_tokens / max(t.decode_row_steps, 1):.0%} | {t.prefill_tokens} | {t.prefill_seconds:.1f} | "
+                f"{t.decode_seconds:.1f} | {t.tokens_per_second:.1f} | {t.new_tokens / cpu_seconds[(stage, name)]:.1f} | "
+                f"{same} |"
             )
     lines += [
         "",

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from ssb_trl.data.kv_cache import reserved_cache
 from ssb_trl.data.prompts import Messages, chat_prompt_ids
 from ssb_trl.data.sampling import Sampling, derive_seed, sample_next_tokens
 
@@ -125,6 +126,7 @@ class GenerationStats:
     sequences: int = 0
     prompt_tokens: int = 0
     padded_prompt_tokens: int = 0
+    prefill_tokens: int = 0
     new_tokens: int = 0
     decode_row_steps: int = 0
     hit_limit: int = 0
@@ -159,7 +161,8 @@ class GenerationStats:
             f"{self.sequences} sequences on {self.device} ({self.dtype}) in {self.batches} batch(es) of at most "
             f"{self.max_batch_size} rows{limit}: {self.new_tokens} new tokens in {self.seconds:.1f} s "
             f"({self.tokens_per_second:.0f}/s; prefill {self.prefill_seconds:.1f} s, decode {self.decode_seconds:.1f} s), "
-            f"{self.padding_share:.0%} prompt padding, {self.hit_limit} cut at max_new_tokens"
+            f"{self.padding_share:.0%} prompt padding, {self.prefill_tokens} of {self.prompt_tokens} prompt tokens "
+            f"prefilled, {self.hit_limit} cut at max_new_tokens"
         )
 
 
@@ -169,13 +172,14 @@ class TransformersBackend(GenerationBackend):
     Each (prompt, sample) pair is one row; rows are sorted by prompt length (longest first, so memory
     problems show up at once) and cut into batches of at most ``max_batch_size`` rows and
     ``max_batch_tokens`` padded tokens (prompt + new tokens). Each batch runs its own decoding loop (one
-    prefill, then one forward pass per new token on the KV cache) in which **a row leaves the batch as soon
-    as it ends its turn**: ``model.generate`` keeps computing finished rows until the longest one stops, so
-    a batch of long hinted teacher prompts with one answer that runs to ``max_new_tokens`` paid for every
-    row to the end. Sampling draws each row's token from its own seed and step (see
-    :mod:`ssb_trl.data.sampling`), so rows leaving does not change anyone's samples. With a greedy
-    ``sampling`` (temperature 0) each prompt is generated once, its completion repeated ``sampling.n``
-    times. Sampling settings come only from the call: the model's own generation-config defaults (e.g. a
+    prefill of each distinct prompt, its KV cache then shared by that prompt's samples, then one forward
+    pass per new token on a KV cache written in place, see :mod:`ssb_trl.data.kv_cache`) in which **a row
+    leaves the batch as soon as it ends its turn**: ``model.generate`` keeps computing finished rows until
+    the longest one stops, so a batch of long hinted teacher prompts with one answer that runs to
+    ``max_new_tokens`` paid for every row to the end. Sampling draws each row's token from its own seed
+    and step (see :mod:`ssb_trl.data.sampling`), so rows leaving does not change anyone's samples. With a
+    greedy ``sampling`` (temperature 0) each prompt is generated once, its completion repeated
+    ``sampling.n`` times. Sampling settings come only from the call: the model's own generation-config defaults (e.g. a
     repetition penalty) are deliberately not applied. ``last_stats`` holds what the last call did.
     """
 
@@ -256,20 +260,32 @@ class TransformersBackend(GenerationBackend):
             ids = ids[:-1]
         return completion_from_ids(self.tokenizer, ids, False)
 
-    def _decode_batch(
-        self, input_ids: torch.Tensor, attention: torch.Tensor, row_seeds: list[int] | None, sampling: Sampling
-    ) -> list[list[int]]:
-        """Generate for one left-padded batch; returns each row's new ids (up to and including its end of turn).
+    def _new_cache(self, capacity: int) -> DynamicCache:
+        """The KV cache of one batch: room for ``capacity`` positions, each step written in place."""
+        return reserved_cache(self.model.config, capacity)
 
-        One prefill, then one forward pass per step over the rows still going: finished rows are dropped
-        from the batch, the KV cache and the mask, so their compute stops with them.
+    def _decode_batch(
+        self,
+        input_ids: torch.Tensor,
+        attention: torch.Tensor,
+        row_seeds: list[int] | None,
+        sampling: Sampling,
+        prompt_of_row: list[int],
+    ) -> list[list[int]]:
+        """Generate for one batch; returns each row's new ids (up to and including its end of turn).
+
+        ``input_ids``/``attention`` hold the batch's distinct prompts, left-padded; row ``i`` continues prompt
+        ``prompt_of_row[i]``. Each prompt is prefilled once and its KV cache and last logits copied to its rows
+        (the samples of one prompt share the same prompt tokens); then one forward pass per step over the rows
+        still going: finished rows are dropped from the batch, the KV cache and the mask, so their compute
+        stops with them.
         """
         model, device = self.model, self.model.device
         eos = torch.tensor(self.eos_ids, device=device)
         seeds = None if row_seeds is None else torch.tensor(row_seeds, dtype=torch.long, device=device)
         input_ids, attention = input_ids.to(device), attention.to(device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=model.config)
+        cache = self._new_cache(input_ids.shape[1] + sampling.max_new_tokens)
         started = time.perf_counter()
         logits = model(
             input_ids=input_ids,
@@ -279,11 +295,15 @@ class TransformersBackend(GenerationBackend):
             **{self._cache_argument: cache},
             **self._last_logits_only,
         ).logits[:, -1]
+        if prompt_of_row != list(range(input_ids.shape[0])):
+            expand = torch.tensor(prompt_of_row, dtype=torch.long, device=device)
+            cache.batch_select_indices(expand)
+            logits, attention, positions = logits[expand], attention[expand], positions[expand]
         self._sync()
         self.last_stats.prefill_seconds += time.perf_counter() - started
         started = time.perf_counter()
-        generated: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-        active = list(range(input_ids.shape[0]))  # batch position -> row
+        generated: list[list[int]] = [[] for _ in prompt_of_row]
+        active = list(range(len(prompt_of_row)))  # batch position -> row
         next_positions = positions[:, -1:] + 1
         for step in range(sampling.max_new_tokens):
             if seeds is None:
@@ -351,16 +371,19 @@ class TransformersBackend(GenerationBackend):
         progress = tqdm(total=len(rows), desc="Generating", unit="seq", disable=not self.show_progress)
         for batch in batches:
             width = max(lengths[rows[r][0]] for r in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for i, r in enumerate(batch):
-                ids = encoded[rows[r][0]]
+            distinct = list(dict.fromkeys(rows[r][0] for r in batch))  # the batch's prompts, each prefilled once
+            input_ids = torch.full((len(distinct), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(distinct), width), dtype=torch.long)
+            for i, p in enumerate(distinct):
+                ids = encoded[p]
                 input_ids[i, width - len(ids) :] = torch.tensor(ids)
                 attention[i, width - len(ids) :] = 1
-                stats.prompt_tokens += len(ids)
+                stats.prefill_tokens += len(ids)
+            stats.prompt_tokens += sum(lengths[rows[r][0]] for r in batch)
             stats.padded_prompt_tokens += width * len(batch)
+            prompt_of_row = [distinct.index(rows[r][0]) for r in batch]
             row_seeds = None if greedy else [derive_seed(seeds[rows[r][0]], rows[r][1]) for r in batch]
-            generated = self._decode_batch(input_ids, attention, row_seeds, sampling)
+            generated = self._decode_batch(input_ids, attention, row_seeds, sampling, prompt_of_row)
             for i, r in enumerate(batch):
                 completion = self._completion(generated[i])
                 results[rows[r]] = completion
