@@ -59,6 +59,9 @@ def test_inspect_reports_the_dataset_and_decodes_a_row(tmp_path: Path, tokenizer
 
     dataset, metadata = build_soft_label_dataset(make_tiny_model(seed=1), tokenizer, n_rows=5, top_k=8)
     save_soft_label_dataset(dataset, str(tmp_path / "data"), metadata)
+    dataset_bytes = sum(f.stat().st_size for f in (tmp_path / "data").iterdir())
+    (tmp_path / "data" / "ssb_work").mkdir()  # a preparation's shard copies: not part of the dataset's size
+    (tmp_path / "data" / "ssb_work" / "rows.arrow").write_bytes(b"0" * 1_000_000)
     out = tmp_path / "stats.json"
     argv = ["inspect", "--dataset_name", str(tmp_path / "data"), "--tokenizer_name_or_path", tokenizer_dir]
     proc = subprocess.run(
@@ -75,7 +78,7 @@ def test_inspect_reports_the_dataset_and_decodes_a_row(tmp_path: Path, tokenizer
     masses = np.concatenate([np.exp(np.array(lp)).sum(-1) for lp in dataset["teacher_topk_logprobs"]])
     assert stats["rows"] == 5 and stats["answer_tokens"] == sum(lengths) and stats["top_k"] == 8
     assert stats["top_k_mass_percentiles"]["p50"] == pytest.approx(float(np.median(masses)), rel=1e-6)
-    assert stats["bytes_per_answer_token"]["on_disk"] > 0
+    assert stats["bytes_per_answer_token"]["on_disk"] == pytest.approx(dataset_bytes / sum(lengths))
     answer = [t for t, m in zip(dataset[1]["input_ids"], dataset[1]["completion_mask"]) if m]
     assert f"Row 1: {len(dataset[1]['input_ids']) - len(answer)} prompt tokens, {len(answer)} answer tokens" in (
         proc.stdout

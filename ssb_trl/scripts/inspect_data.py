@@ -32,6 +32,7 @@ from ssb_trl.contract import SoftLabelError, SoftLabelMetadata, load_soft_label_
 from ssb_trl.models import load_tokenizer
 from ssb_trl.scripts import configure_logging
 from ssb_trl.soft_label_checks import validate_soft_label_dataset
+from ssb_trl.storage import WORK_DIRNAME
 
 
 @dataclass
@@ -68,9 +69,16 @@ def soft_label_format(dataset: Dataset, metadata: SoftLabelMetadata) -> str:
 
 
 def _directory_bytes(path: str) -> int | None:
+    """The dataset's files in a folder; a preparation's or labelling run's work folder (shard copies) is not
+    part of what `load_from_disk` reads or `push_to_hub` uploads."""
     if not os.path.isdir(path):
         return None
-    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+    total = 0
+    for root, folders, files in os.walk(path):
+        if os.path.samefile(root, path) and WORK_DIRNAME in folders:
+            folders.remove(WORK_DIRNAME)
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
 
 
 def soft_label_statistics(dataset: Dataset, metadata: SoftLabelMetadata, path: str) -> dict[str, Any]:
