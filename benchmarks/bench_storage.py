@@ -5,7 +5,8 @@ pipeline rows (student input_ids, completion_mask, prompt/completion messages, t
 log-probs float16/float32) from real SmolLM2 teacher passes are saved with `save_soft_label_dataset`
 (Arrow, what `load_from_disk` reads) and as Parquet (what `push_to_hub` uploads). The compact format
 (`logprob_dtype="uint8"`, format version 2: uint16 ids and 8-bit log-prob codes in fixed-size lists) is
-measured beside today's float16/float32.
+measured beside today's float16/float32, and so are sampled soft labels (format version 3, N draws per token as
+N compact entries) and Parquet compressed with zstd.
 
     python benchmarks/bench_storage.py --questions 16 --max_new_tokens 128
 """
@@ -17,14 +18,16 @@ import tempfile
 from pathlib import Path
 
 import datasets
+import pyarrow.parquet as pq
 from _ssb_bench_data import load_bundled, machine, make_sequences, questions, write_results
 
 from ssb_trl.contract import SoftLabelMetadata, features, save_soft_label_dataset, tokenizer_fingerprint
 from ssb_trl.data.prompts import PROMPT_TEMPLATE_VERSION, student_messages
-from ssb_trl.data.teacher import extract_topk_soft_labels
+from ssb_trl.data.teacher import extract_soft_labels, extract_topk_soft_labels
 
 KS = (16, 24, 32, 48, 64, 128)
 DTYPES = ("uint8", "float16", "float32")
+SAMPLED_DRAWS = (16, 32, 64)
 QWEN25_VOCAB = 151936
 
 
@@ -58,27 +61,41 @@ def main() -> None:
     answer_tokens = sum(len(s) - start for s, start in zip(seqs.student, seqs.student_starts))
     vocab = model.config.vocab_size
     rows = []
+
+    def measure(k: int, dtype: str, labels, mode: str) -> None:
+        dataset = build_dataset(seqs, qs, labels, k, dtype, vocab)
+        soft = sum(dataset.data.column(c).nbytes for c in ("teacher_topk_ids", "teacher_topk_logprobs"))
+        metadata = SoftLabelMetadata(
+            teacher_model="bundled:smollm2-135m-instruct",
+            tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+            top_k=k,
+            temperature=2.0,
+            prompt_template_version=PROMPT_TEMPLATE_VERSION,
+            logprob_dtype=dtype,
+            soft_label_mode=mode,
+            soft_label_draws=k if mode == "sampled" else None,
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            save_soft_label_dataset(dataset, str(Path(tmp) / "arrow"), metadata)
+            arrow = sum(p.stat().st_size for p in (Path(tmp) / "arrow").glob("data-*.arrow"))
+            dataset.to_parquet(str(Path(tmp) / "data.parquet"))
+            parquet = (Path(tmp) / "data.parquet").stat().st_size
+            pq.write_table(dataset.data.table, str(Path(tmp) / "zstd.parquet"), compression="zstd")
+            zstd = (Path(tmp) / "zstd.parquet").stat().st_size
+        rows.append((k, mode, dtype, *(size / answer_tokens for size in (arrow, parquet, zstd, soft))))
+
     for dtype in DTYPES:
         labels = extract_topk_soft_labels(
             model, seqs.teacher, seqs.teacher_starts, top_k=max(KS), temperature=2.0, logprob_dtype=dtype
         )
         for k in KS:
-            dataset = build_dataset(seqs, qs, labels, k, dtype, vocab)
-            soft = sum(dataset.data.column(c).nbytes for c in ("teacher_topk_ids", "teacher_topk_logprobs"))
-            metadata = SoftLabelMetadata(
-                teacher_model="bundled:smollm2-135m-instruct",
-                tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-                top_k=k,
-                temperature=2.0,
-                prompt_template_version=PROMPT_TEMPLATE_VERSION,
-                logprob_dtype=dtype,
-            )
-            with tempfile.TemporaryDirectory() as tmp:
-                save_soft_label_dataset(dataset, str(Path(tmp) / "arrow"), metadata)
-                arrow = sum(p.stat().st_size for p in (Path(tmp) / "arrow").glob("data-*.arrow"))
-                dataset.to_parquet(str(Path(tmp) / "data.parquet"))
-                parquet = (Path(tmp) / "data.parquet").stat().st_size
-            rows.append((k, dtype, arrow / answer_tokens, parquet / answer_tokens, soft / answer_tokens))
+            measure(k, dtype, labels, "topk")
+    for draws in SAMPLED_DRAWS:  # N draws stored as N entries: the bytes of top-N, by construction
+        labels = extract_soft_labels(
+            model, seqs.teacher, seqs.teacher_starts, mode="sampled", num_draws=draws,
+            seeds=list(range(len(seqs.teacher))), temperature=2.0, logprob_dtype="uint8",
+        )  # fmt: skip
+        measure(draws, "uint8", labels, "sampled")
 
     lines = [
         "# Soft-label storage: bytes per answer token on disk",
@@ -88,14 +105,16 @@ def main() -> None:
         f"Reference (full-vocabulary float32): SmolLM2 4 x {vocab} = {4 * vocab:,} B/token; "
         f"Qwen2.5 4 x {QWEN25_VOCAB} = {4 * QWEN25_VOCAB:,} B/token. Machine: {machine()}.",
         "",
-        "| K | format (log-prob dtype) | Arrow (save_to_disk) B/token | of which soft labels | Parquet (Hub) B/token | "
-        "reference / Arrow (SmolLM2) | reference / Arrow (Qwen2.5 vocab) |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| K (or N draws) | format (log-prob dtype) | Arrow (save_to_disk) B/token | of which soft labels | "
+        "Parquet (Hub, snappy) B/token | Parquet zstd B/token | reference / Arrow (SmolLM2) | "
+        "reference / Arrow (Qwen2.5 vocab) |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     names = {"uint8": "compact v2 (uint16 ids, uint8 codes)", "float16": "float16", "float32": "float32"}
-    for k, dtype, arrow, parquet, soft in rows:
+    for k, mode, dtype, arrow, parquet, zstd, soft in rows:
+        name = "sampled, compact (format v3)" if mode == "sampled" else names[dtype]
         lines.append(
-            f"| {k} | {names[dtype]} | {arrow:,.0f} | {soft:,.0f} | {parquet:,.0f} | {4 * vocab / arrow:,.0f}x | "
+            f"| {k} | {name} | {arrow:,.0f} | {soft:,.0f} | {parquet:,.0f} | {zstd:,.0f} | {4 * vocab / arrow:,.0f}x | "
             f"{4 * QWEN25_VOCAB / arrow:,.0f}x |"
         )
     lines += [
@@ -104,7 +123,9 @@ def main() -> None:
         "the 8 are two list offsets), and K x (2 + 1) in the compact format (uint16 ids, uint8 log-prob codes, fixed-",
         "size lists without offsets; K x (4 + 1) above 65,536 ids); the rest is the row's prompt ids, mask and",
         "message text, spread over its answer tokens. The top-K size does not depend on the vocabulary, so the",
-        "saving grows with it.",
+        "saving grows with it. Sampled soft labels store N draws as N entries (the distinct drawn ids, then padding):",
+        "the bytes of top-N in the same dtype. zstd (`pyarrow.parquet.write_table(dataset.data.table, path, compression='zstd')`) shrinks the",
+        "Parquet file further than the snappy that `push_to_hub` writes.",
         "",
         f"Command: `python benchmarks/bench_storage.py --questions {args.questions} --max_new_tokens {args.max_new_tokens}`",
     ]
