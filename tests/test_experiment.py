@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +174,29 @@ def test_experiment2_picks_the_largest_clear_gain_among_mostly_sound_formats(tmp
     (tmp_path / "contrastive_short" / "teacher_gain.json").unlink()
     name, why = choose.choose_format(choose.load(tmp_path))
     assert name is None and "no format qualifies: 2 of 3 have mostly sound kept answers" in why
+
+
+def test_seed_averaged_differences_carry_the_interval_and_p_value_of_a_normal_test_over_questions() -> None:
+    rng = random.Random(0)
+    draw = lambda share: [rng.random() < share for _ in range(300)]  # noqa: E731
+    models = {"base": _scored("base", draw(0.2))}
+    for seed in range(3):
+        models[f"sft-seed{seed}"] = _scored(f"sft-seed{seed}", draw(0.3))
+        models[f"ssb-seed{seed}"] = _scored(f"ssb-seed{seed}", draw(0.35))
+    table = analyze.suite_table(models)
+    ssb_row = next(line for line in table.splitlines() if line.startswith("| ssb (3) |"))
+
+    def reference(arm: str, other: list[str]) -> str:  # by hand: per-question means, then erfc for the p-value
+        per_seed = [[r["greedy"]["correct"] for r in models[f"{arm}-seed{s}"]["records"]] for s in range(3)]
+        others = [[r["greedy"]["correct"] for r in models[label]["records"]] for label in other]
+        diffs = [sum(a) / 3 - sum(b) / len(others) for a, b in zip(zip(*per_seed), zip(*others))]
+        mean = sum(diffs) / len(diffs)
+        se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
+        p = math.erfc(abs(mean) / se / math.sqrt(2))
+        return (
+            f"{100 * mean:+.1f} [{100 * (mean - 1.959964 * se):+.1f}, {100 * (mean + 1.959964 * se):+.1f}], p={p:.2g}"
+        )
+
+    assert ssb_row.endswith(
+        f"| {reference('ssb', ['base'])} | {reference('ssb', [f'sft-seed{s}' for s in range(3)])} |"
+    )

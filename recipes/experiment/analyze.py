@@ -61,13 +61,15 @@ def per_question(model: dict[str, Any]) -> list[float]:
 
 def seed_averaged_difference(arm: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> str:
     """Mean over questions of (arm's pass@1 averaged over its seeds - the baseline's, averaged likewise), with a
-    normal 95% interval over questions (n >= 300 here)."""
+    normal 95% interval over questions (n >= 300 here) and the two-sided p-value of the same normal test."""
     a = [statistics.fmean(v) for v in zip(*(per_question(m) for m in arm))]
     b = [statistics.fmean(v) for v in zip(*(per_question(m) for m in baseline))]
     diffs = [x - y for x, y in zip(a, b)]
     mean = statistics.fmean(diffs)
-    half = Z_95 * statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return f"{100 * mean:+.1f} [{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}]"
+    standard_error = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    half = Z_95 * standard_error
+    p = 2 * statistics.NormalDist().cdf(-abs(mean) / standard_error) if standard_error > 0 else float(mean == 0)
+    return f"{100 * mean:+.1f} [{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}], p={p:.2g}"
 
 
 def suite_table(models: dict[str, dict[str, Any]]) -> str:
@@ -130,7 +132,7 @@ def suite_table(models: dict[str, dict[str, Any]]) -> str:
         lines += [
             "",
             "Seed-averaged: per question, the arm's greedy correctness averaged over its seeds minus the other's; mean "
-            "over questions with a normal 95% interval over questions.",
+            "over questions with a normal 95% interval over questions and the two-sided p-value of that normal test.",
         ]
     return "\n".join(lines) + "\n"
 

@@ -138,6 +138,7 @@ test_stage() {
   for label in "${labels[@]}"; do
     model="$OUT/train/$label"
     [ "$label" = base ] && model=bundled:smollm2-135m-instruct
+    if [ "$label" != base ] && [ ! -f "$model/adapter_model.safetensors" ]; then echo "$label: not trained yet"; continue; fi
     evaluate_one "$OUT/test" "$label" "$model" basic_arithmetic "$TASK"
     evaluate_one "$OUT/neighbour" "$label" "$model" products "$PRODUCTS"
   done
