@@ -91,6 +91,38 @@ def plot_accuracy_bars(
     return _save(fig, path)
 
 
+def plot_relation(
+    points: Sequence[tuple[str, tuple[float, float, float], tuple[float, float, float]]],
+    path: str | os.PathLike[str],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+) -> Path:
+    """One labelled point per item, (label, (x, x_low, x_high), (y, y_low, y_high)), with its 95% interval on both
+    axes and the zero lines: to read whether one measured quantity predicts another (experiment 2: a hint format's
+    gain against what SSB gains from it). Returns the PNG path."""
+    if not points:
+        raise ValueError("plot_relation got no points to draw.")
+    for label, (x, x_low, x_high), (y, y_low, y_high) in points:
+        if not (x_low <= x <= x_high and y_low <= y <= y_high):
+            raise ValueError(
+                f"Point {label!r} lies outside its own interval: x {x_low} <= {x} <= {x_high}, "
+                f"y {y_low} <= {y} <= {y_high} must hold."
+            )
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for label, (x, x_low, x_high), (y, y_low, y_high) in points:
+        ax.errorbar([x], [y], xerr=[[x - x_low], [x_high - x]], yerr=[[y - y_low], [y_high - y]], fmt="o", capsize=4)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def load_log_history(source: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read `log_history` from a `trainer_state.json` file, or from a run/checkpoint directory that holds one.
 

@@ -1,4 +1,5 @@
-"""The experiment's helpers: the pre-registered choice rules (choose.py) and the round-2 merge (merge_adapter.py)."""
+"""The experiment's helpers: the pre-registered choice rules (choose.py), the tables (analyze.py, relation.py) and the
+round-2 merge (merge_adapter.py)."""
 
 from __future__ import annotations
 
@@ -159,9 +160,11 @@ def test_experiment2_picks_the_largest_clear_gain_among_mostly_sound_formats(tmp
     rows = choose.load(tmp_path)
     assert choose.choose_format(rows)[0] == "correct_solution"
     assert (
-        "| answer_only | 20 | 30.0% | 20.0% | +30.0 [+20.0, +40.0] | 0.938 | 67% (40 / 60) |"
+        "| answer_only | 20 | 30.0% | 20.0% | +30.0 [+20.0, +40.0] | 4.1e-09 | 0.938 | 67% (40 / 60) |"
         in choose.format_table(rows)
     )
+    # the p-value of the interval's own normal test: gain 30, standard error 10 / 1.96 -> z = 5.88
+    assert math.isclose(choose.gain_p_value(rows["answer_only"]), 4.0e-9, rel_tol=0.05)
     printed = subprocess.run(
         [sys.executable, str(ROOT / "recipes/experiment/choose.py"), str(tmp_path), "--formats", "--name_only"],
         capture_output=True,
@@ -200,3 +203,61 @@ def test_seed_averaged_differences_carry_the_interval_and_p_value_of_a_normal_te
     assert ssb_row.endswith(
         f"| {reference('ssb', ['base'])} | {reference('ssb', [f'sft-seed{s}' for s in range(3)])} |"
     )
+
+
+def _evaluated(folder: Path, label: str, correct: list[bool]) -> None:
+    """<folder>/<label>/results.json as recipes/evaluate.py writes it (the parts analyze.py reads)."""
+    (folder / label).mkdir(parents=True)
+    result = {k: v for k, v in _scored(label, correct).items() if k not in ("label", "benchmark")}
+    report = {"benchmark": {"description": "toy suite"}, "models": [result]}
+    (folder / label / "results.json").write_text(json.dumps(report))
+
+
+def test_stage5_relates_each_formats_gain_to_its_ssb_models_paired_difference_from_base(tmp_path: Path) -> None:
+    root = tmp_path / "experiment2"
+    for name, interval, kept in [
+        ("answer_only", (20.0, 30.0), 40),
+        ("contrastive", (-30.0, -20.0), 10),
+        ("correct_solution", (0.5, 12.0), 30),
+        ("contrastive_short", (-20.0, -10.0), 15),
+    ]:
+        _format(root / "select", name, interval, kept=kept, wrong=1)
+    (root / "data" / "answer_only").mkdir(parents=True)
+    (root / "data" / "answer_only" / "ssb_summary.json").write_text(json.dumps({"teacher_kept": 362}))
+    (root / "stage5" / "data" / "contrastive").mkdir(parents=True)
+    (root / "stage5" / "data" / "contrastive" / "ssb_summary.json").write_text(json.dumps({"teacher_kept": 120}))
+    rng = random.Random(1)
+    outcomes = {
+        label: [rng.random() < share for _ in range(300)]
+        for label, share in [("base", 0.2), ("ssb-seed0", 0.25), ("ssb_contrastive-seed0", 0.15)]
+    }
+    for suite in ("test", "neighbour"):
+        _evaluated(root / suite, "base", outcomes["base"])
+        _evaluated(root / suite, "ssb-seed0", outcomes["ssb-seed0"])
+        _evaluated(root / "stage5" / suite, "ssb_contrastive-seed0", outcomes["ssb_contrastive-seed0"])
+        (root / "stage5" / suite / "base").symlink_to(f"../../{suite}/base")  # as run2.sh stage5 links it
+
+    output = tmp_path / "docs" / "relation2_results.md"
+    subprocess.run(
+        [sys.executable, str(ROOT / "recipes/experiment/relation.py"), str(root), "--output", str(output)],
+        check=True,
+        capture_output=True,
+    )
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in output.read_text().splitlines() if "|" in line}
+
+    def by_hand(label: str) -> str:  # the paired difference from base over the 300 questions, normal interval
+        diffs = [float(a) - float(b) for a, b in zip(outcomes[label], outcomes["base"])]
+        mean = sum(diffs) / len(diffs)
+        se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
+        return f"{100 * mean:+.1f} [{100 * (mean - 1.959964 * se):+.1f}, {100 * (mean + 1.959964 * se):+.1f}]"
+
+    assert rows["answer_only (chosen)"].startswith(
+        f"| answer_only (chosen) | +25.0 [+20.0, +30.0] | 362 | {by_hand('ssb-seed0')}, p="
+    )
+    assert rows["contrastive"].startswith(
+        f"| contrastive | -25.0 [-30.0, -20.0] | 120 | {by_hand('ssb_contrastive-seed0')}, p="
+    )
+    assert rows["correct_solution"].endswith(
+        "| not prepared yet | not trained and tested yet | not trained and tested yet |"
+    )
+    assert output.with_suffix(".png").stat().st_size > 0 and "relation2_results.png" in output.read_text()

@@ -59,9 +59,11 @@ def per_question(model: dict[str, Any]) -> list[float]:
     return [float(r["greedy"]["correct"]) for r in model["records"]]
 
 
-def seed_averaged_difference(arm: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> str:
-    """Mean over questions of (arm's pass@1 averaged over its seeds - the baseline's, averaged likewise), with a
-    normal 95% interval over questions (n >= 300 here) and the two-sided p-value of the same normal test."""
+def averaged_difference(
+    arm: list[dict[str, Any]], baseline: list[dict[str, Any]]
+) -> tuple[float, float, float, float]:
+    """Mean over questions of (arm's pass@1 averaged over its seeds - the baseline's, averaged likewise), the
+    bounds of a normal 95% interval over questions (n >= 300 here), and the two-sided p-value of the same test."""
     a = [statistics.fmean(v) for v in zip(*(per_question(m) for m in arm))]
     b = [statistics.fmean(v) for v in zip(*(per_question(m) for m in baseline))]
     diffs = [x - y for x, y in zip(a, b)]
@@ -69,7 +71,13 @@ def seed_averaged_difference(arm: list[dict[str, Any]], baseline: list[dict[str,
     standard_error = statistics.stdev(diffs) / math.sqrt(len(diffs))
     half = Z_95 * standard_error
     p = 2 * statistics.NormalDist().cdf(-abs(mean) / standard_error) if standard_error > 0 else float(mean == 0)
-    return f"{100 * mean:+.1f} [{100 * (mean - half):+.1f}, {100 * (mean + half):+.1f}], p={p:.2g}"
+    return mean, mean - half, mean + half, p
+
+
+def seed_averaged_difference(arm: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> str:
+    """`averaged_difference` in points: "+d [low, high], p=..."."""
+    mean, low, high, p = averaged_difference(arm, baseline)
+    return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}], p={p:.2g}"
 
 
 def suite_table(models: dict[str, dict[str, Any]]) -> str:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 from pathlib import Path
 
 
@@ -81,16 +83,27 @@ def choose_format(rows: dict[str, dict]) -> tuple[str | None, str]:
     )
 
 
+def gain_p_value(row: dict) -> float:
+    """Two-sided p-value of the normal test behind the gain's 95% interval (its standard error is the half-width
+    over 1.96), so that the p printed and the interval never disagree."""
+    low, high = row["gain_interval_points"]
+    standard_error = (high - low) / 2 / statistics.NormalDist().inv_cdf(0.975)
+    if standard_error == 0:
+        return float(row["gain_points"] == 0)
+    return math.erfc(abs(row["gain_points"]) / standard_error / math.sqrt(2))  # 2 * (1 - Phi(|z|)), no underflow
+
+
 def format_table(rows: dict[str, dict]) -> str:
     lines = [
-        "| format | questions asked | hinted | unhinted | gain (pts, 95% interval) | kept / question | kept with a wrong step |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
+        "| format | questions asked | hinted | unhinted | gain (pts, 95% interval) | p | kept / question "
+        "| kept with a wrong step |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     for name, r in rows.items():
         low, high = r["gain_interval_points"]
         lines.append(
             f"| {name} | {r['paired_questions']} | {r['hinted_accuracy']:.1%} | {r['unhinted_accuracy']:.1%} | "
-            f"{r['gain_points']:+.1f} [{low:+.1f}, {high:+.1f}] | {r['kept_per_question']:.3f} | "
+            f"{r['gain_points']:+.1f} [{low:+.1f}, {high:+.1f}] | {gain_p_value(r):.2g} | {r['kept_per_question']:.3f} | "
             f"{wrong_step_share(r):.0%} ({r.get('kept_with_wrong_step', 0)} / {r.get('teacher_kept', 0)}) |"
         )
     return "\n".join(lines)

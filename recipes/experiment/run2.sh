@@ -7,6 +7,7 @@
 #   bash recipes/experiment/run2.sh data    # training data with the chosen format, grown to >= 200 kept answers
 #   bash recipes/experiment/run2.sh train   # SFT, SSB (KD) and SSB + CE 0.5, seeds 0-2, on the same kept answers
 #   bash recipes/experiment/run2.sh test    # base and every arm on 300 test questions and the neighbouring task
+#   bash recipes/experiment/run2.sh stage5 [JOB...]  # other formats' SSB (and the T = 1 variant) on stage 2's questions
 #   bash recipes/experiment/run2.sh report  # tables into docs/experiment/
 # EXPERIMENT2_SELECT_QUESTIONS: the first size of stage 1 (default 512); EXPERIMENT_MAX_STEPS and
 # EXPERIMENT_EVAL_QUESTIONS shrink train / test for a smoke run. Run it with the vLLM environment's python first on
@@ -144,6 +145,47 @@ test_stage() {
   done
 }
 
+STAGE5=$OUT/stage5
+STAGE5_JOBS=(correct_solution contrastive t1 contrastive_short)  # DESIGN2.md's priority order
+
+copy_work() {  # copy_work FOLDER PART...: parts of stage 2's work folder (and its settings) into FOLDER, never overwriting
+  local to="$1/ssb_work" from part
+  from="$OUT/data/$(chosen_format)/ssb_work"; shift
+  mkdir -p "$to"
+  for part in "$@"; do mkdir -p "$to/$part"; cp -rn "$from/$part"/. "$to/$part/"; done
+  [ -f "$to/settings.json" ] || cp "$from/settings.json" "$to/settings.json"
+}
+
+stage5_job() {  # stage5_job FORMAT|t1: its data from stage 2's questions and rollouts, SSB (KD) seed 0, its tests
+  local name=$1 chosen data model questions prep_flags train_flags=()
+  chosen=$(chosen_format); data="$STAGE5/data/$name"; model="$STAGE5/train/ssb_$name-seed0"
+  questions=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['questions'])" \
+    "$OUT/data/$chosen/ssb_summary.json")
+  if [ "$name" = t1 ]; then  # only the soft labels are redone
+    copy_work "$data" rollouts teacher hint_check
+    prep_flags=(--teacher_hint "$chosen" --hint_check_samples "$HINT_CHECK_SAMPLES" --soft_label_temperature 1)
+    train_flags=(--temperature 1)
+  else  # only the teacher stage differs; the relation's x-axis is the stage-1 gain, so no unhinted samples here
+    copy_work "$data" rollouts
+    prep_flags=(--teacher_hint "$name" --hint_check_samples 0)
+  fi
+  stage "stage 5: $name data, $questions training questions (seed $TRAIN_SEED)"
+  python recipes/prepare_ssb_data.py --config "$PREP" --task_config "$TASK" --source_seed "$TRAIN_SEED" \
+    --num_questions "$questions" --output_dir "$data" "${prep_flags[@]}"
+  if [ ! -f "$model/adapter_model.safetensors" ]; then
+    stage "stage 5: train SSB (KD), seed 0, on $name"
+    # shellcheck disable=SC2086 # the arm's flags are words
+    python recipes/train_ssb.py --config "$TRAIN" --dataset_name "$data" --output_dir "$model" --seed 0 \
+      --max_steps "$MAX_STEPS" ${ARMS[ssb]} "${train_flags[@]}"
+  fi
+  for suite in test neighbour; do  # stage 4's base, SFT and SSB seed 0 beside them, for the paired tables
+    mkdir -p "$STAGE5/$suite"
+    for label in base sft-seed0 ssb-seed0; do ln -sfn "../../$suite/$label" "$STAGE5/$suite/$label"; done
+  done
+  evaluate_one "$STAGE5/test" "ssb_$name-seed0" "$model" basic_arithmetic "$TASK"
+  evaluate_one "$STAGE5/neighbour" "ssb_$name-seed0" "$model" products "$PRODUCTS"
+}
+
 report_stage() {
   { echo "# Experiment 2, stage 1: hint formats on the validation split"; echo
     python recipes/experiment/choose.py "$OUT/select" --formats
@@ -154,6 +196,10 @@ report_stage() {
   if [ -d "$OUT/test" ]; then
     python recipes/experiment/analyze.py "$OUT/test" "$OUT/neighbour" --output "$DOCS/test2_results.md"
   fi
+  if [ -d "$STAGE5/test" ]; then
+    python recipes/experiment/analyze.py "$STAGE5/test" "$STAGE5/neighbour" --output "$DOCS/stage5_results.md"
+    python recipes/experiment/relation.py "$OUT" --output "$DOCS/relation2_results.md"
+  fi
 }
 
 case "${1:-}" in
@@ -163,6 +209,8 @@ case "${1:-}" in
   data) data_stage ;;
   train) train_stage ;;
   test) test_stage ;;
+  stage5) shift; jobs=("$@"); [ ${#jobs[@]} -gt 0 ] || jobs=("${STAGE5_JOBS[@]}")
+    for job in "${jobs[@]}"; do stage5_job "$job"; done ;;
   report) report_stage ;;
-  *) echo "usage: $0 select|choose|yield|data|train|test|report" >&2; exit 2 ;;
+  *) echo "usage: $0 select|choose|yield|data|train|test|stage5 [JOB...]|report" >&2; exit 2 ;;
 esac
