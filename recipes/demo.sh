@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The embedded end-to-end demo (`make demo`), offline on a CPU, with the settings the powered experiment
-# (docs/experiment/RESULTS.md) found best:
-#   1. soft-label data from the bundled SmolLM2-135M-Instruct on reasoning-gym basic_arithmetic (seed 42), with
-#      the check to read before spending compute on SSB: is the hinted teacher better than the model alone?
-#      (preparation measures it in every run: the "hint gain" line of its summary)
-#   2. SSB training (soft labels with a hard-label term, KD + CE 0.5: the experiment's validated setting) and the
-#      hard-label baseline (CE only on the same teacher answers, same steps)
+# The embedded end-to-end demo (`make demo`), offline on a CPU, with the settings the experiments
+# (docs/experiment/RESULTS.md, RESULTS2.md) found best for this 135M model:
+#   1. soft-label data from the bundled SmolLM2-135M-Instruct on reasoning-gym basic_arithmetic (seed 42), with the
+#      answer-only hint, and the check to read before spending compute on SSB: is the hinted teacher better than
+#      the model alone? (preparation measures it in every run: the "hint gain" line of its summary)
+#   2. SSB training (soft labels with a hard-label term, KD + CE 0.5: the SSB setting that gained in both
+#      experiments) and the hard-label baseline (CE only on the same teacher answers, same steps: the arm that
+#      gained most in experiment 2)
 #   3. evaluation of base / hard labels / SSB on held-out questions (seed 1234, none seen in training)
 #   4. training-curve and accuracy plots, and the results table
 # Usage: bash recipes/demo.sh [OUT] [ENGINE]; ENGINE (transformers by default, or vllm: `make demo-vllm`) generates
@@ -43,7 +44,7 @@ print(f"training curves: {path}\naccuracy chart: {out}/eval/accuracy.png")
 gain = json.load(open(f"{out}/data/ssb_summary.json"))["hint_gain"]
 print(f"hint check: hinted teacher {gain['hinted_accuracy']:.1%} vs alone {gain['unhinted_accuracy']:.1%} on "
       f"{gain['questions']} paired questions: {gain['gain_points']:+.1f} pts [{gain['gain_low']:+.1f}, "
-      f"{gain['gain_high']:+.1f}] (SSB needs a clearly positive gain; see docs/experiment/RESULTS.md)")
+      f"{gain['gain_high']:+.1f}] (SSB needs a clearly positive gain; see docs/experiment/RESULTS2.md)")
 PY
 stage "done"
 cat "$OUT/eval/results.md"

@@ -294,6 +294,7 @@ def test_recipe_config_files_parse() -> None:
     assert (demo.num_questions, demo.source_seed, demo.seed, demo.answer_fallbacks) == (64, 42, 42, True)
     assert demo.rollout_sampling == Sampling(0.8, 50, 1.0, 192, n=4)
     assert demo.teacher_sampling == Sampling(0.4, 50, 1.0, 256, n=4)
+    assert demo.teacher_hint == "answer_only"  # experiment 2's chosen format (docs/experiment/RESULTS2.md)
     with pytest.raises(ValueError, match="no question source"):
         TrlParser((PrepConfig,)).parse_args_and_config([])
     args = ["--source", "rg:basic_arithmetic", "--num_questions", "4", "--model_name_or_path", "m"]
