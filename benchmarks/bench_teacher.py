@@ -48,7 +48,7 @@ from transformers import DynamicCache
 
 from ssb_trl.data.generation import GenerationStats, TransformersBackend
 from ssb_trl.data.grading import extract_final_answer, grade
-from ssb_trl.data.prompts import student_messages, teacher_messages
+from ssb_trl.data.prompts import load_hint_format, student_messages
 from ssb_trl.data.sampling import Sampling, SeededSampler, derive_seed
 from ssb_trl.data.stages import choose_pair
 
@@ -132,8 +132,10 @@ def own_loop(model, tokenizer) -> TransformersBackend:
     return backend
 
 
-def teacher_prompts(qs, rollouts) -> list:
-    """Hinted prompts as the pipeline builds them (its pair), else from the question's first two attempts."""
+def teacher_prompts(qs, rollouts, hint: str) -> list:
+    """Hinted prompts as the pipeline builds them (its pair), else from the question's first two attempts; the
+    hint format's fields come from them and the question's verified answer."""
+    hint_format = load_hint_format(hint)
     prompts = []
     for question, samples in zip(qs, rollouts):
         records = [
@@ -144,7 +146,14 @@ def teacher_prompts(qs, rollouts) -> list:
             for c in samples
         ]
         pair = choose_pair(records, random.Random(derive_seed(SEED, question.id, "pair"))) or (0, 1)
-        prompts.append(teacher_messages(question.question, samples[pair[0]].text, samples[pair[1]].text))
+        prompts.append(
+            hint_format.messages(
+                question.question,
+                correct=samples[pair[0]].text,
+                incorrect=samples[pair[1]].text,
+                answer=question.answer,
+            )
+        )
     return prompts
 
 
@@ -176,6 +185,9 @@ def main() -> None:
     parser.add_argument(
         "--decoders", default="before,now,plain", help="which of before,now,plain,generate to run (see above)"
     )
+    parser.add_argument(
+        "--teacher_hint", default="contrastive", help="hint format of the teacher prompts (the demo's: answer_only)"
+    )
     parser.add_argument("--output", default="bench_teacher")
     args = parser.parse_args()
 
@@ -201,7 +213,7 @@ def main() -> None:
     )
     # Teacher prompts from the backend's own rollouts (the first decoder's when "now" was not run).
     source = rollouts.get("own loop (now)") or next(iter(rollouts.values()))
-    hinted = teacher_prompts(qs, source)
+    hinted = teacher_prompts(qs, source, args.teacher_hint)
     teacher_seeds = [derive_seed(SEED, q.id, "teacher", 0) for q in qs]
     outputs["teacher"] = run_stage(
         decoders, hinted, teacher_seeds, TEACHER, args.shard_size, totals, cpu_seconds, "teacher"
@@ -214,7 +226,7 @@ def main() -> None:
         f"Model: bundled SmolLM2-135M-Instruct ({totals[('rollouts', names[0])].dtype}), the demo's data: "
         f"{args.questions} questions in shards of {args.shard_size}; rollouts {ROLLOUT.n} x (T={ROLLOUT.temperature}, "
         f"top-k {ROLLOUT.top_k}, max {ROLLOUT.max_new_tokens}); teacher {TEACHER.n} x (T={TEACHER.temperature}, top-k "
-        f"{TEACHER.top_k}, max {TEACHER.max_new_tokens}). Machine: {machine()}; load average (1/5/15 min) "
+        f"{TEACHER.top_k}, max {TEACHER.max_new_tokens}), hint `{args.teacher_hint}`. Machine: {machine()}; load average (1/5/15 min) "
         f"{load_before} before, {load()} after (a shared machine: compare decoders within this run, not across runs).",
         "",
         "| stage | decoder | rows | prompt tokens (mean) | padding | new tokens | cut at limit | kept / decoded "
@@ -238,9 +250,10 @@ def main() -> None:
             )
     lines += [
         "",
-        "| decoder | teacher / rollout new tokens/s | rollouts vs plain generate | teacher vs plain generate |",
+        "| decoder | teacher / rollout new tokens/s | the same, decoding only (no prefill) | rollouts vs plain generate "
+        "| teacher vs plain generate |",
     ]
-    lines += ["| --- | ---: | ---: | ---: |"]
+    lines += ["| --- | ---: | ---: | ---: | ---: |"]
     plain = "plain generate" if "plain generate" in names else None
     for name in names:
         r, t = totals[("rollouts", name)], totals[("teacher", name)]
@@ -250,11 +263,15 @@ def main() -> None:
                 f"{r.tokens_per_second / totals[('rollouts', plain)].tokens_per_second:.2f}x",
                 f"{t.tokens_per_second / totals[('teacher', plain)].tokens_per_second:.2f}x",
             ]
-        lines.append(f"| {name} | {t.tokens_per_second / r.tokens_per_second:.2f} | {vs[0]} | {vs[1]} |")
+        decoding = (t.new_tokens / t.decode_seconds) / (r.new_tokens / r.decode_seconds)
+        lines.append(
+            f"| {name} | {t.tokens_per_second / r.tokens_per_second:.2f} | {decoding:.2f} | {vs[0]} | {vs[1]} |"
+        )
     lines += [
         "",
         "Command: `python benchmarks/bench_teacher.py "
-        f"--questions {args.questions} --shard_size {args.shard_size} --decoders {args.decoders}`",
+        f"--questions {args.questions} --shard_size {args.shard_size} --decoders {args.decoders} "
+        f"--teacher_hint {args.teacher_hint}`",
     ]
     write_results(args.output, "\n".join(lines) + "\n")
 
