@@ -189,7 +189,10 @@ class PrepConfig(EngineConfig, QuestionSource):
     )
     shard_size: int = field(
         default=16,
-        metadata={"help": "Questions per shard: the unit of persistence, resumption and multi-process split."},
+        metadata={
+            "help": "Questions per shard: the unit of persistence, resumption and multi-process split, and the most "
+            "questions in one generation batch (16 fills a CPU; on a GPU use 256)."
+        },
     )
     # Output
     output_dir: str = field(default="ssb_data", metadata={"help": "Where the dataset and the work files go."})
