@@ -24,6 +24,9 @@ PRODUCTS='{"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}'
 VALIDATION_SEED=777 TRAIN_SEED=42 TEST_SEED=1234 MIN_KEPT=200 HINT_CHECK_SAMPLES=4
 MAX_STEPS=${EXPERIMENT_MAX_STEPS:--1} EVAL_QUESTIONS=${EXPERIMENT_EVAL_QUESTIONS:-300}
 DOCS=${EXPERIMENT_DOCS:-docs/experiment}
+# Share of the memory each vLLM engine reserves (on CPU, for its KV cache): two engines, one per core, must fit
+# (0.3 of 24 GiB still holds ~150k tokens of this model's cache: more than the engine schedules at once)
+VLLM_MEMORY=${EXPERIMENT_VLLM_MEMORY:-0.3}
 FORMATS=(contrastive contrastive_short correct_solution answer_only)  # the first one makes the shared rollouts
 declare -A ARMS=(
   [sft]="--kd_weight 0 --ce_weight 1"
@@ -42,7 +45,7 @@ share_rollouts() {  # share_rollouts FOLDER: the first format's rollouts (and se
 gain_of() {  # gain_of FOLDER [FLAGS...]: prepare (resumably) and measure the hint's gain there
   local dir=$1; shift
   python recipes/experiment/teacher_gain.py --config "$PREP" --task_config "$TASK" --source_seed "$VALIDATION_SEED" \
-    --hint_check_samples "$HINT_CHECK_SAMPLES" --output_dir "$dir" "$@"
+    --hint_check_samples "$HINT_CHECK_SAMPLES" --output_dir "$dir" --vllm_gpu_memory_utilization "$VLLM_MEMORY" "$@"
 }
 
 widest_interval() {  # the widest gain interval (points) over the formats' teacher_gain.json
@@ -94,7 +97,7 @@ data_stage() {
     stage "data: $chosen, $questions training questions (seed $TRAIN_SEED)"
     python recipes/prepare_ssb_data.py --config "$PREP" --task_config "$TASK" --source_seed "$TRAIN_SEED" \
       --teacher_hint "$chosen" --hint_check_samples "$HINT_CHECK_SAMPLES" --num_questions "$questions" \
-      --output_dir "$OUT/data/$chosen"
+      --output_dir "$OUT/data/$chosen" --vllm_gpu_memory_utilization "$VLLM_MEMORY"
     kept=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['teacher_kept'])" \
       "$OUT/data/$chosen/ssb_summary.json")
     echo "kept teacher answers: $kept"
@@ -127,7 +130,7 @@ evaluate_one() {  # evaluate_one FOLDER LABEL MODEL TASK TASK_CONFIG: greedy pas
   python recipes/evaluate.py --source "reasoning_gym:$4" --task_config "$5" --source_seed "$TEST_SEED" \
     --num_questions $((4 * EVAL_QUESTIONS)) --limit "$EVAL_QUESTIONS" --unique_questions true \
     --answer_fallbacks true --greedy true --num_samples 0 --max_new_tokens 160 --device cpu --dtype float32 \
-    --generation_backend vllm --vllm_gpu_memory_utilization 0.5 --exclude_questions_from "$OUT/select/$chosen" "$OUT/data/$chosen" \
+    --generation_backend vllm --vllm_gpu_memory_utilization "$VLLM_MEMORY" --exclude_questions_from "$OUT/select/$chosen" "$OUT/data/$chosen" \
     --output_dir "$dir" --models "$2=$3"
 }
 
@@ -171,7 +174,7 @@ stage5_job() {  # stage5_job FORMAT|t1: its data from stage 2's questions and ro
   fi
   stage "stage 5: $name data, $questions training questions (seed $TRAIN_SEED)"
   python recipes/prepare_ssb_data.py --config "$PREP" --task_config "$TASK" --source_seed "$TRAIN_SEED" \
-    --num_questions "$questions" --output_dir "$data" "${prep_flags[@]}"
+    --num_questions "$questions" --output_dir "$data" --vllm_gpu_memory_utilization "$VLLM_MEMORY" "${prep_flags[@]}"
   if [ ! -f "$model/adapter_model.safetensors" ]; then
     stage "stage 5: train SSB (KD), seed 0, on $name"
     # shellcheck disable=SC2086 # the arm's flags are words
