@@ -222,7 +222,21 @@ def test_stage5_relates_each_formats_gain_to_its_ssb_models_paired_difference_fr
         ("contrastive_short", (-20.0, -10.0), 15),
     ]:
         _format(root / "select", name, interval, kept=kept, wrong=1)
-    (root / "data" / "answer_only").mkdir(parents=True)
+    import datasets
+
+    # two rows of soft labels (K = 2): answer tokens 7, 8 | 9; the teacher's top-2 ids and log-probs per answer token
+    datasets.Dataset.from_dict(
+        {
+            "input_ids": [[1, 7, 8], [1, 9]],
+            "completion_mask": [[0, 1, 1], [0, 1]],
+            "teacher_topk_ids": [[[7, 3], [4, 5]], [[9, 2]]],
+            "teacher_topk_logprobs": [
+                [[math.log(0.5), math.log(0.25)], [math.log(0.6), math.log(0.2)]],
+                [[math.log(0.9), math.log(0.05)]],
+            ],
+        }
+    ).save_to_disk(str(root / "data" / "answer_only"))
+    (root / "data" / "answer_only" / "ssb_metadata.json").write_text(json.dumps({"temperature": 2.0}))
     (root / "data" / "answer_only" / "ssb_summary.json").write_text(json.dumps({"teacher_kept": 362}))
     (root / "stage5" / "data" / "contrastive").mkdir(parents=True)
     (root / "stage5" / "data" / "contrastive" / "ssb_summary.json").write_text(json.dumps({"teacher_kept": 120}))
@@ -261,3 +275,5 @@ def test_stage5_relates_each_formats_gain_to_its_ssb_models_paired_difference_fr
         "| not prepared yet | not trained and tested yet | not trained and tested yet |"
     )
     assert output.with_suffix(".png").stat().st_size > 0 and "relation2_results.png" in output.read_text()
+    # p(answer token): 0.5, 0 (8 is outside the top 2), 0.9; top-2 mass: 0.75, 0.8, 0.95; 1.5 answer tokens per row
+    assert "| answer_only | 2.0 | 2 | 2 | 0.467 | 0.833 |" in output.read_text()

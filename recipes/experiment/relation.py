@@ -6,6 +6,10 @@ split and on the neighbouring task (stage 4's questions, a normal 95% interval o
 chosen format's data and model are stages 2-4's; the other formats' are `run2.sh stage5`'s. A format whose model is
 not trained and tested yet is listed as such, so the table can be written while stage 5 runs.
 
+A second table describes each training set's soft labels (and the T = 1 variant's): answer tokens per row, the
+probability the teacher gives its own answer's token and the mass its top-K ids hold, at the labels' temperature,
+because what KD can teach depends on how peaked these targets are.
+
     python recipes/experiment/relation.py outputs/experiment2 --output docs/experiment/relation2_results.md
 """
 
@@ -13,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import analyze
 import choose
+import datasets
 
 from ssb_trl.plotting import plot_relation
 
@@ -48,8 +54,52 @@ def format_rows(root: Path) -> list[dict[str, Any]]:
             suite: analyze.averaged_difference([models[label]], [models["base"]]) if label in models else None
             for suite, models in suites.items()
         }
-        rows.append({"format": name, "chosen": name == chosen, "gain": gain, "kept": kept, **differences})
+        rows.append(
+            {"format": name, "chosen": name == chosen, "gain": gain, "kept": kept, "data": data, **differences}
+        )
     return rows
+
+
+def label_shape(data: Path) -> dict[str, float] | None:
+    """Means over answer tokens of the stored soft labels: the teacher's probability of the answer's own token
+    (0 where it is outside the top K) and the top-K mass; None when the dataset is not written yet."""
+    if not (data / "dataset_info.json").is_file():
+        return None
+    rows = datasets.load_from_disk(str(data))
+    own, mass, tokens = [], [], 0
+    for ids, mask, top_ids, top_logprobs in zip(
+        rows["input_ids"], rows["completion_mask"], rows["teacher_topk_ids"], rows["teacher_topk_logprobs"]
+    ):
+        answer = [token for token, in_answer in zip(ids, mask) if in_answer]
+        tokens += len(answer)
+        for token, candidates, logprobs in zip(answer, top_ids, top_logprobs):
+            probabilities = dict(zip(candidates, (math.exp(v) for v in logprobs)))
+            own.append(probabilities.get(token, 0.0))
+            mass.append(sum(probabilities.values()))
+    temperature = json.loads((data / "ssb_metadata.json").read_text()).get("temperature")
+    return {
+        "rows": len(rows),
+        "tokens_per_row": tokens / max(len(rows), 1),
+        "own_token": sum(own) / max(len(own), 1),
+        "top_k_mass": sum(mass) / max(len(mass), 1),
+        "temperature": temperature,
+    }
+
+
+def shape_table(root: Path, rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| training set | T | rows | answer tokens per row | teacher's p(answer token) | top-K mass |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    sets = [(row["format"], row["data"]) for row in rows] + [("answer_only, T = 1 variant", root / "stage5/data/t1")]
+    for name, data in sets:
+        shape = label_shape(data)
+        if shape is not None:
+            lines.append(
+                f"| {name} | {shape['temperature']} | {shape['rows']} | {shape['tokens_per_row']:.0f} | "
+                f"{shape['own_token']:.3f} | {shape['top_k_mass']:.3f} |"
+            )
+    return "\n".join(lines)
 
 
 def points(difference: tuple[float, float, float, float] | None) -> str:
@@ -101,6 +151,7 @@ def main() -> None:
             title="Does the hint's gain predict SSB's improvement? (SmolLM2-135M, basic_arithmetic)",
         )
         text += f"\n![gain vs improvement]({plot.name})\n"
+    text += "\n## The soft labels each trained on\n\n" + shape_table(args.root, rows) + "\n"
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     print(text)
