@@ -8,6 +8,7 @@
 #   bash recipes/experiment/run2.sh train   # SFT, SSB (KD) and SSB + CE 0.5, seeds 0-2, on the same kept answers
 #   bash recipes/experiment/run2.sh test    # base and every arm on 300 test questions and the neighbouring task
 #   bash recipes/experiment/run2.sh stage5 [JOB...]  # other formats' SSB (and the T = 1 variant) on stage 2's questions
+#                                                    # (JOB is FORMAT or t1, seed 0; FORMAT:SEED trains another seed)
 #   bash recipes/experiment/run2.sh report  # tables into docs/experiment/
 # EXPERIMENT2_SELECT_QUESTIONS: the first size of stage 1 (default 512); EXPERIMENT_MAX_STEPS and
 # EXPERIMENT_EVAL_QUESTIONS shrink train / test for a smoke run. Run it with the vLLM environment's python first on
@@ -159,9 +160,10 @@ copy_work() {  # copy_work FOLDER PART...: parts of stage 2's work folder (and i
   [ -f "$to/settings.json" ] || cp "$from/settings.json" "$to/settings.json"
 }
 
-stage5_job() {  # stage5_job FORMAT|t1: its data from stage 2's questions and rollouts, SSB (KD) seed 0, its tests
-  local name=$1 chosen data model questions prep_flags train_flags=()
-  chosen=$(chosen_format); data="$STAGE5/data/$name"; model="$STAGE5/train/ssb_$name-seed0"
+stage5_job() {  # stage5_job FORMAT|t1[:SEED]: its data from stage 2's questions and rollouts, SSB (KD), its tests
+  local name=${1%%:*} seed=0 chosen data model questions prep_flags train_flags=()
+  [[ $1 == *:* ]] && seed=${1#*:}
+  chosen=$(chosen_format); data="$STAGE5/data/$name"; model="$STAGE5/train/ssb_$name-seed$seed"
   questions=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['questions'])" \
     "$OUT/data/$chosen/ssb_summary.json")
   if [ "$name" = t1 ]; then  # only the soft labels are redone
@@ -176,17 +178,17 @@ stage5_job() {  # stage5_job FORMAT|t1: its data from stage 2's questions and ro
   python recipes/prepare_ssb_data.py --config "$PREP" --task_config "$TASK" --source_seed "$TRAIN_SEED" \
     --num_questions "$questions" --output_dir "$data" --vllm_gpu_memory_utilization "$VLLM_MEMORY" "${prep_flags[@]}"
   if [ ! -f "$model/adapter_model.safetensors" ]; then
-    stage "stage 5: train SSB (KD), seed 0, on $name"
+    stage "stage 5: train SSB (KD), seed $seed, on $name"
     # shellcheck disable=SC2086 # the arm's flags are words
-    python recipes/train_ssb.py --config "$TRAIN" --dataset_name "$data" --output_dir "$model" --seed 0 \
+    python recipes/train_ssb.py --config "$TRAIN" --dataset_name "$data" --output_dir "$model" --seed "$seed" \
       --max_steps "$MAX_STEPS" ${ARMS[ssb]} "${train_flags[@]}"
   fi
   for suite in test neighbour; do  # stage 4's base, SFT and SSB seed 0 beside them, for the paired tables
     mkdir -p "$STAGE5/$suite"
     for label in base sft-seed0 ssb-seed0; do ln -sfn "../../$suite/$label" "$STAGE5/$suite/$label"; done
   done
-  evaluate_one "$STAGE5/test" "ssb_$name-seed0" "$model" basic_arithmetic "$TASK"
-  evaluate_one "$STAGE5/neighbour" "ssb_$name-seed0" "$model" products "$PRODUCTS"
+  evaluate_one "$STAGE5/test" "ssb_$name-seed$seed" "$model" basic_arithmetic "$TASK"
+  evaluate_one "$STAGE5/neighbour" "ssb_$name-seed$seed" "$model" products "$PRODUCTS"
 }
 
 report_stage() {
@@ -215,5 +217,5 @@ case "${1:-}" in
   stage5) shift; jobs=("$@"); [ ${#jobs[@]} -gt 0 ] || jobs=("${STAGE5_JOBS[@]}")
     for job in "${jobs[@]}"; do stage5_job "$job"; done ;;
   report) report_stage ;;
-  *) echo "usage: $0 select|choose|yield|data|train|test|stage5 [JOB...]|report" >&2; exit 2 ;;
+  *) echo "usage: $0 select|choose|yield|data|train|test|stage5 [JOB[:SEED]...]|report" >&2; exit 2 ;;
 esac
