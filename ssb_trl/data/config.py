@@ -119,7 +119,8 @@ class PrepConfig(EngineConfig, QuestionSource):
         metadata={
             "help": "Also ask the teacher about questions without a right-and-wrong pair when the hint needs no "
             "wrong attempt: correct_solution then serves every question with a correct rollout, answer_only every "
-            "question (STaR's rationalisation). Off: SSB's paired questions only, the same for every hint."
+            "question (STaR's rationalisation; on SmolLM2-135M: 2.8x the kept answers, but more of them right answers "
+            "after wrong steps). Off: SSB's paired questions only, the same for every hint."
         },
     )
     teacher_temperature: float = field(default=0.4, metadata={"help": "Teacher sampling temperature."})
