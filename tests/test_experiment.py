@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_model
@@ -277,3 +278,31 @@ def test_stage5_relates_each_formats_gain_to_its_ssb_models_paired_difference_fr
     assert output.with_suffix(".png").stat().st_size > 0 and "relation2_results.png" in output.read_text()
     # p(answer token): 0.5, 0 (8 is outside the top 2), 0.9; top-2 mass: 0.75, 0.8, 0.95; 1.5 answer tokens per row
     assert "| answer_only | 2.0 | 2 | 2 | 0.467 | 0.833 |" in output.read_text()
+
+
+def test_label_shape_decodes_compact_soft_labels(tmp_path: Path) -> None:
+    """A compact dataset (uint8 codes, format version 2) gives the shape of its decoded log-probs."""
+    import datasets
+    import relation
+
+    from ssb_trl.compact_labels import encode_logprobs
+
+    logprobs = np.log(np.array([[0.5, 0.25]]))
+    for name, stored, dtype in [
+        ("float", logprobs.tolist(), "float16"),
+        ("compact", encode_logprobs(logprobs).tolist(), "uint8"),
+    ]:
+        datasets.Dataset.from_dict(
+            {
+                "input_ids": [[1, 7]],
+                "completion_mask": [[0, 1]],
+                "teacher_topk_ids": [[[7, 3]]],
+                "teacher_topk_logprobs": [stored],
+            }
+        ).save_to_disk(str(tmp_path / name))
+        (tmp_path / name / "ssb_metadata.json").write_text(json.dumps({"temperature": 1.0, "logprob_dtype": dtype}))
+    compact, exact = relation.label_shape(tmp_path / "compact"), relation.label_shape(tmp_path / "float")
+    assert exact["own_token"] == pytest.approx(0.5) and exact["top_k_mass"] == pytest.approx(0.75)
+    assert compact["own_token"] == pytest.approx(0.5, rel=0.04) and compact["top_k_mass"] == pytest.approx(
+        0.75, rel=0.04
+    )

@@ -25,6 +25,7 @@ import analyze
 import choose
 import datasets
 
+from ssb_trl.compact_labels import LOGPROB_CODE_DTYPE, decode_logprobs
 from ssb_trl.plotting import plot_relation
 
 FORMATS = ("contrastive", "contrastive_short", "correct_solution", "answer_only")
@@ -66,6 +67,8 @@ def label_shape(data: Path) -> dict[str, float] | None:
     if not (data / "dataset_info.json").is_file():
         return None
     rows = datasets.load_from_disk(str(data))
+    metadata = json.loads((data / "ssb_metadata.json").read_text())
+    compact = metadata.get("logprob_dtype") == LOGPROB_CODE_DTYPE  # 8-bit codes (format version 2), not log-probs
     own, mass, tokens = [], [], 0
     for ids, mask, top_ids, top_logprobs in zip(
         rows["input_ids"], rows["completion_mask"], rows["teacher_topk_ids"], rows["teacher_topk_logprobs"]
@@ -73,10 +76,12 @@ def label_shape(data: Path) -> dict[str, float] | None:
         answer = [token for token, in_answer in zip(ids, mask) if in_answer]
         tokens += len(answer)
         for token, candidates, logprobs in zip(answer, top_ids, top_logprobs):
+            if compact:
+                logprobs = decode_logprobs(logprobs).tolist()
             probabilities = dict(zip(candidates, (math.exp(v) for v in logprobs)))
             own.append(probabilities.get(token, 0.0))
             mass.append(sum(probabilities.values()))
-    temperature = json.loads((data / "ssb_metadata.json").read_text()).get("temperature")
+    temperature = metadata.get("temperature")
     return {
         "rows": len(rows),
         "tokens_per_row": tokens / max(len(rows), 1),
