@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from ssb_trl.data.generation import TransformersBackend
-from ssb_trl.data.prompts import chat_prompt_ids, student_messages, teacher_messages
-from ssb_trl.data.sampling import Sampling
-from ssb_trl.data.sources import QuestionSource, load_questions
+from ssb_trl.generation.sampling import Sampling
+from ssb_trl.generation.transformers_engine import TransformersBackend
 from ssb_trl.models import BUNDLED_MODEL, load_model_and_tokenizer
+from ssb_trl.tasks.prompts import chat_prompt_ids, student_messages, teacher_messages
+from ssb_trl.tasks.sources import QuestionSource, load_questions
 
 DEMO_TASK_CONFIG = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
 """reasoning-gym ``basic_arithmetic`` options of the demo (recipes/configs/demo_data.yaml): one digit, two terms."""

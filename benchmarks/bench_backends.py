@@ -15,10 +15,10 @@ import time
 
 from _ssb_bench_data import machine, questions, write_results
 
-from ssb_trl.data.engine import EngineConfig, make_backend
-from ssb_trl.data.prompts import student_messages
-from ssb_trl.data.sampling import Sampling
+from ssb_trl.generation.engine import EngineConfig, make_backend
+from ssb_trl.generation.sampling import Sampling
 from ssb_trl.models import BUNDLED_MODEL, load_model_and_tokenizer, load_tokenizer
+from ssb_trl.tasks.prompts import student_messages
 
 
 def measure(kind: str, dtype: str, prompts, sampling: Sampling, seed: int) -> dict:

@@ -5,7 +5,7 @@ model on the plain student prompt, over the same sampled answers (as in SSB). At
 we compare the KD loss T^2 * KL(teacher || student) at T = 2 computed
   - densely, from the full-vocabulary logits of both (the reference's way), with
   - the library's sparse loss (`ssb_trl.loss.sparse_distillation_loss`) from the stored top-K log-probs
-    (float16, as saved; and the compact format's 8-bit codes, `ssb_trl.compact_labels`) plus the derived
+    (float16, as saved; and the compact format's 8-bit codes, `ssb_trl.soft_labels.codec`) plus the derived
     tail bucket,
 and the gradient each gives with respect to the student's hidden states (what training follows).
 
@@ -24,9 +24,8 @@ import argparse
 import torch
 from _ssb_bench_data import load_bundled, machine, make_sequences, write_results
 
-from ssb_trl.compact_labels import decode_logprobs, encode_logprobs
 from ssb_trl.loss import DistillationLossSpec, sparse_distillation_loss
-from ssb_trl.sampled_labels import sample_soft_labels
+from ssb_trl.soft_labels.codec import decode_logprobs, encode_logprobs, sample_soft_labels
 
 KS = (8, 16, 24, 32, 48, 64, 128, 256)
 T1_KS = (4, 8, 16, 24, 32)

@@ -1,4 +1,4 @@
-"""Start-up cost: median wall time of `import ssb_trl.data.grading`, `import ssb_trl` and `ssb-trl --help`,
+"""Start-up cost: median wall time of `import ssb_trl.tasks.grading`, `import ssb_trl` and `ssb-trl --help`,
 each in a fresh Python process, for this checkout and (optionally) another one measured in turn with it.
 
     python benchmarks/bench_import.py --repeats 7 --before /tmp/ssb-main    # e.g. `git archive main | tar -x`
@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "datasets", "trl", "accelerate")
 CASES = {  # label -> the command, run with the tree first on PYTHONPATH
-    "import ssb_trl.data.grading": [sys.executable, "-c", "import ssb_trl.data.grading"],
+    "import ssb_trl.tasks.grading": [sys.executable, "-c", "import ssb_trl.tasks.grading"],
     "import ssb_trl": [sys.executable, "-c", "import ssb_trl"],
     "ssb-trl --help": [shutil.which("ssb-trl") or "ssb-trl", "--help"],
 }
@@ -74,9 +74,9 @@ def main() -> None:
     for case in CASES:
         cells = [f"{statistics.median(times[label, case]):.2f}" for label in trees]
         lines.append(f"| `{case}` | " + " | ".join(cells) + " |")
-    lines += ["", "Heavy modules (of " + ", ".join(HEAVY) + ") loaded by `import ssb_trl.data.grading`:", ""]
+    lines += ["", "Heavy modules (of " + ", ".join(HEAVY) + ") loaded by `import ssb_trl.tasks.grading`:", ""]
     for label, tree in trees.items():
-        lines.append(f"- {label}: {', '.join(heavy_modules(tree, 'import ssb_trl.data.grading')) or 'none'}")
+        lines.append(f"- {label}: {', '.join(heavy_modules(tree, 'import ssb_trl.tasks.grading')) or 'none'}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

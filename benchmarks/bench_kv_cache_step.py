@@ -1,5 +1,5 @@
 """One decoding step on a long context: transformers' DynamicCache (grown by ``torch.cat``) vs the backend's cache
-written in place (:mod:`ssb_trl.data.kv_cache`), on the bundled model, the same batch, alternating.
+written in place (:mod:`ssb_trl.generation.kv_cache`), on the bundled model, the same batch, alternating.
 
 Why: bench_teacher times whole teacher stages, where the decode step's cache copy is one part among weight
 matmuls and attention, and rows leave the batch as they finish; this isolates the step. Rows continue two
@@ -17,7 +17,7 @@ import torch
 from _ssb_bench_data import load_bundled, machine, write_results
 from transformers import DynamicCache
 
-from ssb_trl.data.kv_cache import reserved_cache
+from ssb_trl.generation.kv_cache import reserved_cache
 
 
 def seconds_per_step(model, make_cache, rows: int, context: int, steps: int) -> float:

@@ -1,6 +1,6 @@
 """Labelling throughput of `ssb-trl label`: completion tokens labelled per second by the bundled teacher.
 
-The whole labelling call (`ssb_trl.data.label.label_dataset`, model already loaded): reading and tokenizing the
+The whole labelling call (`ssb_trl.label.job.label_dataset`, model already loaded): reading and tokenizing the
 rows, the teacher-forced pass, the shard files and the published dataset. Rows are the demo task's questions
 (benchmarks/data) with written-out step-by-step completions of about --completion_tokens tokens each.
 `--generate N` also times N prompts-only rows, the teacher writing their completions (greedy).
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from _ssb_bench_data import load_bundled, machine, write_results
 
-from ssb_trl.data.label import LabelConfig, label_dataset
+from ssb_trl.label.job import LabelConfig, label_dataset
 from ssb_trl.models import BUNDLED_MODEL
 
 QUESTIONS = Path(__file__).resolve().parent / "data" / "demo_task_1024.jsonl"

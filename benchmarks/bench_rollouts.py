@@ -14,9 +14,9 @@ import time
 import torch
 from _ssb_bench_data import load_bundled, machine, questions, write_results
 
-from ssb_trl.data.generation import TransformersBackend
-from ssb_trl.data.prompts import chat_prompt_ids, student_messages
-from ssb_trl.data.sampling import Sampling
+from ssb_trl.generation.sampling import Sampling
+from ssb_trl.generation.transformers_engine import TransformersBackend
+from ssb_trl.tasks.prompts import chat_prompt_ids, student_messages
 
 
 def batch_one_loop(model, tokenizer, prompts, samples: int, max_new_tokens: int, seed: int) -> tuple[int, float]:

@@ -22,7 +22,7 @@ import torch
 from _ssb_bench_data import load_bundled, machine, make_sequences, write_results
 
 from ssb_trl.loss import DistillationLossSpec, sparse_distillation_loss
-from ssb_trl.sampled_labels import sample_soft_labels
+from ssb_trl.soft_labels.codec import sample_soft_labels
 
 T = 2.0
 

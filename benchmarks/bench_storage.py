@@ -21,9 +21,10 @@ import datasets
 import pyarrow.parquet as pq
 from _ssb_bench_data import load_bundled, machine, make_sequences, questions, write_results
 
-from ssb_trl.contract import SoftLabelMetadata, features, save_soft_label_dataset, tokenizer_fingerprint
-from ssb_trl.data.prompts import PROMPT_TEMPLATE_VERSION, student_messages
-from ssb_trl.data.teacher import extract_soft_labels, extract_topk_soft_labels
+from ssb_trl.soft_labels.io import save_soft_label_dataset
+from ssb_trl.soft_labels.schema import SoftLabelMetadata, features, tokenizer_fingerprint
+from ssb_trl.soft_labels.teacher import extract_soft_labels, extract_topk_soft_labels
+from ssb_trl.tasks.prompts import PROMPT_TEMPLATE_VERSION, student_messages
 
 KS = (16, 24, 32, 48, 64, 128)
 DTYPES = ("uint8", "float16", "float32")

@@ -7,7 +7,7 @@ answer that runs to ``max_new_tokens`` made the whole batch pay for it (on long 
 own loop fixed that (finished rows leave the batch); it then still prefilled each prompt once per sample
 and copied the whole KV cache at every step (``DynamicCache`` grows by ``torch.cat``), which on ~700-token
 teacher prompts was most of the time; now each distinct prompt of a batch is prefilled once and the cache
-is written in place (:mod:`ssb_trl.data.kv_cache`).
+is written in place (:mod:`ssb_trl.generation.kv_cache`).
 
 The demo's data (recipes/configs/demo_data.yaml: bundled SmolLM2-135M-Instruct, one-digit reasoning-gym
 arithmetic, seed 42): rollouts (4 per question, T=0.8, top-k 50, max 192 new tokens), then teacher prompts
@@ -18,7 +18,7 @@ with three decoders on the same batches, back to back, so load changes hit all t
 
 * ``own loop (before)`` (``--decoders before``): the backend's own loop as it was up to the shared
   prefill and the in-place cache: every row prefilled, ``DynamicCache`` (the same samples);
-* ``own loop (now)``: :class:`~ssb_trl.data.generation.TransformersBackend` (finished rows leave the batch,
+* ``own loop (now)``: :class:`~ssb_trl.generation.base.TransformersBackend` (finished rows leave the batch,
   each prompt prefilled once per batch, KV cache written in place);
 * ``plain generate``: the same batches through ``model.generate(do_sample=True, ...)`` (transformers' own
   sampler), the reference a user would compare with;
@@ -44,13 +44,15 @@ from collections import defaultdict
 
 import torch
 from _ssb_bench_data import load_bundled, machine, questions, write_results
+from seeded_sampler import SeededSampler
 from transformers import DynamicCache
 
-from ssb_trl.data.generation import GenerationStats, TransformersBackend
-from ssb_trl.data.grading import extract_final_answer, grade
-from ssb_trl.data.prompts import load_hint_format, student_messages
-from ssb_trl.data.sampling import Sampling, SeededSampler, derive_seed
-from ssb_trl.data.stages import choose_pair
+from ssb_trl.generation.base import GenerationStats
+from ssb_trl.generation.sampling import Sampling, derive_seed
+from ssb_trl.generation.transformers_engine import TransformersBackend
+from ssb_trl.prepare.stages import choose_pair
+from ssb_trl.tasks.grading import extract_final_answer, grade
+from ssb_trl.tasks.prompts import load_hint_format, student_messages
 
 ROLLOUT = Sampling(temperature=0.8, top_k=50, max_new_tokens=192, n=4)
 TEACHER = Sampling(temperature=0.4, top_k=50, max_new_tokens=256, n=4)

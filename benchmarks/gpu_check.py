@@ -91,7 +91,7 @@ def part_training(p: dict) -> list[dict]:
 
 
 def part_extraction(p: dict) -> dict:
-    from ssb_trl.data.teacher import extract_topk_soft_labels
+    from ssb_trl.soft_labels.teacher import extract_topk_soft_labels
 
     dtype = torch.bfloat16 if p["device"] == "cuda" else torch.float32
     model = train_step.build_model(p["shape"], p["device"], dtype).eval()
@@ -125,8 +125,8 @@ def part_extraction(p: dict) -> dict:
 
 
 def part_generation(p: dict) -> list[dict]:
-    from ssb_trl.data.generation import TransformersBackend, count_tokens_per_second
-    from ssb_trl.data.sampling import Sampling
+    from ssb_trl.generation.sampling import Sampling
+    from ssb_trl.generation.transformers_engine import TransformersBackend
 
     dtype = torch.bfloat16 if p["device"] == "cuda" else torch.float32
     model = train_step.build_model(p["shape"], p["device"], dtype).eval()
@@ -168,7 +168,8 @@ def part_zero3_smoke(p: dict, workdir: str) -> dict:
     """Two SSB steps under `accelerate launch` with ssb_trl/accelerate_configs/deepspeed_zero3.yaml."""
     from datasets import Dataset
 
-    from ssb_trl.contract import SoftLabelMetadata, save_soft_label_dataset, tokenizer_fingerprint
+    from ssb_trl.soft_labels.io import save_soft_label_dataset
+    from ssb_trl.soft_labels.schema import SoftLabelMetadata, tokenizer_fingerprint
 
     model = train_step.build_model(p["smoke_shape"], "cpu", torch.float32)
     tokenizer = chat_tokenizer(model.config.vocab_size)
@@ -242,9 +243,10 @@ def part_end_to_end(p: dict, workdir: str) -> list[dict]:
     """
     import yaml
 
-    from ssb_trl.data import PrepConfig, prepare_ssb_data
-    from ssb_trl.data.generation import GenerationStats, TransformersBackend
+    from ssb_trl.generation.base import GenerationStats
+    from ssb_trl.generation.transformers_engine import TransformersBackend
     from ssb_trl.models import BUNDLED_MODEL, load_model_and_tokenizer
+    from ssb_trl.prepare import PrepConfig, prepare_ssb_data
 
     e, cuda = p["end_to_end"], p["device"] == "cuda"
     with open(os.path.join(ROOT, "recipes/configs/demo_data.yaml")) as f:
@@ -369,7 +371,7 @@ def part_end_to_end(p: dict, workdir: str) -> list[dict]:
 
 
 def _dataset_tokens(data_dir: str) -> int:
-    from ssb_trl.contract import load_soft_label_dataset
+    from ssb_trl.soft_labels.io import load_soft_label_dataset
 
     dataset, _ = load_soft_label_dataset(data_dir)
     return sum(len(ids) for ids in dataset["input_ids"])
@@ -399,6 +401,12 @@ def _logged(log: str, key: str) -> float:
 def _sync(p: dict) -> None:
     if p["device"] == "cuda":
         torch.cuda.synchronize()
+
+
+def count_tokens_per_second(completions: list, seconds: float) -> float:
+    """New tokens per second over a generate() result."""
+    total = sum(len(c.token_ids) for per_prompt in completions for c in per_prompt)
+    return total / seconds if seconds > 0 else float("nan")
 
 
 def main() -> None:

@@ -1,9 +1,10 @@
 """ssb-trl: Semantic Soft Bootstrapping for Hugging Face TRL.
 
-Training (`SSBConfig`, `SSBTrainer`, `SSBDataCollator`, the loss) and the soft-label format (`ssb_trl.contract`)
-are exported here; data preparation lives in `ssb_trl.data`, evaluation in `ssb_trl.eval`.
+What a training user needs is exported here: `SSBConfig`, `SSBTrainer`, `SSBDataCollator`, the loss, and the
+soft-label dataset's loaders, metadata and checks (`ssb_trl.soft_labels`). The jobs that write soft-label data
+have their own packages (`ssb_trl.prepare`, `ssb_trl.label`), as does evaluation (`ssb_trl.eval`).
 
-The names load on first use (as TRL's do): `import ssb_trl.data.grading` to grade one answer, or `ssb-trl
+The names load on first use (as TRL's do): `import ssb_trl.tasks.grading` to grade one answer, or `ssb-trl
 --help`, should not pay for importing torch, transformers, datasets and TRL.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .lazy import lazy_exports
+from ssb_trl.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -20,16 +21,14 @@ _EXPORTS = {  # public name -> the module that defines it
     "SSBConfig": "ssb_trl.config",
     "SSBDataCollator": "ssb_trl.collator",
     "SSBTrainer": "ssb_trl.trainer",
-    "SoftLabelError": "ssb_trl.contract",
-    "SoftLabelMetadata": "ssb_trl.contract",
-    "extract_soft_labels": "ssb_trl.data.teacher",
-    "extract_topk_soft_labels": "ssb_trl.data.teacher",
-    "load_soft_label_dataset": "ssb_trl.contract",
-    "push_soft_label_dataset_to_hub": "ssb_trl.contract",
-    "save_soft_label_dataset": "ssb_trl.contract",
+    "SoftLabelError": "ssb_trl.soft_labels.schema",
+    "SoftLabelMetadata": "ssb_trl.soft_labels.schema",
+    "load_soft_label_dataset": "ssb_trl.soft_labels.io",
+    "push_soft_label_dataset_to_hub": "ssb_trl.soft_labels.io",
+    "save_soft_label_dataset": "ssb_trl.soft_labels.io",
     "sparse_distillation_loss": "ssb_trl.loss",
-    "tokenizer_fingerprint": "ssb_trl.contract",
-    "validate_soft_label_dataset": "ssb_trl.contract",
+    "tokenizer_fingerprint": "ssb_trl.soft_labels.schema",
+    "validate_soft_label_dataset": "ssb_trl.soft_labels.checks",
 }
 __all__ = [  # the keys of _EXPORTS, spelled out for tools that read __all__ statically
     "DistillationLossSpec",
@@ -38,8 +37,6 @@ __all__ = [  # the keys of _EXPORTS, spelled out for tools that read __all__ sta
     "SSBTrainer",
     "SoftLabelError",
     "SoftLabelMetadata",
-    "extract_soft_labels",
-    "extract_topk_soft_labels",
     "load_soft_label_dataset",
     "push_soft_label_dataset_to_hub",
     "save_soft_label_dataset",
@@ -52,17 +49,14 @@ __all__ = [  # the keys of _EXPORTS, spelled out for tools that read __all__ sta
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from .collator import SSBDataCollator
-    from .config import SSBConfig
-    from .contract import (
-        SoftLabelError,
-        SoftLabelMetadata,
+    from ssb_trl.collator import SSBDataCollator
+    from ssb_trl.config import SSBConfig
+    from ssb_trl.loss import DistillationLossSpec, sparse_distillation_loss
+    from ssb_trl.soft_labels.checks import validate_soft_label_dataset
+    from ssb_trl.soft_labels.io import (
         load_soft_label_dataset,
         push_soft_label_dataset_to_hub,
         save_soft_label_dataset,
-        tokenizer_fingerprint,
-        validate_soft_label_dataset,
     )
-    from .data.teacher import extract_soft_labels, extract_topk_soft_labels
-    from .loss import DistillationLossSpec, sparse_distillation_loss
-    from .trainer import SSBTrainer
+    from ssb_trl.soft_labels.schema import SoftLabelError, SoftLabelMetadata, tokenizer_fingerprint
+    from ssb_trl.trainer import SSBTrainer

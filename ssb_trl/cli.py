@@ -10,7 +10,6 @@ know (``--num_processes 8``, ``--config_file x.yaml``, ``--mixed_precision bf16`
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import importlib.resources
 import os
@@ -18,13 +17,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ssb_trl.errors import DEBUG_ENV, ERROR_FILE_ENV, error_line, launched_errors, reported_errors
-from ssb_trl.scripts import configure_logging
-from ssb_trl.validation import require_integers
+from ssb_trl.errors import DEBUG_ENV, ERROR_FILE_ENV, error_line, launched_errors
+from ssb_trl.scripts.common import configure_logging, parse_settings, run_script
 
 # Nothing heavy at import time: `ssb-trl --help` answers without loading torch, transformers or accelerate.
 COMMANDS = {  # command -> (module in ssb_trl.scripts, help)
@@ -77,28 +74,6 @@ def _without(args: list[str], subsequence: list[str]) -> list[str]:
     return rest
 
 
-def _parse(parser: Any, args: list[str] | None, **kwargs: Any) -> tuple:
-    """The parsed dataclasses (and remaining strings, if asked); a bad value is one line naming the setting."""
-    with reported_errors(parser.prog, while_parsing=True):
-        parsed = parser.parse_args_and_config(args, **kwargs)
-        for settings in parsed:  # also the dataclasses that are not ssb-trl's (ModelConfig: lora_r: 2.5)
-            if dataclasses.is_dataclass(settings):
-                require_integers(settings)
-    return parsed
-
-
-def run_script(main: Callable[..., Any], parser: Any, args: list[str] | None = None) -> Any:
-    """Parse the flags and ``--config`` YAML with ``parser`` (a ``TrlParser``), then ``main(*settings)``.
-
-    Every way of running a recipe goes through here (``ssb-trl evaluate``, ``python -m ssb_trl.scripts.X``, the
-    ``recipes/`` shims, the processes ``accelerate launch`` starts), so each shows ssb-trl's own errors as one
-    line and exits 1 (``ssb_trl.errors``).
-    """
-    parsed = _parse(parser, args)
-    with reported_errors(parser.prog):
-        return main(*parsed)
-
-
 def _exit_code(returncode: int) -> int:
     """A process killed by signal N exits 128 + N, as in a shell (Python would turn -9 into 247)."""
     return 128 - returncode if returncode < 0 else returncode
@@ -144,7 +119,7 @@ def launch_script(command: str, parser: Any, args: list[str]) -> int:
     """
     from accelerate.commands.launch import launch_command_parser
 
-    *_, config_unknown, cli_unknown = _parse(
+    *_, config_unknown, cli_unknown = parse_settings(
         parser, args, return_remaining_strings=True, separate_remaining_strings=True
     )
     launch_args = _launch_args(config_unknown + cli_unknown)

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from .compact_labels import decode_logprobs_tensor
-from .contract import COMPLETION_MASK, INPUT_IDS, TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS
+from ssb_trl.soft_labels.codec import decode_logprobs_tensor
+from ssb_trl.soft_labels.schema import COMPLETION_MASK, INPUT_IDS, TEACHER_TOPK_IDS, TEACHER_TOPK_LOGPROBS
 
 
 @dataclass
@@ -21,7 +21,7 @@ class SSBDataCollator:
     padding to [batch, max_answer, K] keeps memory proportional to real answer tokens.
 
     Log-probs come out as float32 from either format: float16/32 values as they are, compact uint8 codes
-    (format version 2, `ssb_trl.compact_labels`) decoded, so the loss is the same code path for both.
+    (format version 2, `ssb_trl.soft_labels.codec`) decoded, so the loss is the same code path for both.
     """
 
     pad_token_id: int

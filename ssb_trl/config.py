@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from trl import SFTConfig
 
-from .loss import DistillationLossSpec
-from .validation import require_valid_numbers
+from ssb_trl.loss import DistillationLossSpec
+from ssb_trl.validation import require_valid_numbers
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """The ``__getattr__`` and ``__dir__`` of ``package``: a name of ``exports`` (name -> module) is imported
-    from its module when first used, and any submodule (``ssb_trl.contract``) is imported when named."""
+    from its module when first used, and any submodule (``ssb_trl.soft_labels.schema``) is imported when named."""
 
     def __getattr__(name: str) -> Any:
         if name in exports:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from .models import BUNDLED_MODEL
+from ssb_trl.models import BUNDLED_MODEL
 
 BUNDLED_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """The Hub model the bundled GGUF (:data:`ssb_trl.models.BUNDLED_MODEL`) was quantised from."""

@@ -19,8 +19,8 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-from .loss import DistillationLossSpec, sparse_distillation_loss
-from .soft_label_checks import check_batch_alignment
+from ssb_trl.loss import DistillationLossSpec, sparse_distillation_loss
+from ssb_trl.soft_labels.checks import check_batch_alignment
 
 
 @dataclass

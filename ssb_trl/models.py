@@ -21,7 +21,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .storage import atomic_path, cache_root, file_sha256
+from ssb_trl.storage import atomic_path, cache_root, file_sha256
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # only for the annotation: plotting imports nothing from the evaluation
-    from ssb_trl.eval.stats import Accuracy
+    from ssb_trl.stats import Accuracy
 
 DEFAULT_CURVE_KEYS: tuple[str, ...] = ("loss", "kd_loss", "ce_loss")
 
@@ -49,7 +49,7 @@ def plot_accuracy_bars(
 ) -> Path:
     """Draw grouped bars, one group per model and one colour per metric, with asymmetric CI error bars.
 
-    `bars` are (model label, `ssb_trl.eval.stats.Accuracy`) pairs. Each bar is annotated with its accuracy and
+    `bars` are (model label, `ssb_trl.stats.Accuracy`) pairs. Each bar is annotated with its accuracy and
     sample size, so the figure can be read without the table. Returns the PNG path.
     """
     if not bars:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .trainer_data import require_dataset
+from ssb_trl.trainer_data import require_dataset
 
 
 def ssb_metric_values(sums: dict[str, float], prefix: str) -> dict[str, float]:

@@ -20,9 +20,14 @@ from transformers.trainer import OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCHEDULER_N
 from trl import SFTTrainer
 from trl.trainer.utils import get_config_model_id
 
-from .collator import SSBDataCollator
-from .config import SSBConfig
-from .contract import (
+from ssb_trl.collator import SSBDataCollator
+from ssb_trl.config import SSBConfig
+from ssb_trl.loss import DistillationLossSpec
+from ssb_trl.model_card import finish_model_card, hub_base_model, portable_model_name
+from ssb_trl.modeling import patch_forward_with_soft_label_loss
+from ssb_trl.prediction import SoftLabelPredictionMixin, ssb_metric_values
+from ssb_trl.soft_labels.checks import check_soft_label_columns
+from ssb_trl.soft_labels.schema import (
     COMPLETION_MASK,
     INPUT_IDS,
     TEACHER_TOPK_IDS,
@@ -30,12 +35,7 @@ from .contract import (
     SoftLabelError,
     SoftLabelMetadata,
 )
-from .loss import DistillationLossSpec
-from .model_card import finish_model_card, hub_base_model, portable_model_name
-from .modeling import patch_forward_with_soft_label_loss
-from .prediction import SoftLabelPredictionMixin, ssb_metric_values
-from .soft_label_checks import check_soft_label_columns
-from .trainer_data import (
+from ssb_trl.trainer_data import (
     evaluation_metadata,
     named_eval_sets,
     prepare_soft_label_dataset,
@@ -51,7 +51,7 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
     """Drop-in replacement for `trl.SFTTrainer` that distils stored top-K teacher soft labels.
 
     Takes a soft-label dataset (`input_ids`, `completion_mask`, `teacher_topk_ids`,
-    `teacher_topk_logprobs`; see `ssb_trl.contract`), checks it against the model, tokenizer and
+    `teacher_topk_logprobs`; see `ssb_trl.soft_labels.schema`), checks it against the model, tokenizer and
     config, and minimises `kd_weight * T^2 * D(teacher || student) + ce_weight * CE` per answer token,
     averaged over all answer tokens of the accumulated, multi-process batch. Logits are never
     materialised for the whole batch (see `ssb_trl.loss`). Logs `kd_loss`, `ce_loss`,

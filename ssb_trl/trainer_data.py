@@ -2,7 +2,7 @@
 
 Every dataset is checked the same way: it is a map-style `datasets.Dataset`; its soft labels were made with
 this run's tokenizer at this run's temperature (its own metadata, or the training data's when it carries
-none); its rows keep the contract (`ssb_trl.soft_label_checks`) and fit the model's vocabulary; then it is
+none); its rows keep the contract (`ssb_trl.soft_labels.checks`) and fit the model's vocabulary; then it is
 cut to `max_length` with its soft labels.
 """
 
@@ -14,10 +14,11 @@ from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from trl.trainer.utils import get_config_model_id
 
-from .config import SSBConfig
-from .contract import COMPLETION_MASK, INPUT_IDS, SoftLabelError, SoftLabelMetadata, truncate_soft_label_dataset
-from .models import prepare_tokenizer
-from .soft_label_checks import check_metadata_compatible, validate_soft_label_dataset
+from ssb_trl.config import SSBConfig
+from ssb_trl.models import prepare_tokenizer
+from ssb_trl.soft_labels.checks import check_metadata_compatible, validate_soft_label_dataset
+from ssb_trl.soft_labels.io import truncate_soft_label_dataset
+from ssb_trl.soft_labels.schema import COMPLETION_MASK, INPUT_IDS, SoftLabelError, SoftLabelMetadata
 
 
 def require_dataset(dataset: Any, argument: str) -> None:

@@ -11,8 +11,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from ssb_trl import SoftLabelMetadata, extract_topk_soft_labels, tokenizer_fingerprint  # noqa: E402
+from ssb_trl import SoftLabelMetadata, tokenizer_fingerprint  # noqa: E402
 from ssb_trl.models import bundled_gguf_path  # noqa: E402
+from ssb_trl.soft_labels import extract_topk_soft_labels  # noqa: E402
 
 
 def _bundled_gguf() -> tuple[str, str]:

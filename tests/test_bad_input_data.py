@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from test_pipeline import GOLDS, make_digit_model, small_config, write_questions
 
-from ssb_trl.contract import load_soft_label_dataset
-from ssb_trl.data import NoPairsError, PrepConfig, prepare_ssb_data
-from ssb_trl.data.sources import QuestionSource, load_questions
-from ssb_trl.data.workdir import WorkDir
+from ssb_trl.prepare import NoPairsError, PrepConfig, prepare_ssb_data
+from ssb_trl.prepare.job import PrepareJob
+from ssb_trl.soft_labels.io import load_soft_label_dataset
+from ssb_trl.tasks.sources import QuestionSource, load_questions
 
 RG = "reasoning_gym:basic_arithmetic"
 
@@ -40,14 +40,16 @@ def test_num_questions_defaults_to_every_question_of_the_source(tmp_path: Path) 
 
 
 def test_reasoning_gym_questions_keep_their_order_when_num_questions_grows() -> None:
-    from ssb_trl.data.pipeline import _shard_digests
+    from ssb_trl.jobs.identity import shard_digests
 
     small = load_questions(QuestionSource(source=RG, source_seed=7, num_questions=5))
     large = load_questions(QuestionSource(source=RG, source_seed=7, num_questions=9))
     assert [(q.id, q.question, q.answer) for q in small] == [(q.id, q.question, q.answer) for q in large[:5]]
     # The recorded per-shard digests agree for the shards both runs fill, so the first shards are kept.
-    assert _shard_digests(small, 2)[:2] == _shard_digests(large, 2)[:2]
-    assert _shard_digests(small, 2)[2] != _shard_digests(large, 2)[2]  # the partly filled shard is redone
+    small_digests = shard_digests([PrepareJob.input_record(q) for q in small], 2)
+    large_digests = shard_digests([PrepareJob.input_record(q) for q in large], 2)
+    assert small_digests[:2] == large_digests[:2]
+    assert small_digests[2] != large_digests[2]  # the partly filled shard is redone
 
 
 @pytest.mark.parametrize(
@@ -70,7 +72,7 @@ def test_bad_prep_settings_are_refused_by_the_config(overrides: dict, message: s
 def test_setting_errors_stop_before_anything_is_written(tmp_path: Path, tokenizer) -> None:
     model = make_digit_model(tokenizer)
     questions = write_questions(tmp_path / "q.jsonl", GOLDS[:6])
-    work = WorkDir(tmp_path / "out")
+    work = PrepareJob.work_dir(tmp_path / "out")
     with pytest.raises(ValueError, match=r"soft_label_top_k=60000 is larger than the vocabulary .* \(49152 tokens\)"):
         prepare_ssb_data(small_config(tmp_path, questions, soft_label_top_k=60000), model=model, tokenizer=tokenizer)
     assert not work.root.exists()
@@ -102,7 +104,7 @@ def test_changing_later_stage_settings_reuses_the_earlier_stages(
 ) -> None:
     model = make_digit_model(tokenizer)
     questions = write_questions(tmp_path / "q.jsonl", GOLDS[:6])
-    work = WorkDir(tmp_path / "out")
+    work = PrepareJob.work_dir(tmp_path / "out")
     first = prepare_ssb_data(small_config(tmp_path, questions), model=model, tokenizer=tokenizer, show_progress=False)
     rollouts = {shard: _stamp(work.shard_path("rollouts", shard)) for shard in (0, 1)}
 
@@ -123,8 +125,8 @@ def test_changing_later_stage_settings_reuses_the_earlier_stages(
         smaller_k = small_config(tmp_path, questions, teacher_retries=4, soft_label_top_k=4)
         prepare_ssb_data(smaller_k, model=model, tokenizer=tokenizer, show_progress=False)
     assert (
-        "settings changed (soft_label_top_k: 8 -> 4): reusing the finished rollouts (2 shards), teacher (2 shards), "
-        "hint_check (2 shards); redoing soft-label rows" in _messages(caplog)
+        "settings changed (soft_label_top_k: 8 -> 4): reusing the finished rollouts (2 shards), teacher answers (2 "
+        "shards), hint check (unhinted answers) (2 shards); redoing soft-label rows" in _messages(caplog)
     )
     assert {shard: _stamp(work.shard_path("teacher", shard)) for shard in (0, 1)} == teacher
     dataset, metadata = load_soft_label_dataset(str(work.output_dir))
@@ -136,7 +138,9 @@ def test_changing_later_stage_settings_reuses_the_earlier_stages(
     prepare_ssb_data(fresh, model=model, tokenizer=tokenizer, show_progress=False)
     assert load_soft_label_dataset(fresh.output_dir)[0].to_list() == dataset.to_list()
     # A change of what the rollouts depend on would discard them: still refused, naming what may change instead.
-    with pytest.raises(ValueError, match=r"different settings \(seed: 42 -> 1\).*num_questions may change"):
+    with pytest.raises(
+        ValueError, match=r"different settings \(seed: 42 -> 1\).*teacher_retries.*and the number of questions"
+    ):
         prepare_ssb_data(
             small_config(tmp_path, questions, seed=1, teacher_retries=4, soft_label_top_k=4),
             model=model,
@@ -149,14 +153,14 @@ def test_growing_num_questions_adds_shards_and_keeps_the_finished_ones(
 ) -> None:
     model = make_digit_model(tokenizer)
     questions = write_questions(tmp_path / "q.jsonl", GOLDS)
-    work = WorkDir(tmp_path / "out")
+    work = PrepareJob.work_dir(tmp_path / "out")
     prepare_ssb_data(small_config(tmp_path, questions, num_questions=7), model=model, tokenizer=tokenizer)
     kept = {shard: _stamp(work.shard_path("rows", shard)) for shard in (0, 1)}
     with caplog.at_level(logging.WARNING):
         grown = prepare_ssb_data(small_config(tmp_path, questions, num_questions=12), model=model, tokenizer=tokenizer)
     assert (
-        "num_questions changed (7 -> 12 questions): keeping 2 finished shards, redoing shard(s) [2] "
-        "(their questions changed: a partly filled last shard); 2 of 4 shards to do" in _messages(caplog)
+        "the number of questions changed (7 -> 12): keeping 2 finished shards, redoing shard(s) [2] "
+        "(their questions changed); 2 of 4 shards to do" in _messages(caplog)
     )
     assert {shard: _stamp(work.shard_path("rows", shard)) for shard in (0, 1)} == kept
     assert grown.questions == 12
@@ -176,7 +180,7 @@ def test_no_pairs_prints_the_summary_and_its_hint_works(
     with caplog.at_level(logging.WARNING), pytest.raises(NoPairsError) as error:
         prepare_ssb_data(small_config(tmp_path, questions, num_questions=3), model=model, tokenizer=tokenizer)
     message = str(error.value)
-    assert "3 questions, rollout accuracy 0.0% (0/12)" in message and "0 pairs, teacher yield 0/0" in message
+    assert "3 questions, rollout accuracy 0.0% (0/12)" in message and "0 pairs, 0 questions asked" in message
     assert "rerun into the same --output_dir with a larger --num_questions (now 3)" in message
     assert "pairs (questions with a right and a wrong rollout)" in _messages(caplog)  # the summary table, logged first
     # Following the hint is accepted, and works.
@@ -190,40 +194,45 @@ def test_no_kept_teacher_answer_prints_the_summary_and_its_hint_works(tmp_path: 
     # A digit and the end of turn take 2 tokens: with 1 no teacher answer ever finishes.
     cut = small_config(tmp_path, questions, teacher_max_new_tokens=1)
     with pytest.raises(
-        NoPairsError, match=r"teacher never produced .*teacher yield 0/[1-9].*larger --teacher_max_new"
+        NoPairsError,
+        match=r"teacher never produced .*questions asked, teacher kept 0 of [1-9]\d* attempts.*larger --teacher_max_new",
     ):
         prepare_ssb_data(cut, model=model, tokenizer=tokenizer)
     summary = prepare_ssb_data(small_config(tmp_path, questions), model=model, tokenizer=tokenizer)
     assert summary.teacher_kept > 0
 
 
-def test_a_folder_recorded_by_the_previous_version_still_resumes(tmp_path: Path, tokenizer) -> None:
-    """make demo resumes outputs/demo/data: settings.json written before per-shard digests and max_question_chars."""
-    from ssb_trl.data.pipeline import _questions_digest
-
+def test_a_folder_recorded_before_the_run_engine_still_resumes(tmp_path: Path, tokenizer) -> None:
+    """A work folder written before `prepare` ran on the job engine (its settings.json in the old layout: the model
+    and source apart, questions' digests under "questions", the prompt version beside the config) resumes without
+    redoing a shard, and its settings are rewritten in today's layout."""
     model = make_digit_model(tokenizer)
     questions = write_questions(tmp_path / "q.jsonl", GOLDS[:6])
     config = small_config(tmp_path, questions)
     prepare_ssb_data(config, model=model, tokenizer=tokenizer, show_progress=False)
-    work = WorkDir(config.output_dir)
+    work = PrepareJob.work_dir(config.output_dir)
     recorded = json.loads(work.settings_path.read_text())
-    old_config = {k: v for k, v in recorded["config"].items() if k != "max_question_chars"}
+    old_config = {k: v for k, v in recorded["config"].items() if k != "prompt_template_version"}
     legacy = {
         "config": old_config,
-        "questions_sha256": _questions_digest(load_questions(config)),
-        "prompt_template_version": recorded["prompt_template_version"],
+        "questions": recorded["inputs"],
+        "prompt_template_version": recorded["config"]["prompt_template_version"],
+        "model": recorded["identities"]["model"],
+        "source": {k: v for k, v in recorded["identities"]["source"].items() if k != "name"},
     }
     work.settings_path.write_text(json.dumps(legacy))
     rows = {shard: _stamp(work.shard_path("rows", shard)) for shard in (0, 1)}
+    dataset = load_soft_label_dataset(config.output_dir)[0].to_list()
     prepare_ssb_data(config, model=model, tokenizer=tokenizer, show_progress=False)
     assert {shard: _stamp(work.shard_path("rows", shard)) for shard in (0, 1)} == rows
     assert json.loads(work.settings_path.read_text()) == recorded  # upgraded to the current record
+    assert load_soft_label_dataset(config.output_dir)[0].to_list() == dataset
 
 
 def test_a_corrupt_settings_file_says_how_to_recover(tmp_path: Path, tokenizer) -> None:
     model = make_digit_model(tokenizer)
     config = small_config(tmp_path, write_questions(tmp_path / "q.jsonl", GOLDS[:3]))
-    work = WorkDir(config.output_dir)
+    work = PrepareJob.work_dir(config.output_dir)
     work.settings_path.parent.mkdir(parents=True)
     work.settings_path.write_text('{"config": ')  # a disk filled up mid-write by another tool, say
     with pytest.raises(ValueError, match=r"settings\.json is unreadable .*; delete .*ssb_work to start"):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from conftest import make_tiny_model
 
-from ssb_trl.data.sources import QuestionSource, load_questions
 from ssb_trl.eval import EvalConfig, EvaluationDataError, load_eval_questions, run_evaluation
 from ssb_trl.scripts import evaluate as evaluate_script
+from ssb_trl.tasks.sources import QuestionSource, load_questions
 
 RG = "reasoning_gym:basic_arithmetic"
 

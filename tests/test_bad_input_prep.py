@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 from test_pipeline import GOLDS, make_digit_model, small_config, write_questions
 
-from ssb_trl.contract import load_soft_label_dataset
-from ssb_trl.data import NoPairsError, PrepConfig, prepare_ssb_data
-from ssb_trl.data.grading import grade
-from ssb_trl.data.sources import QuestionSource, load_questions
-from ssb_trl.data.workdir import WorkDir
 from ssb_trl.models import BUNDLED_MODEL, bundled_model_dir, load_model_and_tokenizer
+from ssb_trl.prepare import NoPairsError, PrepConfig, prepare_ssb_data
+from ssb_trl.prepare.job import PrepareJob
+from ssb_trl.soft_labels.io import load_soft_label_dataset
+from ssb_trl.tasks.grading import grade
+from ssb_trl.tasks.sources import QuestionSource, load_questions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def test_a_model_replaced_at_the_same_path_is_refused(tmp_path: Path, tokenizer)
     model_dir = _save_digit_model(tmp_path / "model", tokenizer)
     questions = write_questions(tmp_path / "q.jsonl", GOLDS)
     _run(small_config(tmp_path, questions, model_name_or_path=model_dir, num_questions=6))
-    recorded = json.loads(WorkDir(tmp_path / "out").settings_path.read_text())["model"]
+    recorded = json.loads(PrepareJob.work_dir(tmp_path / "out").settings_path.read_text())["identities"]["model"]
     assert recorded["kind"] == "local files" and len(recorded["sha256"]) == 64
     _, metadata = load_soft_label_dataset(str(tmp_path / "out"))
     assert metadata.source["model_fingerprint"] == recorded  # the dataset says which weights made it
@@ -86,7 +86,7 @@ def test_the_bundled_model_is_the_same_by_name_or_by_its_cache_path(tmp_path: Pa
     settings = {"rollout_max_new_tokens": 4, "teacher_max_new_tokens": 4, "num_rollouts": 2, "shard_size": 2}
     with pytest.raises(NoPairsError):  # the 135M model on two questions: rollouts kept, no pair (fine here)
         _run(small_config(tmp_path, questions, model_name_or_path=BUNDLED_MODEL, device="cpu", **settings))
-    rollouts = WorkDir(tmp_path / "out").shard_path("rollouts", 0)
+    rollouts = PrepareJob.work_dir(tmp_path / "out").shard_path("rollouts", 0)
     before = _stamp(rollouts)
     with pytest.raises(NoPairsError):  # not "different settings": the same model, typed as its cache folder
         _run(small_config(tmp_path, questions, model_name_or_path=cache, device="cpu", **settings))
@@ -107,12 +107,14 @@ def test_one_question_file_typed_differently_resumes(
     questions = write_questions(tmp_path / "data" / "q.jsonl", GOLDS[:9])
     (tmp_path / "q-link.jsonl").symlink_to(questions)
     _run(small_config(tmp_path, questions), model=model, tokenizer=tokenizer)
-    rows = {shard: _stamp(WorkDir(tmp_path / "out").shard_path("rows", shard)) for shard in range(3)}
+    rows = {shard: _stamp(PrepareJob.work_dir(tmp_path / "out").shard_path("rows", shard)) for shard in range(3)}
     monkeypatch.chdir(tmp_path)
     for typed in ("data/q.jsonl", "./data/q.jsonl", "data/../data/q.jsonl", "q-link.jsonl"):
         summary = _run(small_config(tmp_path, Path(typed)), model=model, tokenizer=tokenizer)
         assert summary.shards_reused == [0, 1, 2], typed
-    assert {shard: _stamp(WorkDir(tmp_path / "out").shard_path("rows", shard)) for shard in range(3)} == rows
+    assert {
+        shard: _stamp(PrepareJob.work_dir(tmp_path / "out").shard_path("rows", shard)) for shard in range(3)
+    } == rows
 
 
 def test_a_question_file_edited_in_place_redoes_the_shards_it_changed(
@@ -122,7 +124,7 @@ def test_a_question_file_edited_in_place_redoes_the_shards_it_changed(
     questions = write_questions(tmp_path / "q.jsonl", GOLDS[:9])
     config = small_config(tmp_path, questions)
     _run(config, model=model, tokenizer=tokenizer)
-    work = WorkDir(config.output_dir)
+    work = PrepareJob.work_dir(config.output_dir)
     kept = {shard: _stamp(work.shard_path("rollouts", shard)) for shard in (0, 2)}
     lines = questions.read_text().splitlines()
     lines[4] = json.dumps({"question": "Question 4, corrected: which digit am I thinking of?", "answer": "2"})
@@ -130,8 +132,8 @@ def test_a_question_file_edited_in_place_redoes_the_shards_it_changed(
     with caplog.at_level(logging.WARNING):
         summary = _run(config, model=model, tokenizer=tokenizer)
     assert (
-        "the questions of shard(s) [1] differ from the recorded run's (the question source was edited): redoing "
-        "those shards from their rollouts on; keeping the 2 other finished shards" in _messages(caplog)
+        "the questions of shard(s) [1] differ from the recorded run's (the input was edited): redoing those shards; "
+        "keeping the 2 other finished shards" in _messages(caplog)
     )
     assert summary.shards_generated == [1] and summary.shards_reused == [0, 2]
     assert {shard: _stamp(work.shard_path("rollouts", shard)) for shard in (0, 2)} == kept
@@ -163,7 +165,7 @@ def test_a_second_run_in_the_same_folder_is_refused_naming_the_first(
         [
             sys.executable,
             "-c",
-            "import sys, time; from ssb_trl.data.workdir import WorkDir; WorkDir(sys.argv[1]).acquire_lock(); "
+            "import sys, time; from ssb_trl.prepare.job import PrepareJob; PrepareJob.work_dir(sys.argv[1]).lock.acquire(); "
             "print('locked', flush=True); time.sleep(120)",
             config.output_dir,
         ],
@@ -174,19 +176,19 @@ def test_a_second_run_in_the_same_folder_is_refused_naming_the_first(
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(
-            RuntimeError, match=f"is in use by another data-preparation run: pid {holder.pid} on host"
+            RuntimeError, match=f"is in use by another `ssb-trl prepare` run: pid {holder.pid} on host"
         ) as error:
             _run(config, model=model, tokenizer=tokenizer)
         assert f"command: {Path(sys.executable).name} -c {config.output_dir}" in str(error.value)
         assert "wait for it to finish, or use another --output_dir" in str(error.value)
-        assert not WorkDir(config.output_dir).settings_path.exists()  # refused before anything was done
+        assert not PrepareJob.work_dir(config.output_dir).settings_path.exists()  # refused before anything was done
     finally:
         holder.send_signal(signal.SIGKILL)  # killed: it leaves its lock behind, as a crash would
         holder.wait(timeout=30)
     with caplog.at_level(logging.WARNING):
         summary = _run(config, model=model, tokenizer=tokenizer)
     assert f"taking over the lock of a run that is gone (pid {holder.pid} on host" in _messages(caplog)
-    assert summary.questions == 6 and not WorkDir(config.output_dir).lock_path.exists()
+    assert summary.questions == 6 and not PrepareJob.work_dir(config.output_dir).lock.path.exists()
 
 
 # ----------------------------------------------------------------------------------- 4. a damaged work folder
@@ -197,7 +199,12 @@ def finished_run(tmp_path: Path, tokenizer):
     model = make_digit_model(tokenizer)
     config = small_config(tmp_path, write_questions(tmp_path / "q.jsonl", GOLDS[:9]))
     _run(config, model=model, tokenizer=tokenizer)
-    return config, model, WorkDir(config.output_dir), load_soft_label_dataset(config.output_dir)[0].to_list()
+    return (
+        config,
+        model,
+        PrepareJob.work_dir(config.output_dir),
+        load_soft_label_dataset(config.output_dir)[0].to_list(),
+    )
 
 
 def test_a_cut_off_shard_file_is_named_and_deleting_it_redoes_that_shard(finished_run, tokenizer) -> None:
@@ -322,7 +329,7 @@ def test_a_tokenizer_whose_eos_is_not_the_end_of_turn_is_refused(tmp_path: Path,
     config = small_config(tmp_path, write_questions(tmp_path / "q.jsonl", GOLDS[:3]), model_name_or_path=str(folder))
     with pytest.raises(ValueError, match=r"tokenizer\.eos_token = '<\|im_end\|>'"):
         _run(config)
-    assert not WorkDir(config.output_dir).root.exists()
+    assert not PrepareJob.work_dir(config.output_dir).root.exists()
     from ssb_trl.models import end_of_turn_token
 
     assert end_of_turn_token(tokenizer) == tokenizer.convert_tokens_to_ids("<|im_end|>")

@@ -18,7 +18,10 @@ import torch
 from conftest import build_soft_label_dataset, make_tiny_model
 
 from ssb_trl import SSBConfig, SSBTrainer
-from ssb_trl.contract import SoftLabelError, SoftLabelMetadata, load_soft_label_dataset, save_soft_label_dataset
+from ssb_trl.label.job import LabelJob
+from ssb_trl.prepare.job import PrepareJob
+from ssb_trl.soft_labels.io import load_soft_label_dataset, save_soft_label_dataset
+from ssb_trl.soft_labels.schema import SoftLabelError, SoftLabelMetadata
 
 
 def _args(tmp_path, **kwargs):
@@ -121,7 +124,8 @@ def test_max_length_must_be_positive(tmp_path, max_length):
 def test_real_soft_labels_still_pass(tmp_path, tokenizer, data):
     """The new checks accept what extraction writes, float16 included (rounding keeps the order)."""
     dataset, metadata = data
-    from ssb_trl.contract import features, validate_soft_label_dataset
+    from ssb_trl.soft_labels.checks import validate_soft_label_dataset
+    from ssb_trl.soft_labels.schema import features
 
     rows = dataset.to_list()
     for row in rows:
@@ -199,10 +203,10 @@ def test_corrupt_metadata_file(tmp_path, data, content, match):
 
 def test_folder_of_an_unfinished_preparation_run(tmp_path):
     """The layout a stopped `ssb-trl prepare` leaves: its work folder (settings, a shard's rollouts), no dataset."""
-    from ssb_trl.data.workdir import WorkDir, write_jsonl
+    from ssb_trl.jobs.workdir import write_jsonl
 
-    work = WorkDir(tmp_path / "prep")
-    work.claim({"config": {"source": "questions.jsonl"}})
+    work = PrepareJob.work_dir(tmp_path / "prep")
+    work.write_settings({"kind": "ssb-trl prepare", "config": {"source": "questions.jsonl"}})
     write_jsonl(work.shard_path("rollouts", 0), [{"id": "q0", "correct": [True, False]}])
     with pytest.raises(
         SoftLabelError, match="did not finish.*rerunning `ssb-trl prepare` with the same settings"
@@ -213,12 +217,11 @@ def test_folder_of_an_unfinished_preparation_run(tmp_path):
 
 def test_folder_of_an_unfinished_label_run_names_the_label_command(tmp_path):
     """A stopped `ssb-trl label` leaves the same layout; its settings say which command resumes it."""
-    from ssb_trl.data.workdir import WorkDir
     from ssb_trl.storage import write_json
 
-    work = WorkDir(tmp_path / "labelled")
+    work = LabelJob.work_dir(tmp_path / "labelled")
     write_json(work.settings_path, {"kind": "ssb-trl label", "config": {"dataset_name": "rows.jsonl"}})
-    with pytest.raises(SoftLabelError, match="labelling run that did not finish.*rerunning `ssb-trl label`"):
+    with pytest.raises(SoftLabelError, match="`ssb-trl label` run that did not finish.*rerunning `ssb-trl label`"):
         load_soft_label_dataset(str(tmp_path / "labelled"))
 
 
@@ -261,8 +264,9 @@ def test_prompt_completion_dataset_gets_told_how_to_make_soft_labels(tmp_path, t
     message = str(error.value)
     assert "lacks the soft-label column(s)" in message and "top-K token ids and log-probs" in message
     assert "ssb-trl prepare --source" in message and "soft_label_ids_column" not in message
+    assert "ssb-trl label --dataset_name" in message
+    assert "ssb_trl.soft_labels.extract_topk_soft_labels" in message
     for name in (
-        "extract_topk_soft_labels",
         "save_soft_label_dataset",
         "load_soft_label_dataset",
         "SoftLabelMetadata",
@@ -400,7 +404,7 @@ def test_adapter_from_the_bundled_model_records_its_portable_name(tmp_path, toke
     """1 LoRA step from the real bundled SmolLM2 (loaded from its cache folder, a path on this machine)."""
     from peft import LoraConfig
 
-    from ssb_trl.eval.models import parse_model_specs
+    from ssb_trl.eval.model_specs import parse_model_specs
     from ssb_trl.models import BUNDLED_MODEL, bundled_model_dir, load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer(BUNDLED_MODEL, device="cpu")

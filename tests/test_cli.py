@@ -55,7 +55,7 @@ def test_inspect_reports_the_dataset_and_decodes_a_row(tmp_path: Path, tokenizer
     import numpy as np
     from conftest import build_soft_label_dataset, make_tiny_model
 
-    from ssb_trl.contract import save_soft_label_dataset
+    from ssb_trl.soft_labels.io import save_soft_label_dataset
 
     dataset, metadata = build_soft_label_dataset(make_tiny_model(seed=1), tokenizer, n_rows=5, top_k=8)
     save_soft_label_dataset(dataset, str(tmp_path / "data"), metadata)

@@ -11,26 +11,19 @@ from conftest import build_soft_label_dataset, make_tiny_model
 
 from ssb_trl import SSBConfig, SSBTrainer
 from ssb_trl.collator import SSBDataCollator
-from ssb_trl.compact_labels import (
+from ssb_trl.loss import DistillationLossSpec, sparse_distillation_loss
+from ssb_trl.prepare.config import PrepConfig
+from ssb_trl.soft_labels.checks import check_metadata_compatible, validate_soft_label_dataset
+from ssb_trl.soft_labels.codec import (
     COMPACT_FORMAT_VERSION,
     LOGPROB_CODE_STEP,
-    compact_soft_label_dataset,
     decode_logprobs,
     encode_logprobs,
     id_dtype_for_vocab,
 )
-from ssb_trl.contract import (
-    FORMAT_VERSION,
-    SoftLabelError,
-    SoftLabelMetadata,
-    features,
-    load_soft_label_dataset,
-    save_soft_label_dataset,
-)
-from ssb_trl.data.config import PrepConfig
-from ssb_trl.data.teacher import extract_topk_soft_labels
-from ssb_trl.loss import DistillationLossSpec, sparse_distillation_loss
-from ssb_trl.soft_label_checks import check_metadata_compatible, validate_soft_label_dataset
+from ssb_trl.soft_labels.io import compact_soft_label_dataset, load_soft_label_dataset, save_soft_label_dataset
+from ssb_trl.soft_labels.schema import FORMAT_VERSION, SoftLabelError, SoftLabelMetadata, features
+from ssb_trl.soft_labels.teacher import extract_topk_soft_labels
 
 VOCAB = 49152
 
@@ -250,7 +243,7 @@ def test_preparation_writes_the_compact_format(tmp_path, tokenizer):
     """`ssb-trl prepare --logprob_dtype uint8`: the same rows as float16, with uint16 ids and uint8 codes."""
     from test_pipeline import GOLDS, make_digit_model, small_config, write_questions
 
-    from ssb_trl.data import prepare_ssb_data
+    from ssb_trl.prepare import prepare_ssb_data
 
     model = make_digit_model(tokenizer)
     questions = write_questions(tmp_path / "q.jsonl", GOLDS)

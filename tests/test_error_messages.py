@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from ssb_trl import errors
-from ssb_trl.cli import _exit_code, _signal_name, run_script
+from ssb_trl.cli import _exit_code, _signal_name
+from ssb_trl.scripts.common import run_script
 from ssb_trl.scripts.evaluate import make_parser as make_eval_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,7 +59,7 @@ def test_settings_error_is_one_line_and_exit_1(tmp_path: Path, capsys) -> None:
 
 
 def test_error_raised_by_ssb_trl_while_running_is_one_line(tmp_path: Path, capsys) -> None:
-    from ssb_trl.contract import load_soft_label_dataset
+    from ssb_trl.soft_labels.io import load_soft_label_dataset
 
     parser = make_eval_parser(prog="ssb-trl inspect")
     args = ["--source", "x.jsonl", *_eval_flags(tmp_path)]
@@ -100,7 +101,7 @@ def test_rule_counts_the_raising_frame_not_the_type_alone() -> None:
     except TypeError as error:
         assert not errors.is_input_error(error)
     try:
-        from ssb_trl.data.sampling import Sampling
+        from ssb_trl.generation.sampling import Sampling
 
         Sampling(n=0)
     except ValueError as error:

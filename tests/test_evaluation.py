@@ -13,17 +13,17 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from ssb_trl.data.generation import TransformersBackend
-from ssb_trl.data.grading import extract_final_answer, grade
-from ssb_trl.data.prompts import student_messages
-from ssb_trl.data.sampling import Sampling
-from ssb_trl.data.sources import BENCHMARK_PRESETS, QAExample
 from ssb_trl.eval import EvalConfig, EvaluationDataError, load_eval_questions, run_evaluation
-from ssb_trl.eval.models import ModelSpec, check_models_loadable, load_eval_model, parse_model_specs
+from ssb_trl.eval.model_specs import ModelSpec, check_models_loadable, load_eval_model, parse_model_specs
 from ssb_trl.eval.run import evaluate_model, score_completion
-from ssb_trl.eval.stats import Accuracy, mcnemar_exact_p, paired_pass1_comparison, summarize_records, wilson_interval
+from ssb_trl.generation.sampling import Sampling
+from ssb_trl.generation.transformers_engine import TransformersBackend
 from ssb_trl.plotting import load_log_history, plot_accuracy_bars, plot_training_curves
 from ssb_trl.scripts import evaluate as evaluate_script
+from ssb_trl.stats import Accuracy, mcnemar_exact_p, paired_pass1_comparison, summarize_records, wilson_interval
+from ssb_trl.tasks.grading import extract_final_answer, grade
+from ssb_trl.tasks.prompts import student_messages
+from ssb_trl.tasks.sources import BENCHMARK_PRESETS, QAExample
 
 REPO = Path(__file__).resolve().parents[1]
 RG = "reasoning_gym:basic_arithmetic"
@@ -109,7 +109,7 @@ def test_mcnemar_and_paired_comparison() -> None:
 
 
 def test_summarize_records_on_real_grading() -> None:
-    """pass@1 / mean@n / pass@n and lengths from completions graded by ssb_trl.data.grading (no shortcuts)."""
+    """pass@1 / mean@n / pass@n and lengths from completions graded by ssb_trl.tasks.grading (no shortcuts)."""
     examples = [
         QAExample(id="a", question="2+2?", answer="4"),
         QAExample(id="b", question="Half of 3?", answer="\\frac{3}{2}"),

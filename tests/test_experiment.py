@@ -116,7 +116,7 @@ def _scored(label: str, correct: list[bool]) -> dict:
     """A model's evaluation result as analyze.py reads it: greedy verdicts on questions q0, q1, ..."""
     from dataclasses import asdict
 
-    from ssb_trl.eval.stats import Accuracy
+    from ssb_trl.stats import Accuracy
 
     return {
         "label": label,
@@ -285,7 +285,7 @@ def test_label_shape_decodes_compact_soft_labels(tmp_path: Path) -> None:
     import datasets
     import relation
 
-    from ssb_trl.compact_labels import encode_logprobs
+    from ssb_trl.soft_labels.codec import encode_logprobs
 
     logprobs = np.log(np.array([[0.5, 0.25]]))
     for name, stored, dtype in [

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from ssb_trl.data.engine import EngineConfig, make_backend
-from ssb_trl.data.generation import Completion, TransformersBackend, engine_completion
-from ssb_trl.data.prompts import student_messages
-from ssb_trl.data.sampling import Sampling, SeededSampler, counter_uniform, derive_seed
-from ssb_trl.data.server import ServerError
-from ssb_trl.data.vllm_engine import vllm_available
+from ssb_trl.generation.base import Completion, engine_completion
+from ssb_trl.generation.engine import EngineConfig, make_backend
+from ssb_trl.generation.sampling import Sampling, counter_uniform, derive_seed
+from ssb_trl.generation.server import ServerError
+from ssb_trl.generation.transformers_engine import TransformersBackend
+from ssb_trl.generation.vllm_engine import vllm_available
 from ssb_trl.models import (
     BUNDLED_MODEL,
     bundled_gguf_path,
@@ -21,6 +22,10 @@ from ssb_trl.models import (
     load_tokenizer,
     prepare_tokenizer,
 )
+from ssb_trl.tasks.prompts import student_messages
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from seeded_sampler import SeededSampler  # noqa: E402 - a reference, kept with the benchmark that uses it
 
 QUESTIONS = ["Calculate 3 + 4.", "What is 12 times 12? Show your work carefully please.", "Calculate 9 - 2.", "Hi"]
 
@@ -241,7 +246,7 @@ def _generate_reference(model, tokenizer, prompts, row_seeds, sampling, eos_ids)
     """Today's way before rows could leave: one left-padded `model.generate` with the seeded sampler."""
     from transformers import GenerationConfig, LogitsProcessorList
 
-    from ssb_trl.data.prompts import chat_prompt_ids
+    from ssb_trl.tasks.prompts import chat_prompt_ids
 
     encoded = [chat_prompt_ids(tokenizer, messages) for messages in prompts]
     width, pad = max(len(ids) for ids in encoded), tokenizer.pad_token_id

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from test_pipeline import GOLDS, make_digit_model, small_config, write_questions
 
-from ssb_trl.data import prepare_ssb_data
+from ssb_trl.prepare import prepare_ssb_data
 
 
 def test_preparation_summary_records_the_generation_settings(tmp_path: Path, tokenizer) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ssb_trl.data import grading
-from ssb_trl.data.grading import check_gold_answers, extract_final_answer, grade, parse_gold_answer, verify_answer
-from ssb_trl.data.sources import QAExample, QuestionSource, load_questions
+from ssb_trl.tasks import grading
+from ssb_trl.tasks.grading import check_gold_answers, extract_final_answer, grade, parse_gold_answer, verify_answer
+from ssb_trl.tasks.sources import QAExample, QuestionSource, load_questions
 
 
 @pytest.mark.parametrize(
@@ -255,7 +255,7 @@ def test_grading_from_a_forked_daemon_process(short_timeout: float) -> None:
 def test_unparsable_gold_answers_are_counted_and_warned_once(caplog: pytest.LogCaptureFixture) -> None:
     golds = ["5", r"\frac{1}{2}", r"3 \times", r"\frac{1}{", "x^2+1", r"\sqrt{}{}"]
     examples = [QAExample(id=f"q{i}", question="?", answer=gold) for i, gold in enumerate(golds)]
-    with caplog.at_level(logging.WARNING, logger="ssb_trl.data.grading"):
+    with caplog.at_level(logging.WARNING, logger="ssb_trl.tasks.grading"):
         assert check_gold_answers(examples, "unparsable-golds-test") == 3
         assert check_gold_answers(examples, "unparsable-golds-test") == 3
     warnings = [record.getMessage() for record in caplog.records if "cannot be parsed" in record.getMessage()]
@@ -268,6 +268,6 @@ def test_load_questions_warns_about_unparsable_golds(tmp_path: Path, caplog: pyt
     path = tmp_path / "golds.jsonl"
     rows = [{"question": "a?", "answer": "4"}, {"question": "b?", "answer": r"\frac{1}{"}]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    with caplog.at_level(logging.WARNING, logger="ssb_trl.data.grading"):
+    with caplog.at_level(logging.WARNING, logger="ssb_trl.tasks.grading"):
         load_questions(QuestionSource(str(path)))
     assert any("1 of 2 gold answers" in record.getMessage() for record in caplog.records)

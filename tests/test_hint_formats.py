@@ -18,15 +18,16 @@ from pathlib import Path
 import pytest
 from test_pipeline import GOLDS, make_digit_model, small_config, write_questions
 
-from ssb_trl.contract import load_soft_label_dataset
-from ssb_trl.data import prepare_ssb_data
-from ssb_trl.data.config import PrepConfig
-from ssb_trl.data.hint_gain import hint_gain, hinted_outcomes
-from ssb_trl.data.prompts import HINT_FORMATS, chat_prompt_ids, load_hint_format
-from ssb_trl.data.stages import choose_hint
-from ssb_trl.data.steps import StepCheck, check_arithmetic_steps
-from ssb_trl.data.summary import SUMMARY_FILENAME
-from ssb_trl.data.workdir import WorkDir, read_jsonl
+from ssb_trl.jobs.workdir import read_jsonl
+from ssb_trl.prepare import prepare_ssb_data
+from ssb_trl.prepare.config import PrepConfig
+from ssb_trl.prepare.hint_gain import hint_gain, hinted_outcomes
+from ssb_trl.prepare.job import PrepareJob
+from ssb_trl.prepare.stages import choose_hint
+from ssb_trl.prepare.summary import SUMMARY_FILENAME
+from ssb_trl.soft_labels.io import load_soft_label_dataset
+from ssb_trl.tasks.prompts import HINT_FORMATS, chat_prompt_ids, load_hint_format
+from ssb_trl.tasks.steps import StepCheck, check_arithmetic_steps
 
 QUESTION = "What is {2 + 3} times 4?"
 CORRECT, INCORRECT = r"5 * 4 = \boxed{20}", r"2 + 3 * 4 = \boxed{14}"
@@ -183,7 +184,7 @@ def test_preparation_measures_the_hint_gain_and_records_the_format(tmp_path: Pat
         and metadata.source["teacher_hint_version"] == "contrastive-v1"
     )
     assert metadata.source["kept_answers_with_wrong_arithmetic_step"] == [0, 0]  # digits write no steps
-    work = WorkDir(config.output_dir)
+    work = PrepareJob.work_dir(config.output_dir)
     check = read_jsonl(work.shard_path("hint_check", 0))
     asked = {r["id"] for r in read_jsonl(work.shard_path("teacher", 0)) if r["pair"] is not None}
     assert {r["id"] for r in check if r["unhinted"]} == asked

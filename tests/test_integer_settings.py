@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from ssb_trl import SSBConfig
-from ssb_trl.cli import _parse
-from ssb_trl.data import PrepConfig, QuestionSource, Sampling
 from ssb_trl.eval import EvalConfig
+from ssb_trl.generation import Sampling
+from ssb_trl.prepare import PrepConfig
+from ssb_trl.scripts.common import parse_settings as _parse
+from ssb_trl.tasks import QuestionSource
 from ssb_trl.validation import integer_fields, require_integers
 
 PREP = {"source": "questions.jsonl", "model_name_or_path": "bundled:smollm2-135m-instruct"}

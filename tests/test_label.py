@@ -22,13 +22,13 @@ from test_pipeline import make_digit_model
 
 from ssb_trl import SSBConfig, SSBTrainer
 from ssb_trl.cli import COMMANDS, LAUNCHED_COMMANDS
-from ssb_trl.contract import SoftLabelError, load_soft_label_dataset, tokenizer_fingerprint
-from ssb_trl.data.label import LabelConfig, label_dataset
-from ssb_trl.data.prompts import chat_prompt_ids
-from ssb_trl.data.workdir import WorkDir
+from ssb_trl.label.job import LabelConfig, LabelJob, label_dataset
 from ssb_trl.models import BUNDLED_MODEL, load_model_and_tokenizer, load_tokenizer
 from ssb_trl.scripts import train as train_script
 from ssb_trl.scripts.label import make_parser
+from ssb_trl.soft_labels.io import load_soft_label_dataset
+from ssb_trl.soft_labels.schema import SoftLabelError, tokenizer_fingerprint
+from ssb_trl.tasks.prompts import chat_prompt_ids
 
 REPO = Path(__file__).resolve().parents[1]
 T, K = 2.0, 8
@@ -66,6 +66,8 @@ def config(tmp_path: Path, data: Path, **overrides) -> LabelConfig:
         "output_dir": str(tmp_path / "out"),
     }
     settings.update(overrides)
+    if settings.get("soft_label_mode") == "sampled":  # K is top-K's; sampled labels store their N draws
+        settings.pop("soft_label_top_k")
     return LabelConfig(**settings)
 
 
@@ -159,7 +161,7 @@ def test_a_rerun_skips_finished_shards_and_redoes_what_changed(tmp_path, tiny, c
     first = label_dataset(config(tmp_path, data, shard_size=1), model, tokenizer, show_progress=False)
     assert first.shards_done == [0, 1, 2]
     expected = load_soft_label_dataset(str(tmp_path / "out"))[0].to_list()
-    work = WorkDir(tmp_path / "out")
+    work = LabelJob.work_dir(tmp_path / "out")
     kept = {shard: work.shard_path("rows", shard).stat().st_ino for shard in (0, 2)}
     work.remove("rows", 1)  # as if the run had stopped before shard 1
 
@@ -168,7 +170,7 @@ def test_a_rerun_skips_finished_shards_and_redoes_what_changed(tmp_path, tiny, c
     assert {shard: work.shard_path("rows", shard).stat().st_ino for shard in (0, 2)} == kept
     assert load_soft_label_dataset(str(tmp_path / "out"))[0].to_list() == expected
 
-    with caplog.at_level(logging.WARNING, logger="ssb_trl.data.label"):
+    with caplog.at_level(logging.WARNING, logger="ssb_trl.label.job"):
         compact = label_dataset(
             config(tmp_path, data, shard_size=1, logprob_dtype="uint8"), model, tokenizer, show_progress=False
         )
@@ -184,7 +186,7 @@ def test_a_rerun_skips_finished_shards_and_redoes_what_changed(tmp_path, tiny, c
     edited[2]["completion"] = assistant("Eight.")
     write_rows(data, edited)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="ssb_trl.data.label"):
+    with caplog.at_level(logging.WARNING, logger="ssb_trl.label.job"):
         redone = label_dataset(
             config(tmp_path, data, shard_size=1, logprob_dtype="uint8"), model, tokenizer, show_progress=False
         )
@@ -235,10 +237,13 @@ def test_the_teacher_writes_missing_completions_and_keeps_them(tmp_path, tokeniz
     assert metadata.source["teacher_sampling"]["temperature"] == 0.0  # greedy by default
     assert {row["completion"][0]["content"] for row in dataset} <= {"1", "2", "3"}
     assert all(row["input_ids"][-1] == tokenizer.convert_tokens_to_ids("<|im_end|>") for row in dataset)
-    completions = WorkDir(tmp_path / "out").shard_path("completions", 0)
+    completions = LabelJob.work_dir(tmp_path / "out").shard_path("completions", 0)
     generated_at = completions.stat().st_mtime_ns
 
-    with pytest.raises(ValueError, match=r"generated with other settings \(generation_temperature: 0.0 -> 0.7\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"different settings \(generation_temperature: 0.0 -> 0.7\)\. These determine the completions the teacher",
+    ):
         label_dataset(config(tmp_path, data, generation_temperature=0.7, **settings), teacher, tokenizer)
     label_dataset(config(tmp_path, data, soft_label_top_k=4, **settings), teacher, tokenizer, show_progress=False)
     assert completions.stat().st_mtime_ns == generated_at  # new soft labels, the same completions
@@ -246,6 +251,43 @@ def test_the_teacher_writes_missing_completions_and_keeps_them(tmp_path, tokeniz
 
     with pytest.raises(ValueError, match="all cut at max_new_tokens=1"):  # a digit, never its end of turn
         label_dataset(config(tmp_path, data, output_dir=str(tmp_path / "cut"), max_new_tokens=1), teacher, tokenizer)
+
+
+def test_a_folder_labelled_before_the_run_engine_resumes_and_trains(tmp_path, tokenizer_dir):
+    """A work folder written before `label` ran on the job engine (settings in the old layout: the teacher with its
+    own 16-digit tokenizer digest, the student's digest, the rows' digests under "input") resumes without redoing
+    the teacher's completions or the soft labels, its settings are rewritten in today's layout, and it trains."""
+    from ssb_trl.jobs.identity import legacy_tokenizer_digest
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    teacher = make_digit_model(tokenizer)
+    data = write_rows(tmp_path / "prompts.jsonl", [{"prompt": user(f"Pick a digit ({i}).")} for i in range(3)])
+    settings = {"max_new_tokens": 4, "teacher_model_name_or_path": "digit-teacher"}
+    label_dataset(config(tmp_path, data, **settings), teacher, tokenizer, show_progress=False)
+    work = LabelJob.work_dir(tmp_path / "out")
+    recorded = json.loads(work.settings_path.read_text())
+    old_digest = legacy_tokenizer_digest(tokenizer)
+    legacy = {
+        "kind": "ssb-trl label",
+        "config": recorded["config"],
+        "teacher": {**{k: v for k, v in recorded["identities"]["teacher"].items() if k != "tokenizer_sha256"},
+                    "tokenizer": old_digest},
+        "student_tokenizer": old_digest,
+        "input": recorded["inputs"],
+    }  # fmt: skip
+    work.settings_path.write_text(json.dumps(legacy))
+    stamps = {path: path.stat().st_mtime_ns for path in work.root.glob("*/shard-*")}
+    dataset = load_soft_label_dataset(str(tmp_path / "out"))[0].to_list()
+    label_dataset(config(tmp_path, data, **settings), teacher, tokenizer, show_progress=False)
+    assert {path: path.stat().st_mtime_ns for path in work.root.glob("*/shard-*")} == stamps
+    upgraded = json.loads(work.settings_path.read_text())
+    assert upgraded["identities"]["teacher"] == recorded["identities"]["teacher"]
+    assert upgraded["inputs"] == recorded["inputs"] and upgraded["config"] == recorded["config"]
+    assert load_soft_label_dataset(str(tmp_path / "out"))[0].to_list() == dataset
+    student = make_tiny_model(vocab_size=len(tokenizer))
+    train_dataset, _ = load_soft_label_dataset(str(tmp_path / "out"))
+    trainer = SSBTrainer(model=student, args=args(tmp_path), train_dataset=train_dataset, processing_class=tokenizer)
+    assert math.isfinite(trainer.train().training_loss)
 
 
 def test_bad_input_is_refused_naming_the_row_and_the_fix(tmp_path, tiny):
@@ -362,7 +404,7 @@ def test_two_processes_split_the_shards_and_match_one(tmp_path, tokenizer_dir) -
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Process 0/2: 2 of 4 shards" in result.stderr and "Process 1/2: 2 of 4 shards" in result.stderr
+    assert "Process 0/2: 2 of its 2 shards" in result.stderr and "Process 1/2: 2 of its 2 shards" in result.stderr
     label_dataset(LabelConfig(**settings, output_dir=str(tmp_path / "one")), show_progress=False)
     two = load_soft_label_dataset(str(tmp_path / "two"))[0].to_list()
     assert two == load_soft_label_dataset(str(tmp_path / "one"))[0].to_list() and len(two) == 8

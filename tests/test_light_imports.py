@@ -24,9 +24,9 @@ def _heavy_modules_after(code: str) -> list[str]:
 @pytest.mark.parametrize(
     "code",
     [
-        "import ssb_trl.data.grading as grading\nassert grading.extract_final_answer('so the answer is 4') == '4'",
+        "import ssb_trl.tasks.grading as grading\nassert grading.extract_final_answer('so the answer is 4') == '4'",
         "import ssb_trl",
-        "import ssb_trl.data, ssb_trl.eval, ssb_trl.eval.stats",
+        "import ssb_trl.prepare, ssb_trl.label, ssb_trl.eval, ssb_trl.stats, ssb_trl.soft_labels, ssb_trl.tasks",
         "import sys\nsys.argv = ['ssb-trl', '--help']\nfrom ssb_trl.cli import main\ntry:\n    main()\n"
         "except SystemExit:\n    pass",
     ],
@@ -37,10 +37,15 @@ def test_light_entry_points_do_not_import_the_training_stack(code: str) -> None:
 
 def test_every_public_name_still_imports() -> None:
     import ssb_trl
-    import ssb_trl.data
     import ssb_trl.eval
+    import ssb_trl.generation
+    import ssb_trl.label
+    import ssb_trl.prepare
+    import ssb_trl.soft_labels
+    import ssb_trl.tasks
 
-    for package in (ssb_trl, ssb_trl.data, ssb_trl.eval):
+    packages = (ssb_trl, ssb_trl.prepare, ssb_trl.label, ssb_trl.eval, ssb_trl.soft_labels, ssb_trl.tasks)
+    for package in (*packages, ssb_trl.generation):
         assert package.__all__ == sorted(package._EXPORTS)
         for name in package.__all__:
             assert getattr(package, name).__name__ == name
@@ -49,7 +54,9 @@ def test_every_public_name_still_imports() -> None:
     from ssb_trl.trainer import SSBTrainer as defined
 
     assert SSBTrainer is defined
-    assert ssb_trl.contract.SoftLabelMetadata is ssb_trl.SoftLabelMetadata  # submodules by attribute, as before
+    assert (
+        ssb_trl.soft_labels.schema.SoftLabelMetadata is ssb_trl.SoftLabelMetadata
+    )  # submodules by attribute, as before
     with pytest.raises(AttributeError, match="no attribute 'SSBTrainr'"):
         ssb_trl.SSBTrainr  # noqa: B018
 
@@ -66,5 +73,5 @@ def test_import_benchmark_runs(tmp_path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = output.read_text()
-    assert "| `import ssb_trl.data.grading` |" in text and "| `ssb-trl --help` |" in text
+    assert "| `import ssb_trl.tasks.grading` |" in text and "| `ssb-trl --help` |" in text
     assert "- this checkout: none" in text

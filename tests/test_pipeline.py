@@ -25,12 +25,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ssb_trl.contract import load_soft_label_dataset, validate_soft_label_dataset
-from ssb_trl.data import NoPairsError, PrepConfig, prepare_ssb_data
-from ssb_trl.data.prompts import chat_prompt_ids, student_messages
-from ssb_trl.data.sampling import Sampling
-from ssb_trl.data.stages import choose_pair
-from ssb_trl.data.workdir import WorkDir
+from ssb_trl.generation.sampling import Sampling
+from ssb_trl.prepare import NoPairsError, PrepConfig, prepare_ssb_data
+from ssb_trl.prepare.job import PrepareJob
+from ssb_trl.prepare.stages import choose_pair
+from ssb_trl.soft_labels.checks import validate_soft_label_dataset
+from ssb_trl.soft_labels.io import load_soft_label_dataset
+from ssb_trl.tasks.prompts import chat_prompt_ids, student_messages
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = ("1", "2", "3")
@@ -174,7 +175,7 @@ def test_pipeline_builds_the_soft_label_dataset(tmp_path: Path, tokenizer) -> No
     # So is a directory that holds something else.
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="not empty and holds no SSB data-preparation run"):
+    with pytest.raises(ValueError, match="not empty and holds no `ssb-trl prepare` run"):
         prepare_ssb_data(small_config(tmp_path, questions, output_dir=str(tmp_path / "other")), model=model)
 
 
@@ -183,7 +184,7 @@ def test_no_pairs_is_a_clear_error_and_keeps_the_rollouts(tmp_path: Path, tokeni
     config = small_config(tmp_path, write_questions(tmp_path / "q.jsonl", [7, 8, 9]))
     with pytest.raises(NoPairsError, match=r"no question yielded a pair .* rollout accuracy 0\.0%.*--num_rollouts"):
         prepare_ssb_data(config, model=model, tokenizer=tokenizer, show_progress=False)
-    assert WorkDir(config.output_dir).shard_path("rollouts", 0).is_file()
+    assert PrepareJob.work_dir(config.output_dir).shard_path("rollouts", 0).is_file()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,7 +232,7 @@ def uninterrupted(recipe_inputs) -> list[dict]:
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_dataset(recipe_inputs, uninterrupted, tmp_path: Path) -> None:
     output_dir = tmp_path / "killed"
-    work = WorkDir(output_dir)
+    work = PrepareJob.work_dir(output_dir)
     cmd = [sys.executable, "-m", "ssb_trl.scripts.prepare", *_recipe_args(recipe_inputs, str(output_dir))]
     process = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -271,7 +272,7 @@ def test_two_processes_match_one(recipe_inputs, uninterrupted, tmp_path: Path) -
     result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Process 0/2" in result.stderr and "Process 1/2" in result.stderr, result.stderr[-3000:]
-    rows = sorted(p.name for p in (WorkDir(output_dir).root / "rows").iterdir())
+    rows = sorted(p.name for p in (PrepareJob.work_dir(output_dir).root / "rows").iterdir())
     assert len(rows) == 24  # 48 questions, shards of 2, dealt to both processes
     assert load_soft_label_dataset(str(output_dir))[0].to_list() == uninterrupted
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ssb_trl.data.prompts import (
+from ssb_trl.tasks.prompts import (
     DEFAULT_SYSTEM_PROMPT,
     PROMPT_TEMPLATE_VERSION,
     chat_prompt_ids,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ssb_trl.loss import DistillationLossSpec, sparse_distillation_loss
-from ssb_trl.sampled_labels import PAD_LOGPROB, sample_soft_labels
+from ssb_trl.soft_labels.codec import PAD_LOGPROB, sample_soft_labels
 
 N_TOKENS, HIDDEN, VOCAB, T = 6, 8, 40, 2.0
 
@@ -59,8 +59,8 @@ def test_draws_are_reproducible_and_fit_the_contract():
 def test_compact_codes_of_sampled_rows_round_up_so_no_mass_reaches_the_tail():
     """Nearest 8-bit codes can round a sampled row's mass below 1, and the loss would put the rest in the tail bucket
     (a target the draws never had); rounded up, the mass is in [1, exp(1/16)] and the loss scales it back to 1."""
-    from ssb_trl.compact_labels import LOGPROB_CODE_STEP, decode_logprobs, encode_logprobs
     from ssb_trl.loss import teacher_coarse_log_probs
+    from ssb_trl.soft_labels.codec import LOGPROB_CODE_STEP, decode_logprobs, encode_logprobs
 
     _, _, teacher_logp = _problem()
     _, logp = sample_soft_labels(teacher_logp.repeat(50, 1), 24, 24, torch.Generator().manual_seed(3))

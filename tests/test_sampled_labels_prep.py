@@ -22,25 +22,23 @@ from datasets import Dataset
 from test_pipeline import DIGITS, EOS, GOLDS, make_digit_model, small_config, write_questions
 
 from ssb_trl import SSBConfig, SSBTrainer
-from ssb_trl.compact_labels import compact_soft_label_rows, decode_logprobs
-from ssb_trl.contract import (
+from ssb_trl.jobs.settings import SOFT_LABEL_FIELDS as ROWS_FIELDS
+from ssb_trl.loss import DistillationLossSpec, sparse_distillation_loss
+from ssb_trl.prepare import prepare_ssb_data
+from ssb_trl.prepare.config import PrepConfig
+from ssb_trl.prepare.job import PrepareJob
+from ssb_trl.soft_labels.checks import validate_soft_label_dataset
+from ssb_trl.soft_labels.codec import decode_logprobs, encode_soft_labels, sample_soft_labels
+from ssb_trl.soft_labels.io import load_soft_label_dataset, read_metadata_file, save_soft_label_dataset
+from ssb_trl.soft_labels.schema import (
     FORMAT_VERSION,
     SAMPLED_FORMAT_VERSION,
     SoftLabelError,
     SoftLabelMetadata,
     features,
-    load_soft_label_dataset,
-    read_metadata_file,
-    save_soft_label_dataset,
     tokenizer_fingerprint,
 )
-from ssb_trl.data import prepare_ssb_data
-from ssb_trl.data.config import ROWS_FIELDS, PrepConfig
-from ssb_trl.data.teacher import extract_soft_labels, extract_topk_soft_labels
-from ssb_trl.data.workdir import WorkDir
-from ssb_trl.loss import DistillationLossSpec, sparse_distillation_loss
-from ssb_trl.sampled_labels import sample_soft_labels
-from ssb_trl.soft_label_checks import validate_soft_label_dataset
+from ssb_trl.soft_labels.teacher import extract_soft_labels, extract_topk_soft_labels
 
 T = 2.0
 
@@ -103,7 +101,7 @@ def test_changing_the_mode_or_draws_redoes_only_the_soft_labels(
     questions = write_questions(tmp_path / "q.jsonl", GOLDS)
     topk = small_config(tmp_path, questions, soft_label_top_k=64)
     prepare_ssb_data(topk, model=model, tokenizer=tokenizer, show_progress=False)
-    work = WorkDir(topk.output_dir)
+    work = PrepareJob.work_dir(topk.output_dir)
     shards = range(4)
     earlier = {stage: {s: _stamp(work.shard_path(stage, s)) for s in shards} for stage in ("rollouts", "teacher")}
 
@@ -219,7 +217,7 @@ def test_loss_on_stored_sampled_labels_is_the_dense_kl_to_the_draws(dtype: str) 
     teacher_logp = torch.log_softmax(torch.randn(n, vocab, generator=g) * 2, -1)
     ids, logp = sample_soft_labels(teacher_logp, draws, draws, torch.Generator().manual_seed(1))
     if dtype == "uint8":
-        ids_np, codes = compact_soft_label_rows(ids.numpy(), logp.numpy(), vocab, round_up=True)
+        ids_np, codes = encode_soft_labels(ids.numpy(), logp.numpy(), "uint8", vocab, sampled=True)
         ids, stored = torch.from_numpy(ids_np.astype(np.int64)), torch.from_numpy(decode_logprobs(codes))
         assert (stored.exp().sum(-1) > 1.0).all()  # rounded up
     else:

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from ssb_trl.data.engine import EngineConfig, make_backend
-from ssb_trl.data.prompts import student_messages
-from ssb_trl.data.sampling import Sampling
-from ssb_trl.data.server import OpenAIServerBackend, ServerError, serves_model
+from ssb_trl.generation.engine import EngineConfig, make_backend
+from ssb_trl.generation.sampling import Sampling
+from ssb_trl.generation.server import OpenAIServerBackend, ServerError, serves_model
+from ssb_trl.tasks.prompts import student_messages
 
 PROMPTS = [student_messages("Calculate 2 + 3.")]
 GREEDY = Sampling(temperature=0, max_new_tokens=16)

@@ -14,11 +14,14 @@ import datasets
 import pytest
 from conftest import build_soft_label_dataset, make_tiny_model
 
-from ssb_trl import SSBConfig, SSBTrainer, extract_topk_soft_labels, tokenizer_fingerprint
-from ssb_trl.contract import SoftLabelError, SoftLabelMetadata, save_soft_label_dataset, validate_soft_label_dataset
-from ssb_trl.data.generation import TransformersBackend
-from ssb_trl.data.prompts import chat_prompt_ids
-from ssb_trl.data.sampling import Sampling
+from ssb_trl import SSBConfig, SSBTrainer, tokenizer_fingerprint
+from ssb_trl.generation.sampling import Sampling
+from ssb_trl.generation.transformers_engine import TransformersBackend
+from ssb_trl.soft_labels import extract_topk_soft_labels
+from ssb_trl.soft_labels.checks import validate_soft_label_dataset
+from ssb_trl.soft_labels.io import save_soft_label_dataset
+from ssb_trl.soft_labels.schema import SoftLabelError, SoftLabelMetadata
+from ssb_trl.tasks.prompts import chat_prompt_ids
 
 K = 8
 
@@ -163,8 +166,8 @@ def test_prepared_data_passes_and_its_shifted_copy_is_refused(tmp_path, tokenize
     checked token each) are refused, over the dataset."""
     from test_pipeline import GOLDS, make_digit_model, small_config, write_questions
 
-    from ssb_trl.contract import load_soft_label_dataset
-    from ssb_trl.data import prepare_ssb_data
+    from ssb_trl.prepare import prepare_ssb_data
+    from ssb_trl.soft_labels.io import load_soft_label_dataset
 
     config = small_config(tmp_path, write_questions(tmp_path / "q.jsonl", GOLDS), teacher_top_k=3)
     prepare_ssb_data(config, model=make_digit_model(tokenizer), tokenizer=tokenizer, show_progress=False)

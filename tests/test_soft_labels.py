@@ -5,8 +5,8 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from ssb_trl.contract import SoftLabelMetadata, tokenizer_fingerprint
-from ssb_trl.data.teacher import extract_topk_soft_labels
+from ssb_trl.soft_labels.schema import SoftLabelMetadata, tokenizer_fingerprint
+from ssb_trl.soft_labels.teacher import extract_topk_soft_labels
 
 
 def test_extraction_matches_dense_logits(tokenizer):

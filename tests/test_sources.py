@@ -8,7 +8,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from ssb_trl.data.sources import QAExample, QuestionSource, load_questions
+from ssb_trl.tasks.sources import QAExample, QuestionSource, load_questions
 
 ONE_DIGIT = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
 

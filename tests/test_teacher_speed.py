@@ -8,11 +8,12 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from ssb_trl.data.generation import Completion, TransformersBackend
-from ssb_trl.data.kv_cache import ReservedLayer, reserved_cache
-from ssb_trl.data.prompts import chat_prompt_ids, student_messages
-from ssb_trl.data.sampling import Sampling, derive_seed
+from ssb_trl.generation.base import Completion
+from ssb_trl.generation.kv_cache import ReservedLayer, reserved_cache
+from ssb_trl.generation.sampling import Sampling, derive_seed
+from ssb_trl.generation.transformers_engine import TransformersBackend
 from ssb_trl.models import BUNDLED_MODEL, load_model_and_tokenizer
+from ssb_trl.tasks.prompts import chat_prompt_ids, student_messages
 
 QUESTIONS = ["Calculate 3 + 4.", "What is 12 times 12? Show your work carefully please.", "Calculate 9 - 2.", "Hi"]
 

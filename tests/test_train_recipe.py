@@ -13,8 +13,8 @@ import yaml
 from conftest import build_soft_label_dataset, make_tiny_model
 from safetensors.torch import load_file
 
-from ssb_trl.contract import save_soft_label_dataset
 from ssb_trl.scripts import train as train_ssb
+from ssb_trl.soft_labels.io import save_soft_label_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 

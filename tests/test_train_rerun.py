@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import build_soft_label_dataset, make_tiny_model
 
-from ssb_trl.contract import save_soft_label_dataset
 from ssb_trl.scripts import train as train_ssb
+from ssb_trl.soft_labels.io import save_soft_label_dataset
 
 
 @pytest.fixture(scope="module")

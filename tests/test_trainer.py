@@ -9,7 +9,8 @@ from conftest import build_soft_label_dataset, make_tiny_model
 from transformers import AutoModelForCausalLM
 
 from ssb_trl import SSBConfig, SSBTrainer
-from ssb_trl.contract import SoftLabelError, load_soft_label_dataset, save_soft_label_dataset
+from ssb_trl.soft_labels.io import load_soft_label_dataset, save_soft_label_dataset
+from ssb_trl.soft_labels.schema import SoftLabelError
 
 
 def _args(tmp_path, **kwargs):

@@ -19,8 +19,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ssb_trl.eval.stats import Z_95, Accuracy, paired_pass1_comparison
 from ssb_trl.plotting import plot_accuracy_bars
+from ssb_trl.stats import Z_95, Accuracy, paired_pass1_comparison
 
 
 def load_models(suite_dir: Path) -> dict[str, dict[str, Any]]:

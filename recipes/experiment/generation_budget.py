@@ -11,11 +11,12 @@ import argparse
 import json
 from pathlib import Path
 
-from ssb_trl.data.workdir import WorkDir, read_jsonl
+from ssb_trl.jobs.workdir import read_jsonl
+from ssb_trl.prepare.job import PrepareJob
 
 
 def generated_tokens(output_dir: Path) -> dict[str, int]:
-    work = WorkDir(str(output_dir))
+    work = PrepareJob.work_dir(str(output_dir))
     rollouts = teacher = questions = 0
     for shard in work.finished_shards("teacher"):
         for record in read_jsonl(work.shard_path("rollouts", shard)) or []:

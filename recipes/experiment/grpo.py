@@ -2,7 +2,7 @@
 scorer, stopped at a budget of generated tokens (the tokens SSB's data preparation generated, or a stated share).
 
 The paper compares SSB with GRPO; this is that arm at the experiment's scale (docs/experiment/DESIGN.md). The reward
-is the grader that prepares and evaluates SSB data (`ssb_trl.data.grading.grade`, answer fallbacks on), so all arms
+is the grader that prepares and evaluates SSB data (`ssb_trl.tasks.grading.grade`, answer fallbacks on), so all arms
 are judged alike; LoRA settings are those of the SSB arms. Generation runs through TRL (transformers on CPU).
 
     python recipes/experiment/grpo.py --config recipes/experiment/configs/grpo.yaml \
@@ -27,13 +27,13 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
 
-from ssb_trl.data import load_questions
-from ssb_trl.data.grading import grade
-from ssb_trl.data.prompts import DEFAULT_SYSTEM_PROMPT, student_messages
-from ssb_trl.data.sources import QAExample, QuestionSource
 from ssb_trl.models import load_model_and_tokenizer
-from ssb_trl.scripts import configure_logging
+from ssb_trl.scripts.common import configure_logging
 from ssb_trl.storage import write_json
+from ssb_trl.tasks import load_questions
+from ssb_trl.tasks.grading import grade
+from ssb_trl.tasks.prompts import DEFAULT_SYSTEM_PROMPT, student_messages
+from ssb_trl.tasks.sources import QAExample, QuestionSource
 
 logger = logging.getLogger("ssb_trl.experiment.grpo")
 

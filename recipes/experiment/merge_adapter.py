@@ -2,7 +2,7 @@
 
     python recipes/experiment/merge_adapter.py outputs/experiment/train/ssb-seed0 outputs/experiment/round2/model
 
-The merge evaluation uses (`ssb_trl.eval.models.save_merged_model`, as for vLLM), so round 2 starts from exactly the
+The merge evaluation uses (`ssb_trl.eval.model_specs.save_merged_model`, as for vLLM), so round 2 starts from exactly the
 weights the round-1 results describe; an interrupted merge leaves no half-written model behind (a rerun merges again).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ssb_trl.eval.models import parse_model_specs, save_merged_model
+from ssb_trl.eval.model_specs import parse_model_specs, save_merged_model
 
 
 def merge_adapter(adapter_dir: str, output_dir: str) -> Path:

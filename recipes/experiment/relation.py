@@ -25,8 +25,8 @@ import analyze
 import choose
 import datasets
 
-from ssb_trl.compact_labels import LOGPROB_CODE_DTYPE, decode_logprobs
 from ssb_trl.plotting import plot_relation
+from ssb_trl.soft_labels.codec import LOGPROB_CODE_DTYPE, decode_logprobs
 
 FORMATS = ("contrastive", "contrastive_short", "correct_solution", "answer_only")
 SUITES = {"test": "test split", "neighbour": "products (neighbouring task)"}

@@ -1,7 +1,7 @@
 """Does the hint help? The hinted teacher's accuracy vs the same model unhinted, on the questions it answered.
 
 Preparation measures this itself in every run (``--hint_check_samples``, on by default: see
-:mod:`ssb_trl.data.hint_gain`); this script runs (or resumes) the preparation of a folder, so the check is done on
+:mod:`ssb_trl.prepare.hint_gain`); this script runs (or resumes) the preparation of a folder, so the check is done on
 every finished shard, and writes the figures as ``teacher_gain.json`` for the experiment's choice rules
 (``choose.py``). A run that keeps no teacher answer still has a gain to report.
 
@@ -18,10 +18,11 @@ from pathlib import Path
 
 from trl import TrlParser
 
-from ssb_trl.data import NoPairsError, PrepConfig, load_questions, prepare_ssb_data
-from ssb_trl.data.summary import summarize
-from ssb_trl.data.workdir import WorkDir
-from ssb_trl.scripts import configure_logging
+from ssb_trl.prepare import NoPairsError, PrepConfig, prepare_ssb_data
+from ssb_trl.prepare.job import PrepareJob
+from ssb_trl.prepare.summary import summarize
+from ssb_trl.scripts.common import configure_logging
+from ssb_trl.tasks import load_questions
 
 
 def teacher_gain(config: PrepConfig) -> dict:
@@ -31,7 +32,7 @@ def teacher_gain(config: PrepConfig) -> dict:
     except NoPairsError:
         pass  # no kept teacher answer: the hinted and unhinted accuracies are still measured
     num_shards = -(-len(load_questions(config)) // config.shard_size)
-    summary = summarize(WorkDir(config.output_dir), num_shards, config, vocab_size=0)
+    summary = summarize(PrepareJob.work_dir(config.output_dir), num_shards, config, vocab_size=0)
     gain = summary.hint_gain
     if gain is None:
         raise ValueError(

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 from ssb_trl.lazy import lazy_exports
 
 _EXPORTS = {  # public name -> the module that defines it
-    "Accuracy": "ssb_trl.eval.stats",
+    "Accuracy": "ssb_trl.stats",
     "EvalConfig": "ssb_trl.eval.config",
     "EvaluationDataError": "ssb_trl.eval.questions",
     "EvaluationResultsConflict": "ssb_trl.eval.saved",
     "load_eval_questions": "ssb_trl.eval.questions",
     "render_markdown": "ssb_trl.eval.report",
     "run_evaluation": "ssb_trl.eval.run",
-    "wilson_interval": "ssb_trl.eval.stats",
+    "wilson_interval": "ssb_trl.stats",
     "write_report": "ssb_trl.eval.report",
 }
 __all__ = [  # the keys of _EXPORTS, spelled out for tools that read __all__ statically
@@ -47,4 +47,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from ssb_trl.eval.report import render_markdown, write_report
     from ssb_trl.eval.run import run_evaluation
     from ssb_trl.eval.saved import EvaluationResultsConflict
-    from ssb_trl.eval.stats import Accuracy, wilson_interval
+    from ssb_trl.stats import Accuracy, wilson_interval

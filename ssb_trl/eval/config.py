@@ -1,7 +1,7 @@
 """Settings of an evaluation run: which models, on which questions (a QuestionSource), sampled how (a Sampling).
 
-``EvalConfig`` extends :class:`~ssb_trl.data.sources.QuestionSource` and
-:class:`~ssb_trl.data.engine.EngineConfig`, exactly as data preparation's ``PrepConfig`` does: both name their questions with the same fields and grade with the same
+``EvalConfig`` extends :class:`~ssb_trl.tasks.sources.QuestionSource` and
+:class:`~ssb_trl.generation.engine.EngineConfig`, exactly as data preparation's ``PrepConfig`` does: both name their questions with the same fields and grade with the same
 ``answer_fallbacks``, so evaluation and preparation cannot drift. ``recipes/evaluate.py`` parses it with
 ``TrlParser`` (YAML keys = field names). Sampling fields are prefixed ``sampling_``: ``temperature`` alone
 is the distillation temperature of ``SSBConfig``.
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ssb_trl.data.engine import EngineConfig
-from ssb_trl.data.prompts import DEFAULT_SYSTEM_PROMPT
-from ssb_trl.data.sampling import Sampling
-from ssb_trl.data.sources import QuestionSource
+from ssb_trl.generation.engine import EngineConfig
+from ssb_trl.generation.sampling import Sampling
+from ssb_trl.tasks.prompts import DEFAULT_SYSTEM_PROMPT
+from ssb_trl.tasks.sources import QuestionSource
 from ssb_trl.validation import require_valid_numbers
 
 

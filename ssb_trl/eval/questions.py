@@ -6,10 +6,10 @@ import logging
 import os
 from typing import Any
 
-from ssb_trl.contract import PROMPT
-from ssb_trl.data.sources import QAExample, load_questions
 from ssb_trl.eval.config import EvalConfig
+from ssb_trl.soft_labels.schema import PROMPT
 from ssb_trl.storage import load_rows
+from ssb_trl.tasks.sources import QAExample, load_questions
 
 logger = logging.getLogger(__name__)
 

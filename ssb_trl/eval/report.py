@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ssb_trl.eval.stats import Accuracy
 from ssb_trl.plotting import plot_accuracy_bars
+from ssb_trl.stats import Accuracy
 from ssb_trl.storage import write_json, write_text
 
 

@@ -1,7 +1,7 @@
 """Run an evaluation: generate and grade each model's answers on the evaluation set, then write the reports.
 
-Models are prompted with exactly the student prompt used in training (`ssb_trl.data.prompts.student_messages`)
-and graded with `ssb_trl.data.grading.grade` under the source's own `answer_fallbacks`, so evaluation and
+Models are prompted with exactly the student prompt used in training (`ssb_trl.tasks.prompts.student_messages`)
+and graded with `ssb_trl.tasks.grading.grade` under the source's own `answer_fallbacks`, so evaluation and
 data preparation cannot drift apart. Per-question records are kept so any figure can be audited.
 """
 
@@ -21,14 +21,8 @@ import transformers
 from tqdm.auto import tqdm
 
 import ssb_trl
-from ssb_trl.data.engine import make_backend
-from ssb_trl.data.generation import GenerationBackend
-from ssb_trl.data.grading import extract_final_answer, grade
-from ssb_trl.data.prompts import PROMPT_TEMPLATE_VERSION, student_messages
-from ssb_trl.data.sampling import derive_seed
-from ssb_trl.data.sources import QAExample
 from ssb_trl.eval.config import EvalConfig
-from ssb_trl.eval.models import (
+from ssb_trl.eval.model_specs import (
     ModelSpec,
     check_models_loadable,
     load_eval_model,
@@ -38,8 +32,14 @@ from ssb_trl.eval.models import (
 from ssb_trl.eval.questions import load_eval_questions
 from ssb_trl.eval.report import write_report
 from ssb_trl.eval.saved import SavedResults, run_settings
-from ssb_trl.eval.stats import Accuracy, paired_pass1_comparison, summarize_records
+from ssb_trl.generation.base import GenerationBackend
+from ssb_trl.generation.engine import make_backend
+from ssb_trl.generation.sampling import derive_seed
+from ssb_trl.stats import Accuracy, paired_pass1_comparison, summarize_records
 from ssb_trl.storage import check_writable_dir
+from ssb_trl.tasks.grading import extract_final_answer, grade
+from ssb_trl.tasks.prompts import PROMPT_TEMPLATE_VERSION, student_messages
+from ssb_trl.tasks.sources import QAExample
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def evaluate_model(backend: GenerationBackend, examples: Sequence[QAExample], co
 
     Sampling seeds derive from (seed, question id), so every model sees the same random stream per question
     (a paired comparison), and with the transformers backend a question's samples do not change with `limit` or
-    batch size (with vLLM on CPU they depend on the whole call: see :mod:`ssb_trl.data.vllm_engine`).
+    batch size (with vLLM on CPU they depend on the whole call: see :mod:`ssb_trl.generation.vllm_engine`).
     """
     prompts = [student_messages(ex.question, system_prompt=config.system_prompt or None) for ex in examples]
     timings: dict[str, float] = {}

@@ -20,11 +20,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ssb_trl.data.prompts import PROMPT_TEMPLATE_VERSION
-from ssb_trl.data.sources import QAExample
 from ssb_trl.eval.config import EvalConfig
-from ssb_trl.eval.models import ModelSpec
+from ssb_trl.eval.model_specs import ModelSpec
 from ssb_trl.storage import write_json
+from ssb_trl.tasks.prompts import PROMPT_TEMPLATE_VERSION
+from ssb_trl.tasks.sources import QAExample
 
 logger = logging.getLogger(__name__)
 

@@ -21,10 +21,9 @@ import sys
 
 from trl import TrlParser
 
-from ssb_trl.cli import run_script
-from ssb_trl.data.sources import BENCHMARK_PRESETS
 from ssb_trl.eval import EvalConfig, render_markdown, run_evaluation
-from ssb_trl.scripts import configure_logging
+from ssb_trl.scripts.common import configure_logging, run_script
+from ssb_trl.tasks.sources import BENCHMARK_PRESETS
 
 _SOURCE_FORMS = (
     f"a benchmark preset ({', '.join(BENCHMARK_PRESETS)}), a Hub dataset id, 'reasoning_gym:<task>', or a local "

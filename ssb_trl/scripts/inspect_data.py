@@ -7,7 +7,7 @@ The top-K mass is the share of the teacher's probability held by the stored K id
 (the rest is the tail bucket); a low mass means K is small for this teacher and temperature. Sampled soft labels
 (`--soft_label_mode sampled`) hold the whole mass; for them the distinct drawn tokens per position are reported.
 
-It first runs the checks training runs that need no model (`ssb_trl.soft_label_checks`: empty data, missing
+It first runs the checks training runs that need no model (`ssb_trl.soft_labels.checks`: empty data, missing
 columns, NaN, raw logits, mixed K, misaligned rows, answers that are not the teacher's sampled tokens...) and,
 when the tokenizer loads, compares it with the one the soft labels were made with: a dataset that breaks
 the contract is reported with the row and the fix, and the command exits with status 1.
@@ -26,12 +26,12 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 from trl import TrlParser
 
-from ssb_trl.cli import run_script
-from ssb_trl.compact_labels import LOGPROB_CODE_DTYPE, decode_logprobs
-from ssb_trl.contract import SoftLabelError, SoftLabelMetadata, load_soft_label_dataset, tokenizer_fingerprint
 from ssb_trl.models import load_tokenizer
-from ssb_trl.scripts import configure_logging
-from ssb_trl.soft_label_checks import validate_soft_label_dataset
+from ssb_trl.scripts.common import configure_logging, run_script
+from ssb_trl.soft_labels.checks import validate_soft_label_dataset
+from ssb_trl.soft_labels.codec import LOGPROB_CODE_DTYPE, decode_logprobs
+from ssb_trl.soft_labels.io import load_soft_label_dataset
+from ssb_trl.soft_labels.schema import SoftLabelError, SoftLabelMetadata, tokenizer_fingerprint
 from ssb_trl.storage import WORK_DIRNAME
 
 

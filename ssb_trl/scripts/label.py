@@ -5,7 +5,7 @@
     ssb-trl label --config my_label.yaml --num_processes 8          # via accelerate launch, shards split
     ssb-trl train --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --dataset_name labelled --output_dir student
 
-Every field of `ssb_trl.data.label.LabelConfig` is a flag and a YAML key. The input is TRL's prompt-completion
+Every field of `ssb_trl.label.job.LabelConfig` is a flag and a YAML key. The input is TRL's prompt-completion
 format (conversational or plain strings); without a 'completion' column the teacher writes the completions
 (greedy by default; --generation_temperature for sampled ones). A stopped run resumes when started again with
 the same --output_dir: finished shards are kept.
@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from trl import TrlParser
 
-from ssb_trl.cli import run_script
-from ssb_trl.data.label import LabelConfig, LabelSummary, label_dataset
-from ssb_trl.scripts import configure_logging
+from ssb_trl.label.job import LabelConfig, LabelSummary, label_dataset
+from ssb_trl.scripts.common import configure_logging, run_script
 
 
 def main(label_config: LabelConfig) -> LabelSummary:

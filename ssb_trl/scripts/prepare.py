@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from trl import TrlParser
 
-from ssb_trl.cli import run_script
-from ssb_trl.data import PrepConfig, PrepSummary, prepare_ssb_data
-from ssb_trl.scripts import configure_logging
+from ssb_trl.prepare import PrepConfig, PrepSummary, prepare_ssb_data
+from ssb_trl.scripts.common import configure_logging, run_script
 
 
 def main(prep_config: PrepConfig) -> PrepSummary:

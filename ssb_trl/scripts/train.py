@@ -31,9 +31,8 @@ from transformers.hf_argparser import string_to_bool
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from ssb_trl import SSBConfig, SSBTrainer, load_soft_label_dataset
-from ssb_trl.cli import run_script
 from ssb_trl.models import load_model_and_tokenizer
-from ssb_trl.scripts import configure_logging
+from ssb_trl.scripts.common import configure_logging, run_script
 
 logger = logging.getLogger("ssb_trl.train")
 

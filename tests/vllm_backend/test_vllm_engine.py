@@ -16,15 +16,16 @@ pytest.importorskip(
     "vllm", reason="vLLM is not installed in this environment; `make test` runs tests/vllm_backend in its own"
 )
 
-from ssb_trl.contract import load_soft_label_dataset, validate_soft_label_dataset  # noqa: E402
-from ssb_trl.data import PrepConfig, prepare_ssb_data  # noqa: E402
-from ssb_trl.data.engine import EngineConfig, make_backend  # noqa: E402
-from ssb_trl.data.generation import TransformersBackend  # noqa: E402
-from ssb_trl.data.prompts import student_messages  # noqa: E402
-from ssb_trl.data.sampling import Sampling  # noqa: E402
-from ssb_trl.data.vllm_engine import VLLMBackend  # noqa: E402
-from ssb_trl.data.workdir import WorkDir  # noqa: E402
+from ssb_trl.generation.engine import EngineConfig, make_backend  # noqa: E402
+from ssb_trl.generation.sampling import Sampling  # noqa: E402
+from ssb_trl.generation.transformers_engine import TransformersBackend  # noqa: E402
+from ssb_trl.generation.vllm_engine import VLLMBackend  # noqa: E402
 from ssb_trl.models import BUNDLED_MODEL, load_model_and_tokenizer  # noqa: E402
+from ssb_trl.prepare import PrepConfig, prepare_ssb_data  # noqa: E402
+from ssb_trl.prepare.job import PrepareJob  # noqa: E402
+from ssb_trl.soft_labels.checks import validate_soft_label_dataset  # noqa: E402
+from ssb_trl.soft_labels.io import load_soft_label_dataset  # noqa: E402
+from ssb_trl.tasks.prompts import student_messages  # noqa: E402
 
 QUESTIONS = [f"Calculate {a} + {b}." for a, b in zip(range(1, 33), [3, 8, 2, 6, 1, 9, 4, 7] * 4)]
 PROMPTS = [student_messages(q) for q in QUESTIONS]
@@ -131,7 +132,7 @@ def test_data_preparation_through_vllm_resumes_without_regenerating(engine, bund
     dataset, metadata = load_soft_label_dataset(settings["output_dir"])
     validate_soft_label_dataset(dataset, metadata)
     assert len(dataset) == summary.teacher_kept and metadata.source["generation_backends"] == ["vllm"]
-    work = WorkDir(settings["output_dir"])
+    work = PrepareJob.work_dir(settings["output_dir"])
     records = [json.loads(line) for line in work.shard_path("rollouts", 0).read_text().splitlines()]
     assert {r["generated_by"] for r in records} == {"vllm"}
     stamps = {s: work.shard_path("rollouts", s).stat().st_mtime_ns for s in (0, 1)}

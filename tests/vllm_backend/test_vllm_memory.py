@@ -8,7 +8,7 @@ pytest.importorskip(
     "vllm", reason="vLLM is not installed in this environment; `make test` runs tests/vllm_backend in its own"
 )
 
-from ssb_trl.data.engine import EngineConfig, make_backend  # noqa: E402
+from ssb_trl.generation.engine import EngineConfig, make_backend  # noqa: E402
 from ssb_trl.models import BUNDLED_MODEL, load_tokenizer  # noqa: E402
 
 

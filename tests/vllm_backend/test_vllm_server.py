@@ -17,14 +17,15 @@ pytest.importorskip(
     "vllm", reason="vLLM is not installed in this environment; `make test` runs tests/vllm_backend in its own"
 )
 
-from ssb_trl.contract import load_soft_label_dataset, validate_soft_label_dataset  # noqa: E402
-from ssb_trl.data import PrepConfig, prepare_ssb_data  # noqa: E402
-from ssb_trl.data.engine import EngineConfig, make_backend  # noqa: E402
-from ssb_trl.data.generation import TransformersBackend  # noqa: E402
-from ssb_trl.data.prompts import student_messages  # noqa: E402
-from ssb_trl.data.sampling import Sampling  # noqa: E402
-from ssb_trl.data.server import OpenAIServerBackend, api_root  # noqa: E402
+from ssb_trl.generation.engine import EngineConfig, make_backend  # noqa: E402
+from ssb_trl.generation.sampling import Sampling  # noqa: E402
+from ssb_trl.generation.server import OpenAIServerBackend, api_root  # noqa: E402
+from ssb_trl.generation.transformers_engine import TransformersBackend  # noqa: E402
 from ssb_trl.models import BUNDLED_MODEL, load_model_and_tokenizer, resolve_model_path  # noqa: E402
+from ssb_trl.prepare import PrepConfig, prepare_ssb_data  # noqa: E402
+from ssb_trl.soft_labels.checks import validate_soft_label_dataset  # noqa: E402
+from ssb_trl.soft_labels.io import load_soft_label_dataset  # noqa: E402
+from ssb_trl.tasks.prompts import student_messages  # noqa: E402
 
 STARTUP_LIMIT_S = 420
 PROMPTS = [student_messages(f"Calculate {a} + {a % 5 + 2}.") for a in range(1, 9)]

@@ -1,0 +1,182 @@
+"""Which generation backend runs, from the settings: the shared engine fields and the one factory.
+
+``EngineConfig`` is mixed into data preparation's ``PrepConfig`` and evaluation's ``EvalConfig`` so both name the
+engine the same way. The default, ``auto``, is vLLM when it is installed and a CUDA GPU is present (the fast
+choice), the transformers backend otherwise; a ``vllm_server_url`` selects the server backend. The choice and its
+reason are logged and recorded in the run's summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ssb_trl.generation.base import GenerationBackend
+from ssb_trl.generation.transformers_engine import TransformersBackend
+from ssb_trl.generation.vllm_engine import require_vllm, vllm_available
+
+logger = logging.getLogger(__name__)
+
+GENERATION_BACKENDS = ("auto", "transformers", "vllm", "vllm_server")
+
+
+@dataclass
+class EngineConfig:
+    """How answers are generated (the settings shared by data preparation and evaluation)."""
+
+    generation_backend: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (vLLM when installed and a CUDA GPU is present, else transformers; a vllm_server_url means "
+            "vllm_server), transformers, vllm (a local engine), or vllm_server (an OpenAI-compatible server)."
+        },
+    )
+    vllm_server_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "URL of an OpenAI-compatible completions server serving the same model, e.g. "
+            "http://127.0.0.1:8000 (`vllm serve MODEL --data-parallel-size N` for many GPUs)."
+        },
+    )
+    vllm_gpu_memory_utilization: float = field(
+        default=0.5,
+        metadata={"help": "Share of GPU memory the local vLLM engine may take (on CPU: of CPU memory, KV cache)."},
+    )
+    vllm_enforce_eager: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Skip vLLM's graph compilation. Default: on CPU (starts in seconds instead of ~90 s, decodes as "
+            "fast), off on GPU."
+        },
+    )
+    vllm_per_request_seeds: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Seed each request (samples independent of batching). Default: yes on GPU and for a server, no "
+            "for local vLLM on CPU, where it fails beyond one scheduling wave: there the seed is reset per call."
+        },
+    )
+    vllm_server_max_concurrency: int = field(
+        default=64, metadata={"help": "Requests in flight at once to the server (each asks for all its samples)."}
+    )
+    vllm_server_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "The served model's name (its id in the server's /v1/models) when it differs from "
+            "--model_name_or_path, e.g. `vllm serve /models/my-sft --served-model-name sft` on another machine: "
+            "you vouch that it has the same weights. Default: the served model must be --model_name_or_path (same "
+            "name, same local folder, same Hub id, or a folder named after the Hub id's model name)."
+        },
+    )
+    vllm_server_timeout: float = field(
+        default=600.0,
+        metadata={
+            "help": "Seconds to wait for one server request (all samples of one prompt) before failing: raise it "
+            "for long answers on a busy server."
+        },
+    )
+
+    def check_engine(self) -> None:
+        """Validate the engine fields (called from the configs' ``__post_init__``)."""
+        if self.generation_backend not in GENERATION_BACKENDS:
+            raise ValueError(
+                f"generation_backend must be one of {list(GENERATION_BACKENDS)}, got {self.generation_backend!r}"
+            )
+        if self.vllm_server_url and self.generation_backend not in ("auto", "vllm_server"):
+            raise ValueError(
+                f"--vllm_server_url is set but --generation_backend is {self.generation_backend!r}: drop the URL, or "
+                "use --generation_backend vllm_server (or auto)"
+            )
+        if self.generation_backend == "vllm_server" and not self.vllm_server_url:
+            raise ValueError("generation_backend='vllm_server' needs --vllm_server_url (e.g. http://127.0.0.1:8000)")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
+        if self.vllm_server_max_concurrency < 1:
+            raise ValueError(f"vllm_server_max_concurrency must be >= 1, got {self.vllm_server_max_concurrency}")
+        timeout = self.vllm_server_timeout
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not (math.isfinite(timeout) and timeout > 0)
+        ):
+            raise ValueError(f"vllm_server_timeout must be a finite number of seconds > 0, got {timeout!r}")
+        if self.vllm_server_model is not None and not self.vllm_server_url:
+            raise ValueError("--vllm_server_model names a served model: it needs --vllm_server_url")
+
+    def resolve_backend(self) -> tuple[str, str]:
+        """The backend that will run, and why (for the logs and the summary)."""
+        if self.vllm_server_url:
+            return "vllm_server", f"server at {self.vllm_server_url}"
+        if self.generation_backend != "auto":
+            return self.generation_backend, "set by generation_backend"
+        if not vllm_available():
+            return "transformers", "auto: vLLM is not installed"
+        if not torch.cuda.is_available():
+            return "transformers", "auto: no CUDA GPU (vLLM on CPU is opt-in: --generation_backend vllm)"
+        return "vllm", "auto: vLLM installed and a CUDA GPU present"
+
+    def check_backend_available(self) -> None:
+        """Fail before any work when the chosen backend cannot run here."""
+        if self.resolve_backend()[0] == "vllm":
+            require_vllm()
+
+
+def make_backend(
+    config: EngineConfig,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    model_name_or_path: str | None = None,
+    dtype: str = "auto",
+    max_batch_size: int | None = None,
+    max_batch_tokens: int | None = None,
+    show_progress: bool = True,
+) -> GenerationBackend:
+    """Build the backend ``config`` selects. The transformers backend needs the loaded ``model``; vLLM needs
+    ``model_name_or_path`` (a directory or Hub id); the server needs the ``tokenizer`` and ``model_name_or_path``
+    (the served model must be that one, unless ``vllm_server_model`` names it), and takes the end-of-turn ids and
+    vocabulary size of the ``model`` when it is given."""
+    kind, reason = config.resolve_backend()
+    logger.info("Generation backend: %s (%s)", kind, reason)
+    if tokenizer is None:
+        raise ValueError("every generation backend needs the tokenizer")
+    if kind == "transformers":
+        if model is None:
+            raise ValueError("the transformers backend needs a loaded model")
+        return TransformersBackend(model, tokenizer, max_batch_size, max_batch_tokens, show_progress)
+    if kind == "vllm":
+        if model_name_or_path is None:
+            raise ValueError("the vLLM backend needs model_name_or_path (a model directory or Hub id)")
+        from ssb_trl.generation.vllm_engine import VLLMBackend
+
+        backend: GenerationBackend = VLLMBackend(
+            model_name_or_path,
+            tokenizer,
+            dtype=dtype,
+            per_request_seeds=config.vllm_per_request_seeds,
+            gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+            enforce_eager=config.vllm_enforce_eager,
+            show_progress=show_progress,
+        )
+        return backend
+    from ssb_trl.generation.server import OpenAIServerBackend
+
+    generation_config = getattr(model, "generation_config", None)
+    model_config = getattr(model, "config", None)
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    return OpenAIServerBackend(
+        config.vllm_server_url or "",
+        tokenizer,
+        model_name_or_path=model_name_or_path,
+        served_model=config.vllm_server_model,
+        eos_token_ids=getattr(generation_config, "eos_token_id", None),
+        vocab_size=getattr(text_config, "vocab_size", None),
+        timeout=config.vllm_server_timeout,
+        per_request_seeds=True if config.vllm_per_request_seeds is None else config.vllm_per_request_seeds,
+        max_concurrency=config.vllm_server_max_concurrency,
+        show_progress=show_progress,
+    )

@@ -1,0 +1,289 @@
+"""Offline distillation data from any teacher (``ssb-trl label``), a job on the run engine (:mod:`ssb_trl.jobs`).
+
+TRL's distillation trainers keep the teacher in memory next to the student at every step. ``ssb-trl label`` runs
+the teacher once, teacher-forced over each completion, and stores its soft labels in the format of
+:mod:`ssb_trl.soft_labels`; ``ssb-trl train`` (``SSBTrainer``) then trains any student that shares the teacher's
+tokenizer from those labels, with no teacher loaded. Without completions in the input, the teacher writes them
+first (the ``completions`` stage, through the generation engines). The rows of the input are read and checked by
+:mod:`ssb_trl.label.inputs`; which setting redoes what on a rerun is :data:`ssb_trl.label.config.RESUME_TABLE`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import datasets
+from transformers import AutoConfig
+
+from ssb_trl.generation.sampling import derive_seed
+from ssb_trl.jobs.identity import local_input_identity, model_identity, tokenizer_digest
+from ssb_trl.jobs.resume import ResumeTable
+from ssb_trl.jobs.rows import TextToLabel, soft_label_rows, with_end_of_turn
+from ssb_trl.jobs.runner import Job, RunContext, RunReport, run_job
+from ssb_trl.jobs.workdir import WorkDir, read_jsonl
+from ssb_trl.label.config import RESUME_TABLE, STAGES, LabelConfig
+from ssb_trl.label.inputs import (
+    LabelExample,
+    check_student_tokenizer,
+    load_examples,
+    tokenize_examples,
+)
+from ssb_trl.models import check_model_available, load_model_and_tokenizer, load_tokenizer, resolve_model_path
+from ssb_trl.soft_labels.schema import SoftLabelMetadata, tokenizer_fingerprint
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LabelConfig", "LabelJob", "LabelSummary", "label_dataset"]
+
+LABEL_PROMPT_VERSION = "dataset-prompts"
+"""Recorded as the metadata's prompt_template_version: the prompts are the dataset's own, not ssb-trl's."""
+SUMMARY_FILENAME = "label_summary.json"
+
+
+@dataclass
+class LabelSummary:
+    """What a labelling run wrote (``label_summary.json``)."""
+
+    output_dir: str = ""
+    rows_in: int = 0
+    rows_written: int = 0
+    answer_tokens: int = 0
+    completions_generated: int = 0
+    dropped_unfinished: int = 0
+    dropped_too_long: int = 0
+    shards_done: list[int] = field(default_factory=list)
+    shards_reused: list[int] = field(default_factory=list)
+    dataset_bytes: int = 0
+    bytes_per_answer_token: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LabelJob(Job):
+    """``ssb-trl label``: a teacher's soft labels on a prompt/completion dataset."""
+
+    command = "ssb-trl label"
+    stages = STAGES
+    summary_filename = SUMMARY_FILENAME
+    input_noun = "rows"
+    config: LabelConfig
+
+    def __init__(self, config: LabelConfig, model: Any = None, tokenizer: Any = None, backend: Any = None,
+                 examples: list[LabelExample] | None = None):  # fmt: skip
+        super().__init__(config, model, tokenizer, backend)
+        self.given_examples = examples
+
+    # ------------------------------------------------------------------------------ before any file is written
+    def preflight(self, main_process: bool) -> None:
+        """The teacher loads, K fits its vocabulary, the student shares its tokenizer, every row fits; then the
+        rows are read and tokenized (``self.inputs``, ``self.tokens``)."""
+        config, name = self.config, self.config.teacher_model_name_or_path
+        if self.model is not None:
+            model_config = self.model.config
+        else:
+            try:
+                check_model_available(name)
+                model_config = AutoConfig.from_pretrained(resolve_model_path(name))
+            except Exception as exc:
+                raise ValueError(
+                    f"cannot load the teacher {name!r} ({type(exc).__name__}: {exc}). Nothing was written; pass a "
+                    "local model folder, 'bundled:smollm2-135m-instruct', or a Hub id (in the local cache when "
+                    "offline) as --teacher_model_name_or_path"
+                ) from exc
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(name)
+        self.student_tokenizer = self.tokenizer
+        if config.student_model_name_or_path:
+            try:
+                self.student_tokenizer = load_tokenizer(config.student_model_name_or_path)
+            except Exception as exc:
+                raise ValueError(
+                    f"cannot load the tokenizer of the student {config.student_model_name_or_path!r} "
+                    f"({type(exc).__name__}: {exc}); fix --student_model_name_or_path"
+                ) from exc
+            check_student_tokenizer(self.tokenizer, self.student_tokenizer, name, config.student_model_name_or_path)
+        text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+        config.check_vocabulary(getattr(text_config, "vocab_size", None) or len(self.tokenizer), name)
+        context = getattr(text_config, "max_position_embeddings", None)
+        self.inputs = self.given_examples if self.given_examples is not None else load_examples(config)
+        self.tokens = tokenize_examples(
+            self.inputs, self.tokenizer, self.student_tokenizer, config, context if isinstance(context, int) else None
+        )
+        if any(token.completion is None for token in self.tokens):
+            config.check_backend_available()
+
+    def input_record(self, example: LabelExample) -> dict[str, Any]:
+        return asdict(example)
+
+    def identities(self) -> dict[str, dict[str, Any]]:
+        config = self.config
+        return {
+            "teacher": model_identity(config.teacher_model_name_or_path, self.model, self.tokenizer),
+            "student": {"tokenizer_sha256": tokenizer_digest(self.student_tokenizer)},
+            "input": {**local_input_identity(config.dataset_name), "name": config.dataset_name},
+        }
+
+    def resume_table(self) -> ResumeTable:
+        return RESUME_TABLE
+
+    def legacy_tokenizers(self) -> dict[str, tuple[Any, str]]:
+        """Label folders written before the run engine recorded a shorter tokenizer digest."""
+        return {
+            "teacher": (self.tokenizer, tokenizer_digest(self.tokenizer)),
+            "student": (self.student_tokenizer, tokenizer_digest(self.student_tokenizer)),
+        }
+
+    # ------------------------------------------------------------------------------------------------ the work
+    def model_name(self) -> str:
+        return self.config.teacher_model_name_or_path
+
+    def load_model(self, device: str | None) -> tuple[Any, Any]:
+        return load_model_and_tokenizer(self.config.teacher_model_name_or_path, dtype=self.config.dtype, device=device)
+
+    def _shard_tokens(self, shard: int) -> list[Any]:
+        size = self.config.shard_size
+        return self.tokens[shard * size : (shard + 1) * size]
+
+    def needs_backend(self, work: WorkDir, todo: list[int], shards: list[list[Any]]) -> bool:
+        return any(
+            any(t.completion is None for t in self._shard_tokens(s)) and not work.shard_path("completions", s).exists()
+            for s in todo
+        )
+
+    def process_shard(self, run: RunContext, shard: int, examples: list[LabelExample]) -> None:
+        tokens, config, work = self._shard_tokens(shard), self.config, run.work
+        texts = []
+        if any(token.completion is None for token in tokens):
+            records = work.read_shard("completions", shard, [e.id for e in examples])
+            if records is None:
+                records = self._generate(run, examples)
+                work.write_shard("completions", shard, records)
+            for example, token, record in zip(examples, tokens, records):
+                if not record["finished"] or not record["text"].strip():
+                    continue  # cut at max_new_tokens (it would teach not to stop) or empty: counted in the summary
+                ids = with_end_of_turn(record["token_ids"], run.end_of_turn, run.stop_ids)
+                if config.max_length is not None and len(token.student_prompt) + len(ids) > config.max_length:
+                    continue
+                texts.append(self._text(example, token.student_prompt, token.teacher_prompt, record["text"], ids))
+        else:
+            texts = [
+                self._text(e, t.student_prompt, t.teacher_prompt, e.completion, t.completion)
+                for e, t in zip(examples, tokens)
+            ]
+        work.save_rows(shard, soft_label_rows(run.model, texts, config, run.show_progress))
+        logger.info("Shard %d: %d rows labelled", shard, len(texts))
+
+    @staticmethod
+    def _text(example: LabelExample, student: list[int], teacher: list[int], text: str, ids: list[int]) -> TextToLabel:
+        return TextToLabel(example.id, example.answer, example.prompt, text, student, teacher, ids)
+
+    def _generate(self, run: RunContext, examples: list[LabelExample]) -> list[dict]:
+        """The teacher's completions of one shard's prompts (seeded per row id), as JSON-able records."""
+        config, backend = self.config, run.backend
+        seeds = [derive_seed(config.seed, example.id, "label") for example in examples]
+        outputs = backend.generate([e.teacher_prompt for e in examples], config.generation_sampling, seed=seeds)
+        return [
+            {"id": e.id, "text": samples[0].text, "token_ids": samples[0].token_ids,
+             "finished": samples[0].finished, "generated_by": backend.name}
+            for e, samples in zip(examples, outputs)
+        ]  # fmt: skip
+
+    # --------------------------------------------------------------------------------- the end (main process)
+    def summarize(self, run: RunContext, dataset: datasets.Dataset, report: RunReport) -> LabelSummary:
+        config, work = self.config, run.work
+        to_generate = sum(token.completion is None for token in self.tokens)
+        unfinished = 0
+        if to_generate:
+            for shard in range(report.num_shards):
+                records = read_jsonl(work.shard_path("completions", shard))
+                unfinished += sum(not r["finished"] or not r["text"].strip() for r in records or [])
+        dropped = len(self.inputs) - len(dataset)
+        if len(dataset) == 0:
+            raise ValueError(
+                f"no row was labelled: the teacher's {to_generate} completions were all cut at max_new_tokens="
+                f"{config.max_new_tokens}, empty, or longer than max_length={config.max_length}. Rerun with a larger "
+                "--max_new_tokens (and --max_length) into a new --output_dir (this one keeps the cut completions, "
+                f"which a rerun here would reuse: {str(work.root)!r}), or give the completions in a 'completion' column."
+            )
+        if dropped:
+            logger.warning(
+                "%d of %d generated completions were dropped: %d cut at max_new_tokens=%d (or empty), %d longer than "
+                "max_length=%s. Raise those settings to keep them.",
+                dropped, to_generate, unfinished, config.max_new_tokens, dropped - unfinished, config.max_length,
+            )  # fmt: skip
+        return LabelSummary(
+            output_dir=str(work.output_dir),
+            rows_in=len(self.inputs),
+            rows_written=len(dataset),
+            completions_generated=to_generate,
+            dropped_unfinished=unfinished,
+            dropped_too_long=dropped - unfinished,
+            shards_done=report.generated,
+            shards_reused=report.reused,
+        )
+
+    def metadata(self, run: RunContext, summary: LabelSummary) -> SoftLabelMetadata:
+        config = self.config
+        same_prompt = all(e.teacher_prompt == e.prompt for e in self.inputs)
+        generated = summary.completions_generated > 0
+        source: dict[str, Any] = {
+            "kind": self.command,
+            "dataset": {
+                k: getattr(config, k) for k in ("dataset_config", "dataset_name", "dataset_split", "num_rows")
+            },
+            "teacher_fingerprint": run.work.read_settings()["identities"]["teacher"],
+            "student_model": config.student_model_name_or_path,
+            "teacher_prompt": "the student's prompt"
+            if same_prompt
+            else (
+                "the 'teacher_prompt' column" if config.teacher_system_prompt is None else "--teacher_system_prompt"
+            ),
+            "teacher_sees_student_prompt": same_prompt,
+            "teacher_system_prompt": config.teacher_system_prompt,
+            "completions": "generated by the teacher" if generated else "the dataset's",
+            "max_length": config.max_length,
+        }
+        if generated:  # the train-time check that answers are the teacher's samples relies on these
+            source["teacher_sampling"] = asdict(config.generation_sampling)
+            source["seed"] = config.seed
+        return SoftLabelMetadata(
+            teacher_model=config.teacher_model_name_or_path,
+            tokenizer_fingerprint=tokenizer_fingerprint(self.tokenizer),
+            top_k=config.soft_label_entries,
+            temperature=config.soft_label_temperature,
+            prompt_template_version=LABEL_PROMPT_VERSION,
+            source=source,
+            logprob_dtype=config.logprob_dtype,
+            soft_label_mode=config.soft_label_mode,
+            soft_label_draws=config.soft_label_draws if config.soft_label_mode == "sampled" else None,
+        )
+
+    def read_summary(self, data: dict[str, Any]) -> LabelSummary:
+        return LabelSummary(**data)
+
+    def log_summary(self, summary: LabelSummary) -> None:
+        logger.info(
+            "Labelled %d rows (%d completion tokens, %.0f bytes each on disk) into %s; %d shard(s) done, %d reused",
+            summary.rows_written, summary.answer_tokens, summary.bytes_per_answer_token, summary.output_dir,
+            len(summary.shards_done), len(summary.shards_reused),
+        )  # fmt: skip
+
+
+def label_dataset(
+    config: LabelConfig,
+    model: Any = None,
+    tokenizer: Any = None,
+    examples: list[LabelExample] | None = None,
+    show_progress: bool = True,
+    backend: Any = None,
+) -> LabelSummary:
+    """Run (or resume) labelling; returns the summary (on every process).
+
+    ``model``/``tokenizer`` (the teacher) and ``examples`` may be passed in; otherwise they come from ``config``.
+    Under ``accelerate launch`` the shards are dealt round-robin to the processes and the main process writes the
+    dataset.
+    """
+    return run_job(LabelJob(config, model, tokenizer, backend, examples), show_progress=show_progress)

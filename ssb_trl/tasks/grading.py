@@ -1,0 +1,440 @@
+"""Final-answer extraction and verification.
+
+Extraction (:func:`extract_final_answer`) looks, in this order, for
+1. the last ``\\boxed{...}`` (or ``\\fbox{...}``), nested braces handled; also ``\\boxed 5``. When the last
+   box is never closed the completion was cut off mid-answer, and there is no answer (no fallback);
+2. the last ``<answer>...</answer>`` block (the reasoning-gym convention);
+3. the last "final answer is X" / "answer: X" / "answer is X" phrase (X up to the end of its sentence,
+   at most ``MAX_PHRASE_WORDS`` words, so prose such as "the answer is the one we want" is skipped);
+4. the last number in the text (``1,000``, ``-3.5``, ``2/3``).
+Steps 2-4 are fallbacks for models that ignore the ``\\boxed{}`` instruction (small ones often do);
+pass ``fallbacks=False`` to accept only a boxed answer. Only the last ``MAX_TEXT_CHARS`` characters of a
+completion are read, in linear time.
+
+Verification (:func:`verify_answer`) compares the *value* of the whole extracted answer with the gold:
+``1,000`` equals ``1000``, ``\\$18`` equals ``18``, ``x = 3`` equals ``3``, ``\\frac{1}{2}`` equals ``0.5``
+and ``18 \\div 2`` equals ``9``, but ``2 \\times 5``, ``5x`` or ``5t`` never equal ``5``. Textual
+normalisation and plain numbers are decided in-process (microseconds); everything else goes to Math-Verify,
+which parses the answer as one LaTeX expression (never a number picked out of it) with its own unit
+stripping off (it takes ``t``, ``h``, ``m``... for units, so ``5t`` would equal ``5``; we strip only unit
+*words*, see :func:`normalize_answer`).
+
+Math-Verify runs in a child process (one per concurrent caller, started on first use, reused): its own
+timeouts use ``signal.alarm``, which only works in the main thread, and some sympy calls (``10^{10^{10}}``)
+cannot be interrupted at all. A comparison that takes longer than ``MATH_VERIFY_TIMEOUT_S`` kills the child
+(a fresh one starts on the next call) and counts as not correct. So every call returns within
+``MATH_VERIFY_TIMEOUT_S`` (plus about a second when a worker has to start) from any thread or process,
+data-loader workers included, and grading is thread-safe. POSIX only (``select`` on pipes).
+
+:func:`check_gold_answers` warns, once per source, about gold answers Math-Verify cannot parse: only an
+exact text match can grade an answer to them correct.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import functools
+import json
+import logging
+import os
+import re
+import select
+import subprocess
+import sys
+import threading
+import time
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+logger = logging.getLogger(__name__)
+
+MATH_VERIFY_TIMEOUT_S = 5.0
+"""Hard limit on one Math-Verify comparison (any thread); past it the answer counts as not correct."""
+
+WORKER_START_TIMEOUT_S = 120.0
+"""Time allowed for a Math-Verify worker process to import sympy and say it is ready (a busy machine is slow)."""
+
+MAX_PHRASE_WORDS = 5
+MAX_TEXT_CHARS = 200_000
+"""Extraction reads only this many characters at the end of a completion (the final answer is there)."""
+MAX_ANSWER_CHARS = 1_000
+"""Answers or golds longer than this are compared by exact text match only, never parsed."""
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*(\{|\s+)")
+_ANSWER_TAG_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_ANSWER_PHRASE_RE = re.compile(
+    r"(?:final\s+answer|answer)\s*(?:is|=|:)\s*:?\s*(.+)",
+    re.IGNORECASE,
+)
+_NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?")
+_THOUSANDS_RE = re.compile(r"(?<=\d)(?:,|\{,\}|\\,)(?=\d{3}(?!\d))")
+_LATEX_SPACE_RE = re.compile(r"\\[,;: ]|\\q?quad\b|~")
+_TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+# A number followed by unit *words* ("18 dollars", "10 cm^2"): a space, then at least two letters, so that
+# "5x" or "5 t" (a number times a variable) are left for Math-Verify to read as products.
+_NUMBER_WITH_UNIT_RE = re.compile(r"^([-+]?\d+(?:\.\d+)?)\s+[A-Za-z]{2,}[A-Za-z .]*(?:\^\{?[23]\}?)?$")
+_PLAIN_NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?")
+_FRAC_RE = re.compile(r"^(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}$")
+
+
+class Gradable(Protocol):
+    """What grading needs of a question (``ssb_trl.tasks.sources.QAExample``): its gold answer, and its own
+    scorer where it has one. A protocol, so that grading imports nothing from the sources (and this file
+    runs alone as the Math-Verify worker)."""
+
+    id: str
+    answer: str
+    scorer: dict[str, Any] | None
+
+    def score(self, predicted: str) -> float: ...
+
+
+def _matching_braces(text: str) -> dict[int, int]:
+    """Map each ``{`` that gets closed to the index of its ``}``, in one linear pass."""
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    for index, char in enumerate(text):
+        if char == "{":
+            stack.append(index)
+        elif char == "}" and stack:
+            pairs[stack.pop()] = index
+    return pairs
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}``/``\\fbox{...}`` (nested braces handled) or ``\\boxed X``;
+    ``None`` when there is none or the last one is never closed (a completion cut off mid-answer)."""
+    last = next(iter(collections.deque(_BOX_RE.finditer(text), maxlen=1)), None)
+    if last is None:
+        return None
+    start = last.end()
+    if last.group(1) != "{":
+        token = re.match(r"[^\s$]+", text[start:])
+        return token.group(0).strip() if token else None
+    end = _matching_braces(text).get(start - 1)
+    return text[start:end].strip() if end is not None else None
+
+
+def _clean_phrase(value: str) -> str:
+    """Trim a free-text answer phrase: markdown emphasis, math delimiters, a trailing full stop."""
+    value = value.strip().strip("*").strip()
+    boxed = _last_boxed(value)
+    if boxed is not None:
+        return boxed
+    value = re.sub(r"[.\s]+$", "", value).strip("$").strip()
+    value = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", value).strip()
+    return value.strip("*").strip()
+
+
+def extract_final_answer(text: str, fallbacks: bool = True) -> str | None:
+    """Return the model's final answer in ``text`` (see the module docstring for the order), or ``None``."""
+    if not text:
+        return None
+    text = text[-MAX_TEXT_CHARS:]
+    boxed = _last_boxed(text)
+    if boxed:
+        return boxed
+    if not fallbacks or (boxed is None and _BOX_RE.search(text)):
+        return None  # an unclosed last box: the answer was cut off; a number in it or before it is no answer
+    tags = _ANSWER_TAG_RE.findall(text)
+    if tags and tags[-1].strip():
+        return _clean_phrase(tags[-1])
+    phrases = _ANSWER_PHRASE_RE.findall(text)
+    for phrase in reversed(phrases):
+        first_sentence = re.split(r"\.\s", phrase.splitlines()[0] if phrase else "", maxsplit=1)[0]
+        cleaned = _clean_phrase(first_sentence)
+        if cleaned and len(cleaned.split()) <= MAX_PHRASE_WORDS:
+            return cleaned
+    numbers = _NUMBER_RE.findall(text)
+    if numbers:
+        return numbers[-1].replace(" ", "")
+    return None
+
+
+def parse_gold_answer(raw: str | int | float) -> str:
+    """Normalise a dataset's gold answer: GSM8K ``... #### 42`` -> ``42``; MATH solutions -> last boxed."""
+    text = str(raw).strip()
+    if "####" in text:
+        return text.rsplit("####", 1)[1].strip().replace(",", "")
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return boxed
+    return text
+
+
+def normalize_answer(value: str) -> str:
+    """Light textual cleanup that Math-Verify does not do itself (currency, thousands separators, unit words)."""
+    value = value.strip()
+    value = _TEXT_WRAP_RE.sub(r"\1", value)
+    value = value.replace("\\$", "").replace("$", "").replace("\\%", "%").replace("\\!", "")
+    value = _THOUSANDS_RE.sub("", value)
+    value = _LATEX_SPACE_RE.sub(" ", value)
+    value = re.sub(r"\.\s*$", "", value).strip()
+    unit = _NUMBER_WITH_UNIT_RE.match(value)
+    if unit:
+        value = unit.group(1)
+    return value
+
+
+def _as_number(value: str) -> Fraction | None:
+    """``value`` as an exact number when it is a plain one (``-3``, ``2.50``, ``1/2``, ``\\frac{1}{2}``)."""
+    frac = _FRAC_RE.match(value)
+    if frac:
+        sign, numerator, denominator = frac.groups()
+        value = f"{sign}{numerator}/{denominator}"
+    if not _PLAIN_NUMBER_RE.fullmatch(value):
+        return None
+    try:
+        return Fraction(value)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _balanced(text: str) -> bool:
+    """Every brace closed, so wrapping ``text`` in ``\\boxed{}`` cannot end the box early."""
+    depth = 0
+    for char in text:
+        depth += (char == "{") - (char == "}")
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+# --- Math-Verify, in a child process --------------------------------------------------------------------------
+
+
+def _math_verify_parse(text: str) -> list[Any]:
+    """Parse ``text`` as one LaTeX expression: no number is picked out of it, no unit letters are dropped."""
+    from latex2sympy2_extended.latex2sympy2 import NormalizationConfig
+    from math_verify import LatexExtractionConfig, parse
+
+    config = LatexExtractionConfig(
+        boxed_match_priority=0,
+        normalization_config=NormalizationConfig(
+            basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="all", equations=False
+        ),
+    )
+    return parse(
+        f"\\boxed{{{text}}}",
+        extraction_config=[config],
+        extraction_mode="first_match",
+        fallback_mode="no_fallback",
+        parsing_timeout=None,
+    )
+
+
+def _serve() -> None:
+    """Child process loop: say ready, then one JSON request per line in, one JSON reply per line out."""
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt the replies
+    sys.stdout = sys.stderr
+    from math_verify import verify
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled": the parent enforces one
+    reply = bool(_math_verify_parse("1"))  # warm up the parser before saying ready
+    while True:
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+        line = sys.stdin.readline()
+        if not line:
+            return
+        op, *args = json.loads(line)
+        try:
+            if op == "parse":
+                reply = bool(_math_verify_parse(args[0]))
+            else:
+                gold, answer = (_math_verify_parse(arg) for arg in args)
+                reply = bool(gold and answer and verify(gold, answer, timeout_seconds=None))
+        except Exception:  # noqa: BLE001 - a comparison Math-Verify cannot make is "not equal"
+            reply = False
+
+
+class _Undecided(Exception):
+    """The child did not answer in time (or died); never cached."""
+
+
+class _Worker:
+    """One Math-Verify child process. Started with ``subprocess`` (not ``multiprocessing``) so it works from
+    daemonic data-loader workers and never re-imports the caller's ``__main__``."""
+
+    def __init__(self) -> None:
+        # Run this very file (not ``-m``): importing the ssb_trl package would pull in torch and transformers.
+        bootstrap = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__ssb_math_verify_worker__')"
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", bootstrap, os.path.abspath(__file__)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        self._buffer = b""
+        try:
+            self._read_reply(WORKER_START_TIMEOUT_S)
+        except _Undecided as exc:
+            raise RuntimeError(
+                f"the Math-Verify grading process did not start ({exc}); is math-verify installed for "
+                f"{sys.executable}? (its error, if any, is printed above)"
+            ) from exc
+
+    def ask(self, request: list[str], timeout: float) -> bool:
+        """Send one request; its reply, or :class:`_Undecided` after ``timeout`` seconds (the child is killed)."""
+        assert self.process.stdin is not None
+        try:
+            self.process.stdin.write((json.dumps(request) + "\n").encode())
+            self.process.stdin.flush()
+        except OSError as exc:
+            self.close()
+            raise _Undecided(f"the Math-Verify worker is gone ({exc})") from exc
+        return self._read_reply(timeout)
+
+    def _read_reply(self, timeout: float) -> bool:
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        fd = self.process.stdout.fileno()
+        try:
+            while b"\n" not in self._buffer:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                    raise _Undecided(f"no answer within {timeout:g} s")
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise _Undecided("the Math-Verify worker exited")
+                self._buffer += chunk
+        except BaseException:  # a timeout, or an interrupt: never leave a child computing on its own
+            self.close()
+            raise
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return bool(json.loads(line))
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
+
+
+_idle_workers: list[_Worker] = []
+_idle_lock = threading.Lock()
+
+
+def _forget_parent_workers() -> None:
+    """In a forked child: the parent's workers and lock are the parent's; start afresh."""
+    global _idle_workers, _idle_lock
+    _idle_workers, _idle_lock = [], threading.Lock()
+
+
+def _close_idle_workers() -> None:
+    with _idle_lock:
+        while _idle_workers:
+            _idle_workers.pop().close()
+
+
+os.register_at_fork(after_in_child=_forget_parent_workers)
+atexit.register(_close_idle_workers)
+
+
+def _ask_math_verify(request: list[str]) -> bool:
+    """Run ``request`` in an idle worker (or a new one); a timed-out worker is killed and not reused."""
+    with _idle_lock:
+        worker = _idle_workers.pop() if _idle_workers else None
+    if worker is None or worker.process.poll() is not None:
+        worker = _Worker()
+    result = worker.ask(request, MATH_VERIFY_TIMEOUT_S)  # raises _Undecided (worker closed) on timeout
+    with _idle_lock:
+        _idle_workers.append(worker)
+    return result
+
+
+@functools.lru_cache(maxsize=8192)
+def _math_verify_equal(gold: str, answer: str) -> bool:
+    """Math-Verify's verdict on two normalised answers (cached; :class:`_Undecided` is raised, not cached)."""
+    return _ask_math_verify(["verify", gold, answer])
+
+
+@functools.lru_cache(maxsize=8192)
+def _math_verify_parses(text: str) -> bool:
+    return _ask_math_verify(["parse", text])
+
+
+def _parseable(text: str) -> bool:
+    return bool(text) and len(text) <= MAX_ANSWER_CHARS and _balanced(text)
+
+
+def verify_answer(predicted: str | None, gold: str) -> bool:
+    """True when ``predicted`` has the value of ``gold``; False when it differs or that cannot be decided in time."""
+    if predicted is None or not str(predicted).strip():
+        return False
+    pred_norm, gold_norm = normalize_answer(str(predicted)), normalize_answer(str(gold))
+    if pred_norm == gold_norm and pred_norm:
+        return True
+    pred_number, gold_number = _as_number(pred_norm), _as_number(gold_norm)
+    if pred_number is not None and gold_number is not None:
+        if pred_number == gold_number:
+            return True
+        if pred_number.denominator == 1 and gold_number.denominator == 1:
+            return False  # two different integers; decimals and fractions go on to Math-Verify's rounding
+    if not (_parseable(pred_norm) and _parseable(gold_norm)):
+        return False
+    try:
+        return _math_verify_equal(gold_norm, pred_norm)
+    except _Undecided as exc:
+        logger.warning("Grading %r against %r counted as not correct: %s", pred_norm[:80], gold_norm[:80], exc)
+        return False
+
+
+_warned_sources: set[str] = set()
+
+
+def check_gold_answers(examples: Iterable[Gradable], source: str) -> int:
+    """Count gold answers Math-Verify cannot parse; warn once per ``source`` when there are any.
+
+    Answers to such a question can only be graded correct by an exact text match, so a silent failure
+    here would quietly lower every accuracy figure. Examples with their own scorer are skipped.
+    """
+    failed, total = [], 0
+    for example in examples:
+        if example.scorer:
+            continue
+        total += 1
+        gold = normalize_answer(str(example.answer))
+        if _as_number(gold) is not None:
+            continue
+        try:
+            parsed = _parseable(gold) and _math_verify_parses(gold)
+        except _Undecided:
+            parsed = False
+        if not parsed:
+            failed.append(example)
+    if failed and source not in _warned_sources:
+        _warned_sources.add(source)
+        shown = ", ".join(f"{example.id}: {str(example.answer)[:60]!r}" for example in failed[:3])
+        logger.warning(
+            "%d of %d gold answers from %s cannot be parsed by Math-Verify (e.g. %s); answers to them are "
+            "graded correct only on an exact text match",
+            len(failed),
+            total,
+            source,
+            shown,
+        )
+    return len(failed)
+
+
+def grade(completion_text: str, example: Gradable, fallbacks: bool = True) -> bool:
+    """Is ``completion_text`` a correct answer to ``example``?
+
+    Examples that carry their own scorer (reasoning-gym tasks) are judged by it, on the extracted final
+    answer; all others by :func:`verify_answer` against the gold answer.
+    """
+    predicted = extract_final_answer(completion_text, fallbacks=fallbacks)
+    if predicted is None:
+        return False
+    if example.scorer:
+        return example.score(predicted) >= 1.0 - 1e-9
+    return verify_answer(predicted, example.answer)
+
+
+if __name__ == "__ssb_math_verify_worker__":
+    _serve()

@@ -1,0 +1,206 @@
+"""Student and hinted-teacher prompts (docs/METHOD.md steps 1 and 4), versioned.
+
+The wording is ours. Any change to the student prompt must bump :data:`PROMPT_TEMPLATE_VERSION`, and any change
+to a hint format's text its :attr:`HintFormat.version`: both are recorded in every soft-label dataset, because soft
+labels taken under one prompt do not transfer to another.
+
+SSB's premise is that the model, shown hints, answers better than alone. The paper's hint (``contrastive``: a
+correct and an incorrect attempt with instructions) is more than a small model can follow (docs/experiment), so the
+hint is a setting (``--teacher_hint``): a built-in format of :data:`HINT_FORMATS` or a template file of the user's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROMPT_TEMPLATE_VERSION = "ssb-prompts-v1"
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a skilled math tutor. Work through the problem one step at a time, explaining each step, "
+    "and finish with the final answer written inside \\boxed{}."
+)
+
+TEACHER_INSTRUCTIONS = """Below is a problem together with two answers written by students. An automatic checker, \
+which compared only the final boxed answers, found that the first answer is right and the second one is wrong.
+
+Problem:
+{question}
+
+Answer judged correct:
+{correct}
+
+Answer judged incorrect:
+{incorrect}
+
+Now write your own solution to the problem. Reason clearly, one step at a time, and point out the mistakes \
+a student could easily make along the way so the reader learns to avoid them. Write it as a fresh, \
+self-contained solution: do not say or hint that you were shown other answers. End with the final answer \
+inside \\boxed{{}}; it must agree with the answer judged correct."""
+
+
+CONTRASTIVE_SHORT = """Problem:
+{question}
+
+A correct answer:
+{correct}
+
+A wrong answer:
+{incorrect}
+
+Solve the problem step by step in your own words. End with the final answer inside \\boxed{{}}."""
+
+CORRECT_SOLUTION = """Problem:
+{question}
+
+Here is a correct solution:
+{correct}
+
+Write a clear step-by-step solution of your own. End with the final answer inside \\boxed{{}}."""
+
+ANSWER_ONLY = """Problem:
+{question}
+
+The correct final answer is {answer}. Show step by step how to get it, and end with the final answer inside \\boxed{{}}."""
+
+Messages = list[dict[str, Any]]
+
+# The fields a hint template may use (str.format syntax; literal braces are doubled: \\boxed{{}}).
+HINT_FIELDS = {
+    "question": "the problem, as the student sees it",
+    "correct": "a rollout graded correct",
+    "incorrect": "a rollout graded wrong (with an answer)",
+    "answer": "the verified gold answer",
+}
+
+
+@dataclass(frozen=True)
+class HintFormat:
+    """How the hinted teacher is prompted: a named, versioned ``str.format`` template over :data:`HINT_FIELDS`."""
+
+    name: str
+    version: str
+    template: str
+
+    @property
+    def fields(self) -> frozenset[str]:
+        return frozenset(name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None)
+
+    @property
+    def needs_correct(self) -> bool:
+        """True when the template shows a correct rollout (the question needs one)."""
+        return "correct" in self.fields
+
+    @property
+    def needs_incorrect(self) -> bool:
+        """True when the template shows a wrong rollout (the question needs one)."""
+        return "incorrect" in self.fields
+
+    def messages(
+        self,
+        question: str,
+        correct: str | None = None,
+        incorrect: str | None = None,
+        answer: str | None = None,
+        system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    ) -> Messages:
+        """Chat messages for the hinted teacher; only the fields the template uses must be given."""
+        values = {"question": question, "correct": correct, "incorrect": incorrect, "answer": answer}
+        missing = sorted(name for name in self.fields if values[name] is None)
+        if missing:
+            raise ValueError(f"hint format {self.name!r} needs {', '.join(missing)}")
+        content = self.template.format(**{name: str(values[name]).strip() for name in self.fields})
+        return _with_system(system_prompt, content)
+
+
+def _builtin(name: str, template: str, revision: int = 1) -> HintFormat:
+    return HintFormat(name, f"{name}-v{revision}", template)
+
+
+HINT_FORMATS: dict[str, HintFormat] = {
+    fmt.name: fmt
+    for fmt in (
+        _builtin("contrastive", TEACHER_INSTRUCTIONS),  # the paper's: a right and a wrong attempt, long instructions
+        _builtin("contrastive_short", CONTRASTIVE_SHORT),  # the same two attempts, a few plain words
+        _builtin("correct_solution", CORRECT_SOLUTION),  # only the correct attempt, as a reference
+        _builtin("answer_only", ANSWER_ONLY),  # only the verified final answer (STaR's rationalisation)
+    )
+}
+DEFAULT_HINT_FORMAT = "contrastive"
+
+
+def load_hint_format(spec: str) -> HintFormat:
+    """A built-in format by name, or a template file (UTF-8 text, ``str.format`` fields of :data:`HINT_FIELDS`).
+
+    A file's version is the digest of its text, so editing it in place is seen as a new hint on resume.
+    """
+    if spec in HINT_FORMATS:
+        return HINT_FORMATS[spec]
+    path = Path(spec)
+    allowed = ", ".join("{" + name + "}" for name in HINT_FIELDS)
+    fix = f"pass one of {', '.join(HINT_FORMATS)} or a template file with the fields {allowed}"
+    if not path.is_file():
+        raise ValueError(f"teacher_hint {spec!r} is neither a built-in hint format nor a file: {fix}")
+    try:
+        template = path.read_text(encoding="utf-8")
+        parsed = list(string.Formatter().parse(template))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(
+            f"hint template {spec} cannot be used ({exc}); it must be UTF-8 text in str.format syntax, with literal "
+            "braces doubled (\\boxed{{}})"
+        ) from exc
+    for _, name, format_spec, conversion in parsed:
+        if name is not None and (name not in HINT_FIELDS or format_spec or conversion):
+            raise ValueError(
+                f"hint template {spec} uses the field {{{name}}}; allowed: "
+                + ", ".join(f"{{{field}}} ({meaning})" for field, meaning in HINT_FIELDS.items())
+                + ". Double literal braces: \\boxed{{}}"
+            )
+    hint = HintFormat(
+        f"file:{path.name}", "file-sha256:" + hashlib.sha256(template.encode()).hexdigest()[:16], template
+    )
+    if "question" not in hint.fields:
+        raise ValueError(f"hint template {spec} never shows the problem: add {{question}}")
+    return hint
+
+
+def _with_system(system_prompt: str | None, user_content: str) -> Messages:
+    messages: Messages = []
+    if system_prompt:
+        messages.append({"role": "system", "content": system_prompt})
+    messages.append({"role": "user", "content": user_content})
+    return messages
+
+
+def student_messages(question: str, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> Messages:
+    """Chat messages the student sees: the system prompt and the bare question (no hints).
+
+    Pass ``system_prompt=None`` for models whose chat template has no system role.
+    """
+    return _with_system(system_prompt, question.strip())
+
+
+def teacher_messages(
+    question: str,
+    correct_answer_text: str,
+    incorrect_answer_text: str,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+) -> Messages:
+    """Chat messages for the paper's hinted teacher (``contrastive``): one correct and one incorrect answer."""
+    return HINT_FORMATS["contrastive"].messages(
+        question, correct=correct_answer_text, incorrect=incorrect_answer_text, system_prompt=system_prompt
+    )
+
+
+def chat_prompt_ids(tokenizer: Any, messages: Messages) -> list[int]:
+    """Token ids of ``messages`` through the tokenizer's chat template, ready for the assistant's turn.
+
+    The template already contains any special tokens it wants, so nothing else is added.
+    """
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return [int(token) for token in ids]
