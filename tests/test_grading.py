@@ -271,3 +271,46 @@ def test_load_questions_warns_about_unparsable_golds(tmp_path: Path, caplog: pyt
     with caplog.at_level(logging.WARNING, logger="ssb_trl.data.grading"):
         load_questions(QuestionSource(str(path)))
     assert any("1 of 2 gold answers" in record.getMessage() for record in caplog.records)
+
+
+# Issue 30: gold answers in scientific notation (a JSON 1e3; Python's json writes the float 1e16 as 1e+16).
+@pytest.mark.parametrize(
+    ("predicted", "gold"),
+    [
+        ("1000", "1e3"),
+        ("1000", "1e+03"),
+        ("1000", "1E3"),
+        ("1000", "1.0e3"),
+        ("0.001", "1e-3"),
+        ("10000000000000000", "1e+16"),
+        ("1e3", "1000"),
+        ("-250", "-2.5e2"),
+    ],
+)
+def test_scientific_notation_equals_the_plain_number(predicted: str, gold: str) -> None:
+    """All but 1E3 were graded wrong: every correct answer to such a gold counted as a miss."""
+    assert verify_answer(predicted, gold)
+
+
+@pytest.mark.parametrize(
+    ("predicted", "gold"),
+    [("10000000000000001", "1e+16"), ("1001", "1e3"), ("100", "1e3"), ("0.0011", "1e-3"), ("999.9999999999", "1e3")],
+)
+def test_scientific_notation_is_compared_exactly(predicted: str, gold: str) -> None:
+    assert not verify_answer(predicted, gold)
+
+
+def test_json_golds_in_scientific_notation_survive_reading(tmp_path: Path) -> None:
+    path = tmp_path / "golds.jsonl"
+    path.write_text(
+        json.dumps({"question": "a?", "answer": 1e3}).replace("1000.0", "1e3")
+        + "\n"
+        + json.dumps({"question": "b?", "answer": 1e16})  # written as 1e+16
+        + "\n"
+        + '{"question": "c?", "answer": 123456789012345678901234567890}\n'
+    )
+    examples = load_questions(QuestionSource(str(path)))
+    assert [example.answer for example in examples] == ["1000", "10000000000000000", "123456789012345678901234567890"]
+    assert grade("So the answer is 1000.", examples[0])
+    assert grade(r"\boxed{10000000000000000}", examples[1])
+    assert not grade(r"\boxed{10000000000000001}", examples[1])

@@ -6,13 +6,14 @@ Extraction (:func:`extract_final_answer`) looks, in this order, for
 2. the last ``<answer>...</answer>`` block (the reasoning-gym convention);
 3. the last "final answer is X" / "answer: X" / "answer is X" phrase (X up to the end of its sentence,
    at most ``MAX_PHRASE_WORDS`` words, so prose such as "the answer is the one we want" is skipped);
-4. the last number in the text (``1,000``, ``-3.5``, ``2/3``).
+4. the last number in the text (``1,000``, ``-3.5``, ``2/3``, ``1e3``).
 Steps 2-4 are fallbacks for models that ignore the ``\\boxed{}`` instruction (small ones often do);
 pass ``fallbacks=False`` to accept only a boxed answer. Only the last ``MAX_TEXT_CHARS`` characters of a
 completion are read, in linear time.
 
 Verification (:func:`verify_answer`) compares the *value* of the whole extracted answer with the gold:
-``1,000`` equals ``1000``, ``\\$18`` equals ``18``, ``x = 3`` equals ``3``, ``\\frac{1}{2}`` equals ``0.5``
+``1,000`` equals ``1000``, ``1e3``, ``1E+03`` and ``1.0e3`` equal ``1000`` (exactly: ``1e+16`` is not
+``10000000000000001``), ``\\$18`` equals ``18``, ``x = 3`` equals ``3``, ``\\frac{1}{2}`` equals ``0.5``
 and ``18 \\div 2`` equals ``9``, but ``2 \\times 5``, ``5x`` or ``5t`` never equal ``5``. Textual
 normalisation and plain numbers are decided in-process (microseconds); everything else goes to Math-Verify,
 which parses the answer as one LaTeX expression (never a number picked out of it) with its own unit
@@ -44,6 +45,7 @@ import subprocess
 import sys
 import threading
 import time
+from decimal import Decimal
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -70,14 +72,17 @@ _ANSWER_PHRASE_RE = re.compile(
     r"(?:final\s+answer|answer)\s*(?:is|=|:)\s*:?\s*(.+)",
     re.IGNORECASE,
 )
-_NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?")
+_NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+\b|\s*/\s*\d+)?")
 _THOUSANDS_RE = re.compile(r"(?<=\d)(?:,|\{,\}|\\,)(?=\d{3}(?!\d))")
 _LATEX_SPACE_RE = re.compile(r"\\[,;: ]|\\q?quad\b|~")
 _TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 # A number followed by unit *words* ("18 dollars", "10 cm^2"): a space, then at least two letters, so that
 # "5x" or "5 t" (a number times a variable) are left for Math-Verify to read as products.
 _NUMBER_WITH_UNIT_RE = re.compile(r"^([-+]?\d+(?:\.\d+)?)\s+[A-Za-z]{2,}[A-Za-z .]*(?:\^\{?[23]\}?)?$")
-_PLAIN_NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?")
+_PLAIN_NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+|[eE][-+]?\d+)?")
+MAX_EXPONENT = 400
+"""Scientific notation (``1e3``) is read exactly up to this exponent; beyond, the answer is left to Math-Verify."""
+_EXPONENT_NUMBER_RE = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))[eE]([-+]?\d+)")
 _FRAC_RE = re.compile(r"^(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}$")
 
 
@@ -156,8 +161,13 @@ def extract_final_answer(text: str, fallbacks: bool = True) -> str | None:
 
 
 def parse_gold_answer(raw: str | int | float) -> str:
-    """Normalise a dataset's gold answer: GSM8K ``... #### 42`` -> ``42``; MATH solutions -> last boxed."""
+    """Normalise a dataset's gold answer: GSM8K ``... #### 42`` -> ``42``; MATH solutions -> last boxed;
+    a number in scientific notation (a JSON ``1e3``, or ``1e+16`` as Python writes the float 1e16) -> its exact
+    plain decimal (``1000``, ``10000000000000000``), as the teacher's hint and the reports then show it."""
     text = str(raw).strip()
+    plain = _plain_decimal(text)
+    if plain is not None:
+        return plain
     if "####" in text:
         return text.rsplit("####", 1)[1].strip().replace(",", "")
     boxed = _last_boxed(text)
@@ -180,14 +190,28 @@ def normalize_answer(value: str) -> str:
     return value
 
 
+def _plain_decimal(text: str) -> str | None:
+    """``1e3`` -> ``1000``, ``-1.5E-3`` -> ``-0.0015``, exactly (no float); None for any other text."""
+    match = _EXPONENT_NUMBER_RE.fullmatch(text)
+    if match is None or abs(int(match.group(2))) > MAX_EXPONENT:
+        return None
+    value = format(Decimal(text), "f")
+    if "." in value:
+        value = value.rstrip("0").rstrip(".")
+    return "0" if value in ("-0", "+0") else value
+
+
 def _as_number(value: str) -> Fraction | None:
-    """``value`` as an exact number when it is a plain one (``-3``, ``2.50``, ``1/2``, ``\\frac{1}{2}``)."""
+    """``value`` as an exact number when it is a plain one (``-3``, ``2.50``, ``1/2``, ``\\frac{1}{2}``, ``1e3``)."""
     frac = _FRAC_RE.match(value)
     if frac:
         sign, numerator, denominator = frac.groups()
         value = f"{sign}{numerator}/{denominator}"
     if not _PLAIN_NUMBER_RE.fullmatch(value):
         return None
+    exponent = _EXPONENT_NUMBER_RE.fullmatch(value)
+    if exponent is not None and abs(int(exponent.group(2))) > MAX_EXPONENT:
+        return None  # 1e1000000000 would take forever to build exactly
     try:
         return Fraction(value)
     except (ValueError, ZeroDivisionError):
