@@ -6,10 +6,13 @@ Extraction (:func:`extract_final_answer`) looks, in this order, for
 2. the last ``<answer>...</answer>`` block (the reasoning-gym convention);
 3. the last "final answer is X" / "answer: X" / "answer is X" phrase (X up to the end of its sentence,
    at most ``MAX_PHRASE_WORDS`` words, so prose such as "the answer is the one we want" is skipped);
-4. the last number in the text (``1,000``, ``-3.5``, ``2/3``, ``1e3``).
-Steps 2-4 are fallbacks for models that ignore the ``\\boxed{}`` instruction (small ones often do);
-pass ``fallbacks=False`` to accept only a boxed answer. Only the last ``MAX_TEXT_CHARS`` characters of a
-completion are read, in linear time.
+4. the last number in the text (``1,000``, ``-3.5``, ``2/3``, ``1e3``), only when the text commits to it
+   (:func:`_committed_last_number`): not when it ends a bare list of numbers ("1 2 3 ... 12", "11, 12",
+   "11 or 12": a dump or a choice between candidates), nor when its sentence hedges ("maybe", "perhaps",
+   "I don't know", ...). "3 + 4 = 7" and "so she has 7 apples left" are still credited.
+Steps 2-4 are fallbacks for models that ignore the ``\\boxed{}`` instruction (small ones often do), and must
+not reward a model for listing numbers or guessing between them; pass ``fallbacks=False`` to accept only a
+boxed answer. Only the last ``MAX_TEXT_CHARS`` characters of a completion are read, in linear time.
 
 Verification (:func:`verify_answer`) compares the *value* of the whole extracted answer with the gold:
 ``1,000`` equals ``1000``, ``1e3``, ``1E+03`` and ``1.0e3`` equal ``1000`` (exactly: ``1e+16`` is not
@@ -73,6 +76,15 @@ _ANSWER_PHRASE_RE = re.compile(
     re.IGNORECASE,
 )
 _NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+\b|\s*/\s*\d+)?")
+# Between the last two numbers of a text, only list separators: the last is one of several candidates.
+_LIST_GAP_RE = re.compile(r"[\s,;&]*(?:(?:and|or)\b[\s,;&]*)?", re.IGNORECASE)
+# Words that make the sentence of the last number a guess, not an answer.
+_HEDGE_RE = re.compile(
+    r"\b(?:maybe|perhaps|possibly|probably|guess|unsure|not\s+sure|(?:don['’]?t|do\s+not|can['’]?t|cannot)"
+    r"\s+(?:know|tell|say|be\s+sure))\b",
+    re.IGNORECASE,
+)
+_SENTENCE_END_RE = re.compile(r"[.!?](?:\s|$)|\n")
 _THOUSANDS_RE = re.compile(r"(?<=\d)(?:,|\{,\}|\\,)(?=\d{3}(?!\d))")
 _LATEX_SPACE_RE = re.compile(r"\\[,;: ]|\\q?quad\b|~")
 _TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
@@ -154,10 +166,30 @@ def extract_final_answer(text: str, fallbacks: bool = True) -> str | None:
         cleaned = _clean_phrase(first_sentence)
         if cleaned and len(cleaned.split()) <= MAX_PHRASE_WORDS:
             return cleaned
-    numbers = _NUMBER_RE.findall(text)
-    if numbers:
-        return numbers[-1].replace(" ", "")
-    return None
+    return _committed_last_number(text)
+
+
+def _committed_last_number(text: str) -> str | None:
+    """The last number of ``text`` when the text commits to it as its answer, else None.
+
+    Small models rarely box their answers, so the last number is a fallback; but a text that ends with several
+    candidates or a guess has given no answer, and crediting it would reward listing numbers (a model that
+    writes "1 2 3 ... 12" would be right for every gold up to 12) or hedging ("maybe 11 or 12"). The rule:
+    no number when only list separators (spaces, commas, "and", "or") stand between the last two numbers, or
+    when the sentence holding the last number hedges (:data:`_HEDGE_RE`). Any other word or sign between them
+    commits: "3 + 4 = 7", "we get 3, then 5, and at last 2/3", "so 12 apples are left".
+    """
+    matches = collections.deque(_NUMBER_RE.finditer(text), maxlen=2)
+    if not matches:
+        return None
+    last = matches[-1]
+    if len(matches) == 2 and _LIST_GAP_RE.fullmatch(text[matches[0].end() : last.start()]):
+        return None
+    sentence_start = max((m.end() for m in _SENTENCE_END_RE.finditer(text, 0, last.start())), default=0)
+    sentence_end = next(_SENTENCE_END_RE.finditer(text, last.end()), None)
+    if _HEDGE_RE.search(text, sentence_start, sentence_end.start() if sentence_end else len(text)):
+        return None
+    return last.group(0).replace(" ", "")
 
 
 def parse_gold_answer(raw: str | int | float) -> str:
