@@ -51,7 +51,7 @@ from ssb_trl.contract import (
     tokenizer_fingerprint,
 )
 from ssb_trl.data.engine import EngineConfig, make_backend
-from ssb_trl.data.prompts import Messages, chat_prompt_ids
+from ssb_trl.data.prompts import Messages, chat_prompt_ids, completion_text_ids
 from ssb_trl.data.sampling import Sampling, derive_seed
 from ssb_trl.data.teacher import extract_soft_labels
 from ssb_trl.data.workdir import WorkDir, read_jsonl, write_jsonl
@@ -434,9 +434,9 @@ def end_of_turn_id(tokenizer: Any) -> int:
 
 
 def completion_ids(tokenizer: Any, text: str, end_of_turn: int) -> list[int]:
-    """A completion's tokens, ending with the end-of-turn token (the student learns to stop)."""
-    ids = [int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
-    return ids if ids and ids[-1] == end_of_turn else [*ids, end_of_turn]
+    """A completion's tokens, ending with the end-of-turn token (the student learns to stop); special tokens
+    written in the text stay text, as in the prompts (:func:`ssb_trl.data.prompts.completion_text_ids`)."""
+    return completion_text_ids(tokenizer, text, end_of_turn)
 
 
 def tokenize_examples(
