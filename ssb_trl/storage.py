@@ -300,6 +300,41 @@ def hub_offline() -> bool:
     )
 
 
+def require_hub_access(flag: str, note: str = "") -> None:
+    """Refuse an upload that would fail at the end of the run: the Hub switched off, no token, or unreachable.
+
+    Checked when the command starts, so that hours of work are not followed by a traceback from the upload.
+    The reachability probe is one TCP connection to the Hub's host (skipped behind a proxy, which it cannot see).
+    """
+    note = f" ({note})" if note else ""
+    if hub_offline():
+        raise ValueError(
+            f"{flag} uploads to the Hugging Face Hub, but offline mode is on (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE "
+            f"is set): unset it on a machine that can reach the Hub, or drop {flag}{note}"
+        )
+    from huggingface_hub import constants, get_token
+
+    if not get_token():
+        raise ValueError(
+            f"{flag} uploads to the Hugging Face Hub, but no token is set: log in (`hf auth login`) or set HF_TOKEN, "
+            f"or drop {flag}{note}"
+        )
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "", port), timeout=10).close()
+    except OSError as exc:
+        raise ValueError(
+            f"{flag} uploads to {constants.ENDPOINT}, which cannot be reached from here ({exc}); check the network, "
+            f"or drop {flag}{note}"
+        ) from exc
+
+
 def load_rows(
     source: str,
     split: str | None = "train",

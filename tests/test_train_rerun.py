@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import build_soft_label_dataset, make_tiny_model
 
 from ssb_trl.contract import save_soft_label_dataset
@@ -246,6 +247,29 @@ def test_resuming_on_another_dataset_is_refused_naming_both(workdir, tmp_path):
     assert f"is now given '{workdir / 'other_data'}' (split 'train', 8 rows)" in message
     assert f"Resume with --dataset_name {workdir / 'data'}" in message
     assert _checkpoints(out) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without a GPU")
+def test_liger_kernel_without_a_gpu_is_refused_before_the_model_loads(workdir, tmp_path):
+    """Triton's "0 active drivers" traceback, after the model had loaded."""
+    with pytest.raises(ValueError, match=r"--use_liger_kernel true needs a GPU .*drop --use_liger_kernel"):
+        _train(_argv(workdir, tmp_path / "o", use_liger_kernel="true"))
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("fraction", ["1.5", "-0.1", "1"])
+def test_eval_fraction_outside_zero_one_is_refused_naming_the_flag(workdir, tmp_path, fraction):
+    """datasets' "test_size=1.5 should be either positive and smaller than the number of samples ..."."""
+    with pytest.raises(ValueError, match=rf"--eval_fraction {float(fraction)} is not a fraction of the rows"):
+        _train(_argv(workdir, tmp_path / "o", eval_fraction=fraction))
+
+
+def test_push_to_hub_offline_is_refused_at_the_start(workdir, tmp_path, monkeypatch):
+    """It trained, saved, then failed in the upload with a traceback (or at Trainer's repo creation)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=r"--push_to_hub uploads to the Hugging Face Hub, but offline mode is on"):
+        _train(_argv(workdir, tmp_path / "o", push_to_hub="true"))
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow

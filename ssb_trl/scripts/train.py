@@ -45,7 +45,7 @@ from ssb_trl import SSBConfig, SSBTrainer, load_soft_label_dataset
 from ssb_trl.cli import run_script
 from ssb_trl.models import load_model_and_tokenizer
 from ssb_trl.scripts import configure_logging
-from ssb_trl.storage import write_json
+from ssb_trl.storage import require_hub_access, write_json
 
 logger = logging.getLogger("ssb_trl.train")
 
@@ -74,6 +74,13 @@ class TrainScriptArguments:
             "first). Without it such a folder is refused; --resume_from_checkpoint true continues the run instead."
         },
     )
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(
+                f"--eval_fraction {self.eval_fraction} is not a fraction of the rows: pass a number in [0, 1) (0.1 holds "
+                "out 10% of the rows for an eval loss; 0 = no eval set)"
+            )
 
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # Trainer's checkpoint folders (transformers.trainer_utils)
@@ -339,6 +346,22 @@ def check_same_dataset(output_dir: str, identity: dict[str, Any], resuming: bool
         write_json(record, identity)
 
 
+def check_before_loading(training_args: SSBConfig) -> None:
+    """Settings that would fail only after the model has loaded (or after training, for the upload)."""
+    if training_args.use_liger_kernel:
+        import torch
+
+        xpu = getattr(torch, "xpu", None)
+        gpu = torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
+        if training_args.use_cpu or not gpu:
+            raise ValueError(
+                "--use_liger_kernel true needs a GPU (Liger's kernels are Triton GPU kernels), and this run has none "
+                f"({'use_cpu is set' if training_args.use_cpu else 'no GPU is visible'}): drop --use_liger_kernel"
+            )
+    if training_args.push_to_hub:
+        require_hub_access("--push_to_hub", "the trained model stays in --output_dir either way")
+
+
 def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args: ModelConfig) -> SSBTrainer | None:
     """Load the soft-label data (checked first), the model, train, save (and merge / push if asked).
 
@@ -349,6 +372,7 @@ def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args
             "--dataset_name is required: a soft-label dataset directory written by `ssb-trl prepare` "
             "(e.g. outputs/demo/data after `make demo`) or a Hub dataset id"
         )
+    check_before_loading(training_args)
     if script_args.merge_adapter and not model_args.use_peft:
         raise ValueError(
             "--merge_adapter true merges a LoRA adapter into its base model, but this run trains the full model "
@@ -393,7 +417,13 @@ def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args
     )
     eval_dataset = None
     if script_args.eval_fraction > 0:
-        split = dataset.train_test_split(test_size=script_args.eval_fraction, seed=training_args.seed)
+        try:
+            split = dataset.train_test_split(test_size=script_args.eval_fraction, seed=training_args.seed)
+        except ValueError as exc:  # datasets: a split left empty
+            raise ValueError(
+                f"--eval_fraction {script_args.eval_fraction} of {len(dataset)} rows leaves no row for training or "
+                f"none for evaluation ({exc}); pick a fraction that keeps rows on both sides, or 0 for no eval set"
+            ) from exc
         dataset, eval_dataset = split["train"], split["test"]
     model_name = model_args.model_name_or_path or metadata.teacher_model
     model, tokenizer = load_model_and_tokenizer(
