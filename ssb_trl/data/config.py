@@ -235,6 +235,10 @@ class PrepConfig(EngineConfig, QuestionSource):
                 self.generation_batch_size is None or self.generation_batch_size >= 1,
                 "generation_batch_size must be >= 1",
             ),
+            (
+                self.generation_max_batch_tokens is None or self.generation_max_batch_tokens >= 1,
+                "generation_max_batch_tokens must be >= 1 (or unset: no limit)",
+            ),
             (not self.push_to_hub or bool(self.hub_dataset_id), "--push_to_hub needs --hub_dataset_id"),
         ]
         for ok, message in checks:

@@ -260,7 +260,8 @@ def _finalize(
         figures = (
             f"{summary.questions} questions, rollout accuracy {summary.rollout_accuracy:.1%} "
             f"({summary.rollouts_correct}/{summary.rollouts}), {summary.rollouts_without_answer} rollouts without an "
-            f"answer, {summary.pairs} pairs, teacher yield {summary.teacher_kept}/{summary.pairs}"
+            f"answer, {summary.pairs} pairs, teacher yield {summary.teacher_kept}/{summary.teacher_questions} "
+            "(questions asked with a kept answer)"
         )
         more_questions = (
             f"rerun into the same --output_dir with a larger --num_questions (now {summary.questions}): the finished "

@@ -12,11 +12,14 @@ hint is a setting (``--teacher_hint``): a built-in format of :data:`HINT_FORMATS
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 PROMPT_TEMPLATE_VERSION = "ssb-prompts-v1"
 
@@ -133,6 +136,9 @@ HINT_FORMATS: dict[str, HintFormat] = {
 DEFAULT_HINT_FORMAT = "contrastive"
 
 
+_warned_hints: set[str] = set()
+
+
 def load_hint_format(spec: str) -> HintFormat:
     """A built-in format by name, or a template file (UTF-8 text, ``str.format`` fields of :data:`HINT_FIELDS`).
 
@@ -154,17 +160,37 @@ def load_hint_format(spec: str) -> HintFormat:
             "braces doubled (\\boxed{{}})"
         ) from exc
     for _, name, format_spec, conversion in parsed:
-        if name is not None and (name not in HINT_FIELDS or format_spec or conversion):
+        if name is not None and name not in HINT_FIELDS:
             raise ValueError(
                 f"hint template {spec} uses the field {{{name}}}; allowed: "
                 + ", ".join(f"{{{field}}} ({meaning})" for field, meaning in HINT_FIELDS.items())
                 + ". Double literal braces: \\boxed{{}}"
+            )
+        if name is not None and (format_spec or conversion):
+            written = (
+                "{"
+                + name
+                + (f"!{conversion}" if conversion else "")
+                + (f":{format_spec}" if format_spec else "")
+                + "}"
+            )
+            raise ValueError(
+                f"hint template {spec} writes {written}: a field is shown as it is, with no conversion (!r, !s) or "
+                f"format (:...); write {{{name}}}"
             )
     hint = HintFormat(
         f"file:{path.name}", "file-sha256:" + hashlib.sha256(template.encode()).hexdigest()[:16], template
     )
     if "question" not in hint.fields:
         raise ValueError(f"hint template {spec} never shows the problem: add {{question}}")
+    if hint.fields == {"question"} and hint.version not in _warned_hints:  # load_hint_format runs per question
+        _warned_hints.add(hint.version)
+        logger.warning(
+            "Hint template %s shows only {question}: the teacher then sees nothing the student does not, so its "
+            "soft labels carry no hint (SSB's premise). Add a hint field: %s",
+            spec,
+            ", ".join(f"{{{field}}} ({meaning})" for field, meaning in HINT_FIELDS.items() if field != "question"),
+        )
     return hint
 
 
