@@ -19,7 +19,8 @@ from pathlib import Path
 
 from _ssb_bench_data import load_bundled, machine, write_results
 
-from ssb_trl.label.job import LabelConfig, label_dataset
+from ssb_trl.label.config import LabelConfig
+from ssb_trl.label.job import label_dataset
 from ssb_trl.models import BUNDLED_MODEL
 
 QUESTIONS = Path(__file__).resolve().parent / "data" / "demo_task_1024.jsonl"

@@ -133,8 +133,10 @@ def part_generation(p: dict) -> list[dict]:
     tokenizer = chat_tokenizer(model.config.vocab_size)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     q = p["generate"]
-    words = " ".join(f"t{i}" for i in range(100, 100 + q["prompt_len"] - 8))
-    prompts = [[{"role": "user", "content": f"t{7 + i} {words}"}] for i in range(q["prompts"])]
+    # Words t2000.. and t3000..: none holds "t0" or "t1", the toy tokenizer's special tokens (text holding a special
+    # token's string is kept as text, which a word-level tokenizer cannot split, so it would be refused).
+    words = " ".join(f"t{3000 + i}" for i in range(q["prompt_len"] - 8))
+    prompts = [[{"role": "user", "content": f"t{2000 + i} {words}"}] for i in range(q["prompts"])]
     rows = []
     # Batch 1, the reference's way (a few prompts, short).
     backend = TransformersBackend(model, tokenizer, max_batch_size=1, show_progress=False)

@@ -289,10 +289,31 @@ def resolve_dtype(dtype: DTypeLike) -> torch.dtype | str:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` means the first CUDA device when there is one, else the CPU."""
+    """``None`` means the first CUDA device when there is one, else the CPU.
+
+    A device this machine does not have is refused here, before a model loads (torch would fail later with an
+    ``AssertionError``: "Torch not compiled with CUDA enabled").
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"--device {device!r} is not a device ({exc}); pass cpu, cuda or cuda:N") from exc
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(
+                f"--device {device!r} asks for a CUDA GPU, and this machine has none that torch can use (torch "
+                f"{torch.__version__}, CUDA {'built in' if torch.version.cuda else 'not built in'}): pass --device cpu, "
+                "or leave --device unset to use a GPU when there is one"
+            )
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(
+                f"--device {device!r}: this machine has {count} CUDA GPU(s), numbered 0 to {count - 1}; pass one of "
+                "them, or leave --device unset"
+            )
+    return resolved
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, name: str, require_chat_template: bool = True) -> None:

@@ -127,8 +127,26 @@ def check_writable_dir(path: str | os.PathLike[str], what: str = "output_dir") -
     return path
 
 
+_SPLIT_FLAGS = (
+    "--source_split in prepare and evaluate, --dataset_split in label, --split in inspect, --dataset_train_split "
+    "in train"
+)
+
+
+def _refuse_other_split(split: str | None, source: str, what: str) -> None:
+    """A source of one split (a file, a dataset saved without split names) is read as 'train': asking it for
+    another split is refused, never answered with the rows of 'train'."""
+    if split not in (None, "train"):
+        raise ValueError(
+            f"{source!r} is {what}, which holds one split, read as 'train'; it has no split {split!r}. Ask for "
+            f"'train' or leave the split unset ({_SPLIT_FLAGS}; split=... in Python), or point at a folder with a "
+            f"file per split (train.jsonl, {split}.jsonl) or a dataset saved with its splits"
+        )
+
+
 def _one_split(loaded: datasets.Dataset | datasets.DatasetDict, split: str | None, source: str) -> datasets.Dataset:
     if not isinstance(loaded, datasets.DatasetDict):
+        _refuse_other_split(split, source, "a dataset saved without split names")
         return loaded
     if split is None:
         return datasets.concatenate_datasets(list(loaded.values()))
@@ -213,6 +231,20 @@ def _with_text_columns(
     return dataset.select_columns(order)
 
 
+def _no_rows_shape(path: Path, builder: str) -> str:
+    """What a data file without rows holds instead: a header only, an empty JSON list, ..."""
+    if builder == "csv":
+        return "a CSV header and no row below it"
+    if builder == "json":
+        text = path.read_text(encoding="utf-8").strip()
+        if text.startswith("["):
+            return (
+                "an empty JSON list" if text.replace(" ", "").replace("\n", "") == "[]" else "a JSON list of no rows"
+            )
+        return "no JSON object"
+    return "zero rows"
+
+
 def _load_data_file(path: Path, source: str, text_columns: Sequence[str] = ()) -> datasets.Dataset:
     builder = DATA_FILE_BUILDERS.get(path.suffix.lower())
     if builder is None:
@@ -236,6 +268,11 @@ def _load_data_file(path: Path, source: str, text_columns: Sequence[str] = ()) -
     try:
         dataset = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as exc:  # datasets wraps parse errors (DatasetGenerationError, ArrowInvalid, UnicodeDecodeError)
+        if "corresponds to no data" in str(exc):  # datasets' words for a file that parsed to zero rows
+            raise ValueError(
+                f"data file {str(path)!r} holds no rows ({_no_rows_shape(path, builder)}); fill it, or point at "
+                "another file"
+            ) from exc
         where = _first_bad_line(path) if builder in ("json", "csv") else None
         detail = where or f"{type(exc).__name__}: {exc}"
         raise ValueError(f"cannot read data file {str(path)!r}: {detail}") from exc
@@ -300,6 +337,41 @@ def hub_offline() -> bool:
     )
 
 
+def require_hub_access(flag: str, note: str = "") -> None:
+    """Refuse an upload that would fail at the end of the run: the Hub switched off, no token, or unreachable.
+
+    Checked when the command starts, so that hours of work are not followed by a traceback from the upload.
+    The reachability probe is one TCP connection to the Hub's host (skipped behind a proxy, which it cannot see).
+    """
+    note = f" ({note})" if note else ""
+    if hub_offline():
+        raise ValueError(
+            f"{flag} uploads to the Hugging Face Hub, but offline mode is on (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE "
+            f"is set): unset it on a machine that can reach the Hub, or drop {flag}{note}"
+        )
+    from huggingface_hub import constants, get_token
+
+    if not get_token():
+        raise ValueError(
+            f"{flag} uploads to the Hugging Face Hub, but no token is set: log in (`hf auth login`) or set HF_TOKEN, "
+            f"or drop {flag}{note}"
+        )
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname or "", port), timeout=10).close()
+    except OSError as exc:
+        raise ValueError(
+            f"{flag} uploads to {constants.ENDPOINT}, which cannot be reached from here ({exc}); check the network, "
+            f"or drop {flag}{note}"
+        ) from exc
+
+
 def load_rows(
     source: str,
     split: str | None = "train",
@@ -310,7 +382,8 @@ def load_rows(
     """Rows of a data file (``.jsonl``/``.json``/``.parquet``/``.csv``), a folder or a Hub dataset.
 
     A folder is either one written by ``save_to_disk`` or one of data files named by split (read the way
-    ``datasets`` reads a Hub repository). A single file is one split, whatever ``split`` says.
+    ``datasets`` reads a Hub repository). A single file, or a folder saved from one ``Dataset``, is one split
+    read as 'train': another ``split`` is refused (it used to be answered with those rows, silently).
     ``split=None`` concatenates all splits. ``text_columns`` of local JSON and CSV files are read as the text
     written there (a number too: ``datasets`` would turn large integers into floats). Raises
     ``FileNotFoundError`` for a local path that does not exist and ``ValueError``, naming the source and what
@@ -318,6 +391,7 @@ def load_rows(
     """
     path = Path(source).expanduser()
     if path.is_file():
+        _refuse_other_split(split, source, "a single file")
         return _load_data_file(path, source, text_columns)
     if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
         return _one_split(datasets.load_from_disk(str(path)), split, source)

@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
-from transformers.trainer import OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCHEDULER_NAME
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, TrainerState
+from transformers.trainer import OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
 from trl.trainer.utils import get_config_model_id
 
@@ -182,6 +183,18 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
                 "processes), and dataloader_drop_last=True drops that partial batch: training would take 0 steps. "
                 "Lower per_device_train_batch_size, add rows, or set dataloader_drop_last=False."
             )
+        resume_latest = resume_from_checkpoint is True and os.path.isdir(self.args.output_dir)
+        checkpoint = get_last_checkpoint(self.args.output_dir) if resume_latest else None
+        checkpoint = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else checkpoint
+        state_file = os.path.join(checkpoint, TRAINER_STATE_NAME) if checkpoint else None
+        if state_file and self.args.max_steps > 0 and os.path.isfile(state_file):
+            step = TrainerState.load_from_json(state_file).global_step
+            if step >= self.args.max_steps:  # Trainer would take a step past the end before checking the count
+                raise ValueError(
+                    f"checkpoint {checkpoint} is at step {step}, the end of this run (max_steps={self.args.max_steps}): "
+                    "the run is finished, and resuming it would train past its end. Raise max_steps to train further, "
+                    "or use the checkpoint's weights as they are."
+                )
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
 
     def _ready_dataset(self, dataset: Dataset, argument: str) -> Dataset:

@@ -180,7 +180,7 @@ def test_no_pairs_prints_the_summary_and_its_hint_works(
     with caplog.at_level(logging.WARNING), pytest.raises(NoPairsError) as error:
         prepare_ssb_data(small_config(tmp_path, questions, num_questions=3), model=model, tokenizer=tokenizer)
     message = str(error.value)
-    assert "3 questions, rollout accuracy 0.0% (0/12)" in message and "0 pairs, 0 questions asked" in message
+    assert "3 questions, rollout accuracy 0.0% (0/12)" in message and "0 pairs, teacher yield 0/0" in message
     assert "rerun into the same --output_dir with a larger --num_questions (now 3)" in message
     assert "pairs (questions with a right and a wrong rollout)" in _messages(caplog)  # the summary table, logged first
     # Following the hint is accepted, and works.
@@ -195,7 +195,7 @@ def test_no_kept_teacher_answer_prints_the_summary_and_its_hint_works(tmp_path: 
     cut = small_config(tmp_path, questions, teacher_max_new_tokens=1)
     with pytest.raises(
         NoPairsError,
-        match=r"teacher never produced .*questions asked, teacher kept 0 of [1-9]\d* attempts.*larger --teacher_max_new",
+        match=r"teacher never produced .*teacher yield 0/[1-9].*larger --teacher_max_new",
     ):
         prepare_ssb_data(cut, model=model, tokenizer=tokenizer)
     summary = prepare_ssb_data(small_config(tmp_path, questions), model=model, tokenizer=tokenizer)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ssb_trl.tasks import grading
+from ssb_trl.tasks import verify_worker
 from ssb_trl.tasks.grading import check_gold_answers, extract_final_answer, grade, parse_gold_answer, verify_answer
 from ssb_trl.tasks.sources import QAExample, QuestionSource, load_questions
 
@@ -200,7 +200,7 @@ BOMB = r"\boxed{10^{10^{10}}}"  # sympy tries to evaluate a ten-billion-digit nu
 @pytest.fixture
 def short_timeout(monkeypatch: pytest.MonkeyPatch) -> float:
     """A 1 s Math-Verify limit, with a worker already started so the timings measure the comparison only."""
-    monkeypatch.setattr(grading, "MATH_VERIFY_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(verify_worker, "MATH_VERIFY_TIMEOUT_S", 1.0)
     assert verify_answer(r"\frac{1}{x}", r"x^{-1}")
     return 1.0
 
@@ -271,3 +271,85 @@ def test_load_questions_warns_about_unparsable_golds(tmp_path: Path, caplog: pyt
     with caplog.at_level(logging.WARNING, logger="ssb_trl.tasks.grading"):
         load_questions(QuestionSource(str(path)))
     assert any("1 of 2 gold answers" in record.getMessage() for record in caplog.records)
+
+
+# Issue 30: gold answers in scientific notation (a JSON 1e3; Python's json writes the float 1e16 as 1e+16).
+@pytest.mark.parametrize(
+    ("predicted", "gold"),
+    [
+        ("1000", "1e3"),
+        ("1000", "1e+03"),
+        ("1000", "1E3"),
+        ("1000", "1.0e3"),
+        ("0.001", "1e-3"),
+        ("10000000000000000", "1e+16"),
+        ("1e3", "1000"),
+        ("-250", "-2.5e2"),
+    ],
+)
+def test_scientific_notation_equals_the_plain_number(predicted: str, gold: str) -> None:
+    """All but 1E3 were graded wrong: every correct answer to such a gold counted as a miss."""
+    assert verify_answer(predicted, gold)
+
+
+@pytest.mark.parametrize(
+    ("predicted", "gold"),
+    [("10000000000000001", "1e+16"), ("1001", "1e3"), ("100", "1e3"), ("0.0011", "1e-3"), ("999.9999999999", "1e3")],
+)
+def test_scientific_notation_is_compared_exactly(predicted: str, gold: str) -> None:
+    assert not verify_answer(predicted, gold)
+
+
+def test_json_golds_in_scientific_notation_survive_reading(tmp_path: Path) -> None:
+    path = tmp_path / "golds.jsonl"
+    path.write_text(
+        json.dumps({"question": "a?", "answer": 1e3}).replace("1000.0", "1e3")
+        + "\n"
+        + json.dumps({"question": "b?", "answer": 1e16})  # written as 1e+16
+        + "\n"
+        + '{"question": "c?", "answer": 123456789012345678901234567890}\n'
+    )
+    examples = load_questions(QuestionSource(str(path)))
+    assert [example.answer for example in examples] == ["1000", "10000000000000000", "123456789012345678901234567890"]
+    assert grade("So the answer is 1000.", examples[0])
+    assert grade(r"\boxed{10000000000000000}", examples[1])
+    assert not grade(r"\boxed{10000000000000001}", examples[1])
+
+
+# Issue 30: the last-number fallback credited number dumps and hedges.
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1 2 3 4 5 6 7 8 9 10 11 12",
+        "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12",
+        "I don't know. Maybe 11 or 12",
+        "It could be 11 or 12",
+        "The total is 11, 12",
+        "Perhaps it is 12",
+        "I'm not sure, 12",
+    ],
+)
+def test_the_last_number_fallback_does_not_credit_dumps_or_hedges(text: str) -> None:
+    assert extract_final_answer(text) is None
+    assert not grade(text, _example("12"))
+
+
+# Real answers of the bundled SmolLM2-135M-Instruct (sampled at T = 0.8 on the demo task and word problems) and
+# the usual shapes of an unboxed answer: the fallback still credits them.
+@pytest.mark.parametrize(
+    ("text", "gold"),
+    [
+        ("To calculate 3 + 3, you simply add them together: 3 + 3 equals 6. This is a straightforward addition.", "6"),
+        ("4 * 8 = 24, 2*24 = 48 which equals 32.", "32"),
+        ("So, the result of adding the numbers is 36.", "36"),
+        ("3 + 4 = 7", "7"),
+        ("So the answer is 7.", "7"),
+        ("Tom has 3 apples and buys 4 more, so he has 7 apples.", "7"),
+        ("Step 1: 5 + 3 = 8\nStep 2: 8 * 2 = 16\nSo she has 16 apples left.", "16"),
+        ("We get 3, then 5, and at last 12", "12"),
+        ("12 - 4 = 8. Then 8 + 4 = 12", "12"),
+        ("Calculating -5 * -6 gives 30.", "30"),
+    ],
+)
+def test_the_last_number_fallback_still_credits_real_answers(text: str, gold: str) -> None:
+    assert grade(text, _example(gold))

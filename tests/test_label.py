@@ -22,7 +22,8 @@ from test_pipeline import make_digit_model
 
 from ssb_trl import SSBConfig, SSBTrainer
 from ssb_trl.cli import COMMANDS, LAUNCHED_COMMANDS
-from ssb_trl.label.job import LabelConfig, LabelJob, label_dataset
+from ssb_trl.label.config import LabelConfig
+from ssb_trl.label.job import LabelJob, label_dataset
 from ssb_trl.models import BUNDLED_MODEL, load_model_and_tokenizer, load_tokenizer
 from ssb_trl.scripts import train as train_script
 from ssb_trl.scripts.label import make_parser

@@ -33,6 +33,7 @@ LAYERS = [  # lowest first; a module may import its own layer and the ones below
         "ssb_trl.trainer_data",
         "ssb_trl.trainer",
         "ssb_trl.model_card",
+        "ssb_trl.checkpoints",
     ],
     ["ssb_trl.scripts", "ssb_trl.cli", "ssb_trl.__main__"],
 ]

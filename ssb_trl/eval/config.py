@@ -135,6 +135,10 @@ class EvalConfig(EngineConfig, QuestionSource):
             raise ValueError(f"limit must be >= 1 (or unset), got {self.limit}.")
         if self.batch_size is not None and self.batch_size < 1:
             raise ValueError("batch_size must be >= 1.")
+        if self.device != "auto":
+            from ssb_trl.models import resolve_device  # torch: only when a device is named
+
+            resolve_device(self.device)  # a GPU this machine lacks is refused before any model is evaluated
         self.check_engine()
         if self.resolve_backend()[0] == "vllm_server":
             raise ValueError(

@@ -18,7 +18,29 @@ from ssb_trl.models import check_model_available, load_model_and_tokenizer, load
 
 logger = logging.getLogger(__name__)
 
-_LABEL_RE = re.compile(r"^([A-Za-z0-9_.+-]+)=(.+)$")
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)?$")
+_ENTRY_FORM = (
+    "write 'label=name_or_path' (a label of letters, digits and _ . + -, one '=', then the model) or just the model"
+)
+
+
+def _split_entry(entry: str) -> tuple[str | None, str]:
+    """A ``--models`` entry as (label or None, model); an entry that is neither form is refused, saying why."""
+    if "=" not in entry or Path(entry).expanduser().exists():
+        return None, entry
+    label, target = entry.split("=", 1)
+    if not label:
+        raise ValueError(f"--models entry {entry!r} has an empty label: {_ENTRY_FORM}")
+    if not target.strip():
+        raise ValueError(f"--models entry {entry!r} names no model after '=': {_ENTRY_FORM}")
+    if not _LABEL_RE.match(label):
+        raise ValueError(
+            f"--models entry {entry!r}: the label {label!r} may hold only letters, digits and _ . + -; {_ENTRY_FORM}"
+        )
+    if "=" in target and not Path(target).expanduser().exists():
+        raise ValueError(f"--models entry {entry!r} has more than one '=' (and is no existing path); {_ENTRY_FORM}")
+    return label, target
 
 
 @dataclass
@@ -51,12 +73,7 @@ def parse_model_specs(models: Sequence[str], adapter_base_model: str | None = No
         raise ValueError("No models to evaluate: pass --models, e.g. --models bundled:smollm2-135m-instruct out/ssb")
     specs: list[ModelSpec] = []
     for entry in models:
-        if entry.startswith("=") and not Path(entry).exists():
-            raise ValueError(
-                f"--models entry {entry!r} has an empty label: write 'label=name_or_path' or just the path"
-            )
-        match = _LABEL_RE.match(entry)
-        label, target = (match.group(1), match.group(2)) if match and not Path(entry).exists() else (None, entry)
+        label, target = _split_entry(entry)
         path = Path(target).expanduser()
         adapter_base = None
         if path.exists():
@@ -81,6 +98,11 @@ def parse_model_specs(models: Sequence[str], adapter_base_model: str | None = No
                 )
         elif target.startswith((".", "/", "~")) or target.count("/") > 1:
             raise FileNotFoundError(f"Model path {target!r} does not exist (and is not a Hub id like 'org/name').")
+        elif not target.startswith("bundled:") and not _HUB_ID_RE.match(target):
+            raise ValueError(
+                f"--models entry {entry!r}: {target!r} is neither an existing local path nor a Hub id like 'org/name' "
+                f"(letters, digits and _ . - only); {_ENTRY_FORM}"
+            )
         specs.append(ModelSpec(label or _default_label(target), target, adapter_base))
     labels = [s.label for s in specs]
     duplicates = sorted({x for x in labels if labels.count(x) > 1})

@@ -57,6 +57,12 @@ class TransformersBackend(GenerationBackend):
     ):
         if tokenizer.pad_token_id is None:
             raise ValueError("tokenizer has no pad token; load it with ssb_trl.models.load_model_and_tokenizer")
+        for name, value in (
+            ("generation_batch_size", max_batch_size),
+            ("generation_max_batch_tokens", max_batch_tokens),
+        ):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or unset for the default), got {value}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size  # None: chosen per call from free GPU memory (64 on CPU)

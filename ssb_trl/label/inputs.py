@@ -14,11 +14,11 @@ from typing import Any
 
 import datasets
 
-from ssb_trl.jobs.rows import end_of_turn_id, with_end_of_turn
+from ssb_trl.jobs.rows import end_of_turn_id
 from ssb_trl.label.config import LabelConfig
 from ssb_trl.soft_labels.schema import ANSWER, COMPLETION, ID, PROMPT, tokenizer_fingerprint
 from ssb_trl.storage import load_rows
-from ssb_trl.tasks.prompts import Messages, chat_prompt_ids
+from ssb_trl.tasks.prompts import Messages, chat_prompt_ids, completion_text_ids
 
 TEACHER_PROMPT = "teacher_prompt"
 FORMATS_ACCEPTED = (
@@ -176,8 +176,9 @@ class _Tokens:
 
 
 def completion_ids(tokenizer: Any, text: str, end_of_turn: int) -> list[int]:
-    """A completion's tokens, ending with the end-of-turn token (the student learns to stop)."""
-    return with_end_of_turn(tokenizer(text, add_special_tokens=False)["input_ids"], end_of_turn)
+    """A completion's tokens, ending with the end-of-turn token (the student learns to stop); special tokens written
+    in the text stay text, as in the prompts (:func:`ssb_trl.tasks.prompts.completion_text_ids`)."""
+    return completion_text_ids(tokenizer, text, end_of_turn)
 
 
 def tokenize_examples(

@@ -24,12 +24,7 @@ from ssb_trl.jobs.rows import TextToLabel, soft_label_rows, with_end_of_turn
 from ssb_trl.jobs.runner import Job, RunContext, RunReport, run_job
 from ssb_trl.jobs.workdir import WorkDir, read_jsonl
 from ssb_trl.label.config import RESUME_TABLE, STAGES, LabelConfig
-from ssb_trl.label.inputs import (
-    LabelExample,
-    check_student_tokenizer,
-    load_examples,
-    tokenize_examples,
-)
+from ssb_trl.label.inputs import LabelExample, check_student_tokenizer, load_examples, tokenize_examples
 from ssb_trl.models import check_model_available, load_model_and_tokenizer, load_tokenizer, resolve_model_path
 from ssb_trl.soft_labels.schema import SoftLabelMetadata, tokenizer_fingerprint
 

@@ -1,4 +1,4 @@
-"""Settings of SSB data preparation (:func:`ssb_trl.data.prepare_ssb_data`), TRL-style.
+"""Settings of SSB data preparation (:func:`ssb_trl.prepare.prepare_ssb_data`), TRL-style.
 
 ``PrepConfig`` = the :class:`~ssb_trl.tasks.sources.QuestionSource` fields (it extends that dataclass, as
 TRL's configs extend ``TrainingArguments``) + the generation engine (:class:`~ssb_trl.generation.engine.EngineConfig`)
@@ -174,6 +174,10 @@ class PrepConfig(JobSettings, SoftLabelSettings, EngineConfig, QuestionSource):
             (
                 self.generation_batch_size is None or self.generation_batch_size >= 1,
                 "generation_batch_size must be >= 1",
+            ),
+            (
+                self.generation_max_batch_tokens is None or self.generation_max_batch_tokens >= 1,
+                "generation_max_batch_tokens must be >= 1 (or unset: no limit)",
             ),
         ]
         for ok, message in checks:

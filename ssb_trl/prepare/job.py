@@ -237,8 +237,8 @@ class PrepareJob(Job):
         figures = (
             f"{summary.questions} questions, rollout accuracy {summary.rollout_accuracy:.1%} "
             f"({summary.rollouts_correct}/{summary.rollouts}), {summary.rollouts_without_answer} rollouts without an "
-            f"answer, {summary.pairs} pairs, {summary.teacher_questions} questions asked, teacher kept "
-            f"{summary.teacher_kept} of {summary.teacher_attempts} attempts"
+            f"answer, {summary.pairs} pairs, teacher yield {summary.teacher_kept}/{summary.teacher_questions} "
+            f"(questions asked with a kept answer), {summary.teacher_attempts} attempts"
         )
         more_questions = (
             f"rerun into the same --output_dir with a larger --num_questions (now {summary.questions}): the finished "

@@ -1,7 +1,7 @@
 """Evaluate base, trained and adapter models side by side: pass@1 (greedy), mean@n / pass@n (sampled), length.
 
 Writes `results.json` (with per-question records), `results.md` (table) and `accuracy.png` (bars with 95%
-intervals) to `--output_dir`, and prints the table. Each finished model is also saved to
+intervals; not with `--no_plot`) to `--output_dir`, and prints the table. Each finished model is also saved to
 `--output_dir/models/<label>.json`: rerun the same command after a crash, or with more `--models`, and finished
 models are reused (only the others are evaluated); results computed with other settings are refused unless
 `--overwrite`. Every field of `ssb_trl.eval.EvalConfig` (the question source fields shared with `ssb-trl prepare`,
@@ -64,7 +64,8 @@ def main(eval_config: EvalConfig) -> dict:
     report = run_evaluation(eval_config)
     print(render_markdown(report))
     reused = [m["label"] for m in report["models"] if m.get("reused")]
-    print(f"Results written to {eval_config.output_dir}/ (results.json, results.md, accuracy.png, models/)")
+    written = ["results.json", "results.md", *(["accuracy.png"] if eval_config.plot else []), "models/"]
+    print(f"Results written to {eval_config.output_dir}/ ({', '.join(written)})")
     if reused:
         print(f"Reused from an earlier run with the same settings: {', '.join(reused)}")
     return report

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from trl import TrlParser
 
-from ssb_trl.label.job import LabelConfig, LabelSummary, label_dataset
+from ssb_trl.label.config import LabelConfig
+from ssb_trl.label.job import LabelSummary, label_dataset
 from ssb_trl.scripts.common import configure_logging, run_script
 
 

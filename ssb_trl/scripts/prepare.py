@@ -4,7 +4,7 @@
     ssb-trl prepare --config recipes/configs/prepare_gsm8k.yaml --num_processes 8   # via accelerate launch
     accelerate launch --num_processes 8 -m ssb_trl.scripts.prepare --config ... --output_dir data/gsm8k_ssb
 
-Every field of `ssb_trl.data.PrepConfig` (the question source fields shared with `ssb-trl evaluate`, then
+Every field of `ssb_trl.prepare.PrepConfig` (the question source fields shared with `ssb-trl evaluate`, then
 the model, rollouts, teacher, soft labels and engine) is a flag and a YAML key. A killed run resumes when started
 again with the same settings and `--output_dir`. `--push_to_hub --hub_dataset_id user/name` uploads the
 result (untested here: no network in this project's CI).

@@ -15,24 +15,38 @@ saying how to go on: `--resume_from_checkpoint true` continues from its latest c
 run when the folder has none yet, so one command serves a first launch and every relaunch);
 `--overwrite_output_dir true` starts over (its checkpoint folders are deleted first, so that a later resume
 cannot pick up the old run's).
+
+Resuming takes the newest *complete* checkpoint (:func:`ssb_trl.checkpoints.checkpoint_problem`): one cut short by a crash or a
+kill while it was written is named in a warning and skipped. A run whose checkpoint has reached the run's end
+(`--max_steps`, or the epochs it was started with) is finished: relaunched, it says so and trains nothing. The
+data a run trains on is recorded in `<output_dir>/ssb_train_dataset.json` when it starts; resuming it on other
+data is refused.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
-import shutil
 from argparse import ArgumentTypeError
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transformers import TrainerState
 from transformers.hf_argparser import string_to_bool
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from ssb_trl import SSBConfig, SSBTrainer, load_soft_label_dataset
+from ssb_trl.checkpoints import (
+    TRAINER_STATE,
+    check_same_dataset,
+    dataset_identity,
+    decide_start,
+    final_model_at,
+    finished_state,
+)
 from ssb_trl.models import load_model_and_tokenizer
 from ssb_trl.scripts.common import configure_logging, run_script
+from ssb_trl.storage import require_hub_access
 
 logger = logging.getLogger("ssb_trl.train")
 
@@ -62,16 +76,12 @@ class TrainScriptArguments:
         },
     )
 
-
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")  # Trainer's checkpoint folders (transformers.trainer_utils)
-_SAVED_RUN_FILES = (
-    "trainer_state.json",  # written by this recipe once the model is saved
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "adapter_model.safetensors",
-    "adapter_model.bin",
-)
+    def __post_init__(self) -> None:
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(
+                f"--eval_fraction {self.eval_fraction} is not a fraction of the rows: pass a number in [0, 1) (0.1 holds "
+                "out 10% of the rows for an eval loss; 0 = no eval set)"
+            )
 
 
 def resume_setting(value: str | bool | None) -> str | bool | None:
@@ -88,93 +98,33 @@ def resume_setting(value: str | bool | None) -> str | bool | None:
         return value
 
 
-def _checkpoints(output_dir: Path) -> list[Path]:
-    """The checkpoint-<step> folders of `output_dir`, by step."""
-    if not output_dir.is_dir():
-        return []
-    found = [p for p in output_dir.iterdir() if p.is_dir() and _CHECKPOINT.match(p.name)]
-    return sorted(found, key=lambda p: int(_CHECKPOINT.match(p.name).group(1)))
+def check_before_loading(training_args: SSBConfig) -> None:
+    """Settings that would fail only after the model has loaded (or after training, for the upload)."""
+    if training_args.use_liger_kernel:
+        import torch
+
+        xpu = getattr(torch, "xpu", None)
+        gpu = torch.cuda.is_available() or bool(xpu is not None and xpu.is_available())
+        if training_args.use_cpu or not gpu:
+            raise ValueError(
+                "--use_liger_kernel true needs a GPU (Liger's kernels are Triton GPU kernels), and this run has none "
+                f"({'use_cpu is set' if training_args.use_cpu else 'no GPU is visible'}): drop --use_liger_kernel"
+            )
+    if training_args.push_to_hub:
+        require_hub_access("--push_to_hub", "the trained model stays in --output_dir either way")
 
 
-def _saved_model(output_dir: Path) -> list[str]:
-    return [name for name in _SAVED_RUN_FILES if (output_dir / name).is_file()]
+def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args: ModelConfig) -> SSBTrainer | None:
+    """Load the soft-label data (checked first), the model, train, save (and merge / push if asked).
 
-
-def decide_start(
-    output_dir: str, resume: str | bool | None, overwrite: bool, is_main_process: bool = True
-) -> str | bool | None:
-    """Where training starts, or a refusal naming the flags to rerun with; returns `resume_from_checkpoint`.
-
-    Trainer alone would start again from step 0 in a folder holding an earlier run, overwriting its model and
-    leaving its checkpoints beside the new ones (a later resume would then pick the old run's latest).
+    Returns the trainer, or None when the run in --output_dir was already finished (nothing to do).
     """
-    folder = Path(output_dir)
-    checkpoints, saved = _checkpoints(folder), _saved_model(folder)
-    if overwrite:
-        if resume:
-            raise ValueError(
-                "--overwrite_output_dir true starts over and --resume_from_checkpoint continues: pass one of them."
-            )
-        if is_main_process:
-            for checkpoint in checkpoints:
-                shutil.rmtree(checkpoint)
-            if checkpoints:
-                logger.warning(
-                    "--overwrite_output_dir: deleted %d checkpoint(s) of the earlier run in %s",
-                    len(checkpoints),
-                    folder,
-                )
-        return None
-    found = (
-        f"{len(checkpoints)} checkpoint(s) ({checkpoints[0].name} .. {checkpoints[-1].name})" if checkpoints else ""
-    )
-    if saved:
-        found += (" and " if found else "") + f"a trained model ({', '.join(saved)})"
-    start_over = (
-        "to start over in this folder, add --overwrite_output_dir true (YAML: overwrite_output_dir: true; it "
-        "deletes the old checkpoints); or pass a new --output_dir"
-    )
-    if resume is True:
-        if checkpoints:
-            logger.info("Resuming from %s (the latest checkpoint in %s)", checkpoints[-1], folder)
-            return True
-        if saved:
-            raise ValueError(
-                f"--resume_from_checkpoint true: {output_dir!r} holds {found} but no checkpoint to resume from (the "
-                "run saved none: save_strategy='no'?). To train that model further, pass it as --model_name_or_path "
-                f"{output_dir} with a new --output_dir; {start_over}."
-            )
-        logger.info("No checkpoint in %s yet: starting the run from step 0", folder)
-        return None
-    if resume is not None:
-        if not Path(resume).is_dir():
-            latest = f" (the latest here is {checkpoints[-1]})" if checkpoints else ""
-            raise ValueError(
-                f"--resume_from_checkpoint {resume!r} is not a checkpoint folder. Pass the path of one{latest}, or "
-                "true for the latest checkpoint in --output_dir."
-            )
-        return resume
-    if found:
-        resume_hint = (
-            "To continue that run, rerun the same command with --resume_from_checkpoint true (YAML: "
-            f"resume_from_checkpoint: true; it resumes from {checkpoints[-1].name}); "
-            if checkpoints
-            else f"To train that model further, pass it as --model_name_or_path {output_dir} with a new --output_dir; "
-        )
-        raise ValueError(
-            f"--output_dir {output_dir!r} already holds {found} of an earlier run; training again would restart at "
-            f"step 0 and overwrite it. {resume_hint}{start_over}."
-        )
-    return None
-
-
-def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args: ModelConfig) -> SSBTrainer:
-    """Load the soft-label data (checked first), the model, train, save (and merge / push if asked)."""
     if not script_args.dataset_name:
         raise ValueError(
             "--dataset_name is required: a soft-label dataset directory written by `ssb-trl prepare` "
             "(e.g. outputs/demo/data after `make demo`) or a Hub dataset id"
         )
+    check_before_loading(training_args)
     if script_args.merge_adapter and not model_args.use_peft:
         raise ValueError(
             "--merge_adapter true merges a LoRA adapter into its base model, but this run trains the full model "
@@ -189,7 +139,26 @@ def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args
             script_args.overwrite_output_dir,
             is_main_process=training_args.process_index == 0,
         )
+    finished = finished_state(resume, training_args)
+    output_dir = Path(training_args.output_dir)
+    if finished is not None and final_model_at(output_dir, finished["global_step"]):
+        logger.warning(
+            "The run in %s is already finished: %s is at step %d (the run ends at step %s), and its final model is "
+            "saved there. Nothing to train; the model is left as it is. To train it further, raise --max_steps (or "
+            "--num_train_epochs) and resume again.",
+            output_dir,
+            Path(resume).name,
+            finished["global_step"],
+            training_args.max_steps if training_args.max_steps > 0 else finished.get("max_steps"),
+        )
+        return None
     dataset, metadata = load_soft_label_dataset(script_args.dataset_name, split=script_args.dataset_train_split)
+    check_same_dataset(
+        training_args.output_dir,
+        dataset_identity(script_args.dataset_name, script_args.dataset_train_split, dataset),
+        resuming=resume is not None,
+        is_main_process=training_args.process_index == 0,
+    )
     logger.info(
         "Loaded %d soft-label rows from %s (teacher %s, K=%d, T=%s)",
         len(dataset),
@@ -200,7 +169,13 @@ def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args
     )
     eval_dataset = None
     if script_args.eval_fraction > 0:
-        split = dataset.train_test_split(test_size=script_args.eval_fraction, seed=training_args.seed)
+        try:
+            split = dataset.train_test_split(test_size=script_args.eval_fraction, seed=training_args.seed)
+        except ValueError as exc:  # datasets: a split left empty
+            raise ValueError(
+                f"--eval_fraction {script_args.eval_fraction} of {len(dataset)} rows leaves no row for training or "
+                f"none for evaluation ({exc}); pick a fraction that keeps rows on both sides, or 0 for no eval set"
+            ) from exc
         dataset, eval_dataset = split["train"], split["test"]
     model_name = model_args.model_name_or_path or metadata.teacher_model
     model, tokenizer = load_model_and_tokenizer(
@@ -220,7 +195,24 @@ def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args
         peft_config=get_peft_config(model_args),
         soft_label_metadata=metadata,
     )
-    trainer.train(resume_from_checkpoint=resume)
+    if finished is None:
+        trainer.train(resume_from_checkpoint=resume)
+    else:  # the run ended at its last checkpoint but was stopped before its final model was saved: save it
+        if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+            raise ValueError(
+                f"the run in {output_dir} is finished ({resume} is at step {finished['global_step']}) but its final "
+                f"model was not saved; the weights are in {resume}. Nothing to train: use that checkpoint (or rerun "
+                "without DeepSpeed/FSDP to save it in --output_dir)."
+            )
+        logger.warning(
+            "The run in %s is already finished (%s is at step %d) but its final model was not saved: saving it from "
+            "that checkpoint, without training.",
+            output_dir,
+            resume,
+            finished["global_step"],
+        )
+        trainer._load_from_checkpoint(resume)
+        trainer.state = TrainerState.load_from_json(os.path.join(resume, TRAINER_STATE))
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():  # the log history, for plots (ssb_trl.plotting.plot_training_curves)
         trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))

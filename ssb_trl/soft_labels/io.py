@@ -237,7 +237,7 @@ def load_soft_label_dataset(name_or_path: str, split: str = "train") -> tuple[da
         if metadata_path is None:
             raise SoftLabelError(
                 f"{name_or_path!r} has no soft-label metadata ({METADATA_FILENAME}). Make it with data preparation "
-                "(`ssb-trl prepare` or ssb_trl.data.prepare_ssb_data) or ssb_trl.save_soft_label_dataset, or add "
+                "(`ssb-trl prepare` or ssb_trl.prepare.prepare_ssb_data) or ssb_trl.save_soft_label_dataset, or add "
                 "the file."
             )
     metadata = read_metadata_file(metadata_path)

@@ -6,25 +6,25 @@ Extraction (:func:`extract_final_answer`) looks, in this order, for
 2. the last ``<answer>...</answer>`` block (the reasoning-gym convention);
 3. the last "final answer is X" / "answer: X" / "answer is X" phrase (X up to the end of its sentence,
    at most ``MAX_PHRASE_WORDS`` words, so prose such as "the answer is the one we want" is skipped);
-4. the last number in the text (``1,000``, ``-3.5``, ``2/3``).
-Steps 2-4 are fallbacks for models that ignore the ``\\boxed{}`` instruction (small ones often do);
-pass ``fallbacks=False`` to accept only a boxed answer. Only the last ``MAX_TEXT_CHARS`` characters of a
-completion are read, in linear time.
+4. the last number in the text (``1,000``, ``-3.5``, ``2/3``, ``1e3``), only when the text commits to it
+   (:func:`_committed_last_number`): not when it ends a bare list of numbers ("1 2 3 ... 12", "11, 12",
+   "11 or 12": a dump or a choice between candidates), nor when its sentence hedges ("maybe", "perhaps",
+   "I don't know", ...). "3 + 4 = 7" and "so she has 7 apples left" are still credited.
+Steps 2-4 are fallbacks for models that ignore the ``\\boxed{}`` instruction (small ones often do), and must
+not reward a model for listing numbers or guessing between them; pass ``fallbacks=False`` to accept only a
+boxed answer. Only the last ``MAX_TEXT_CHARS`` characters of a completion are read, in linear time.
 
 Verification (:func:`verify_answer`) compares the *value* of the whole extracted answer with the gold:
-``1,000`` equals ``1000``, ``\\$18`` equals ``18``, ``x = 3`` equals ``3``, ``\\frac{1}{2}`` equals ``0.5``
+``1,000`` equals ``1000``, ``1e3``, ``1E+03`` and ``1.0e3`` equal ``1000`` (exactly: ``1e+16`` is not
+``10000000000000001``), ``\\$18`` equals ``18``, ``x = 3`` equals ``3``, ``\\frac{1}{2}`` equals ``0.5``
 and ``18 \\div 2`` equals ``9``, but ``2 \\times 5``, ``5x`` or ``5t`` never equal ``5``. Textual
 normalisation and plain numbers are decided in-process (microseconds); everything else goes to Math-Verify,
 which parses the answer as one LaTeX expression (never a number picked out of it) with its own unit
 stripping off (it takes ``t``, ``h``, ``m``... for units, so ``5t`` would equal ``5``; we strip only unit
 *words*, see :func:`normalize_answer`).
 
-Math-Verify runs in a child process (one per concurrent caller, started on first use, reused): its own
-timeouts use ``signal.alarm``, which only works in the main thread, and some sympy calls (``10^{10^{10}}``)
-cannot be interrupted at all. A comparison that takes longer than ``MATH_VERIFY_TIMEOUT_S`` kills the child
-(a fresh one starts on the next call) and counts as not correct. So every call returns within
-``MATH_VERIFY_TIMEOUT_S`` (plus about a second when a worker has to start) from any thread or process,
-data-loader workers included, and grading is thread-safe. POSIX only (``select`` on pipes).
+Math-Verify runs in a child process with a hard time limit (:mod:`ssb_trl.tasks.verify_worker`), so grading is
+thread-safe and every call returns in bounded time.
 
 :func:`check_gold_answers` warns, once per source, about gold answers Math-Verify cannot parse: only an
 exact text match can grade an answer to them correct.
@@ -32,31 +32,20 @@ exact text match can grade an answer to them correct.
 
 from __future__ import annotations
 
-import atexit
 import collections
 import functools
-import json
 import logging
-import os
 import re
-import select
-import subprocess
-import sys
-import threading
-import time
+from decimal import Decimal
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
+from ssb_trl.tasks.verify_worker import Undecided, ask_math_verify
+
 logger = logging.getLogger(__name__)
-
-MATH_VERIFY_TIMEOUT_S = 5.0
-"""Hard limit on one Math-Verify comparison (any thread); past it the answer counts as not correct."""
-
-WORKER_START_TIMEOUT_S = 120.0
-"""Time allowed for a Math-Verify worker process to import sympy and say it is ready (a busy machine is slow)."""
 
 MAX_PHRASE_WORDS = 5
 MAX_TEXT_CHARS = 200_000
@@ -70,14 +59,26 @@ _ANSWER_PHRASE_RE = re.compile(
     r"(?:final\s+answer|answer)\s*(?:is|=|:)\s*:?\s*(.+)",
     re.IGNORECASE,
 )
-_NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?")
+_NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+\b|\s*/\s*\d+)?")
+# Between the last two numbers of a text, only list separators: the last is one of several candidates.
+_LIST_GAP_RE = re.compile(r"[\s,;&]*(?:(?:and|or)\b[\s,;&]*)?", re.IGNORECASE)
+# Words that make the sentence of the last number a guess, not an answer.
+_HEDGE_RE = re.compile(
+    r"\b(?:maybe|perhaps|possibly|probably|guess|unsure|not\s+sure|(?:don['’]?t|do\s+not|can['’]?t|cannot)"
+    r"\s+(?:know|tell|say|be\s+sure))\b",
+    re.IGNORECASE,
+)
+_SENTENCE_END_RE = re.compile(r"[.!?](?:\s|$)|\n")
 _THOUSANDS_RE = re.compile(r"(?<=\d)(?:,|\{,\}|\\,)(?=\d{3}(?!\d))")
 _LATEX_SPACE_RE = re.compile(r"\\[,;: ]|\\q?quad\b|~")
 _TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 # A number followed by unit *words* ("18 dollars", "10 cm^2"): a space, then at least two letters, so that
 # "5x" or "5 t" (a number times a variable) are left for Math-Verify to read as products.
 _NUMBER_WITH_UNIT_RE = re.compile(r"^([-+]?\d+(?:\.\d+)?)\s+[A-Za-z]{2,}[A-Za-z .]*(?:\^\{?[23]\}?)?$")
-_PLAIN_NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+)?")
+_PLAIN_NUMBER_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:/\d+|[eE][-+]?\d+)?")
+MAX_EXPONENT = 400
+"""Scientific notation (``1e3``) is read exactly up to this exponent; beyond, the answer is left to Math-Verify."""
+_EXPONENT_NUMBER_RE = re.compile(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))[eE]([-+]?\d+)")
 _FRAC_RE = re.compile(r"^(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}$")
 
 
@@ -149,15 +150,40 @@ def extract_final_answer(text: str, fallbacks: bool = True) -> str | None:
         cleaned = _clean_phrase(first_sentence)
         if cleaned and len(cleaned.split()) <= MAX_PHRASE_WORDS:
             return cleaned
-    numbers = _NUMBER_RE.findall(text)
-    if numbers:
-        return numbers[-1].replace(" ", "")
-    return None
+    return _committed_last_number(text)
+
+
+def _committed_last_number(text: str) -> str | None:
+    """The last number of ``text`` when the text commits to it as its answer, else None.
+
+    Small models rarely box their answers, so the last number is a fallback; but a text that ends with several
+    candidates or a guess has given no answer, and crediting it would reward listing numbers (a model that
+    writes "1 2 3 ... 12" would be right for every gold up to 12) or hedging ("maybe 11 or 12"). The rule:
+    no number when only list separators (spaces, commas, "and", "or") stand between the last two numbers, or
+    when the sentence holding the last number hedges (:data:`_HEDGE_RE`). Any other word or sign between them
+    commits: "3 + 4 = 7", "we get 3, then 5, and at last 2/3", "so 12 apples are left".
+    """
+    matches = collections.deque(_NUMBER_RE.finditer(text), maxlen=2)
+    if not matches:
+        return None
+    last = matches[-1]
+    if len(matches) == 2 and _LIST_GAP_RE.fullmatch(text[matches[0].end() : last.start()]):
+        return None
+    sentence_start = max((m.end() for m in _SENTENCE_END_RE.finditer(text, 0, last.start())), default=0)
+    sentence_end = next(_SENTENCE_END_RE.finditer(text, last.end()), None)
+    if _HEDGE_RE.search(text, sentence_start, sentence_end.start() if sentence_end else len(text)):
+        return None
+    return last.group(0).replace(" ", "")
 
 
 def parse_gold_answer(raw: str | int | float) -> str:
-    """Normalise a dataset's gold answer: GSM8K ``... #### 42`` -> ``42``; MATH solutions -> last boxed."""
+    """Normalise a dataset's gold answer: GSM8K ``... #### 42`` -> ``42``; MATH solutions -> last boxed;
+    a number in scientific notation (a JSON ``1e3``, or ``1e+16`` as Python writes the float 1e16) -> its exact
+    plain decimal (``1000``, ``10000000000000000``), as the teacher's hint and the reports then show it."""
     text = str(raw).strip()
+    plain = _plain_decimal(text)
+    if plain is not None:
+        return plain
     if "####" in text:
         return text.rsplit("####", 1)[1].strip().replace(",", "")
     boxed = _last_boxed(text)
@@ -180,14 +206,28 @@ def normalize_answer(value: str) -> str:
     return value
 
 
+def _plain_decimal(text: str) -> str | None:
+    """``1e3`` -> ``1000``, ``-1.5E-3`` -> ``-0.0015``, exactly (no float); None for any other text."""
+    match = _EXPONENT_NUMBER_RE.fullmatch(text)
+    if match is None or abs(int(match.group(2))) > MAX_EXPONENT:
+        return None
+    value = format(Decimal(text), "f")
+    if "." in value:
+        value = value.rstrip("0").rstrip(".")
+    return "0" if value in ("-0", "+0") else value
+
+
 def _as_number(value: str) -> Fraction | None:
-    """``value`` as an exact number when it is a plain one (``-3``, ``2.50``, ``1/2``, ``\\frac{1}{2}``)."""
+    """``value`` as an exact number when it is a plain one (``-3``, ``2.50``, ``1/2``, ``\\frac{1}{2}``, ``1e3``)."""
     frac = _FRAC_RE.match(value)
     if frac:
         sign, numerator, denominator = frac.groups()
         value = f"{sign}{numerator}/{denominator}"
     if not _PLAIN_NUMBER_RE.fullmatch(value):
         return None
+    exponent = _EXPONENT_NUMBER_RE.fullmatch(value)
+    if exponent is not None and abs(int(exponent.group(2))) > MAX_EXPONENT:
+        return None  # 1e1000000000 would take forever to build exactly
     try:
         return Fraction(value)
     except (ValueError, ZeroDivisionError):
@@ -204,159 +244,15 @@ def _balanced(text: str) -> bool:
     return depth == 0
 
 
-# --- Math-Verify, in a child process --------------------------------------------------------------------------
-
-
-def _math_verify_parse(text: str) -> list[Any]:
-    """Parse ``text`` as one LaTeX expression: no number is picked out of it, no unit letters are dropped."""
-    from latex2sympy2_extended.latex2sympy2 import NormalizationConfig
-    from math_verify import LatexExtractionConfig, parse
-
-    config = LatexExtractionConfig(
-        boxed_match_priority=0,
-        normalization_config=NormalizationConfig(
-            basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="all", equations=False
-        ),
-    )
-    return parse(
-        f"\\boxed{{{text}}}",
-        extraction_config=[config],
-        extraction_mode="first_match",
-        fallback_mode="no_fallback",
-        parsing_timeout=None,
-    )
-
-
-def _serve() -> None:
-    """Child process loop: say ready, then one JSON request per line in, one JSON reply per line out."""
-    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt the replies
-    sys.stdout = sys.stderr
-    from math_verify import verify
-
-    logging.getLogger("math_verify").setLevel(logging.ERROR)  # "timeout is disabled": the parent enforces one
-    reply = bool(_math_verify_parse("1"))  # warm up the parser before saying ready
-    while True:
-        replies.write(json.dumps(reply) + "\n")
-        replies.flush()
-        line = sys.stdin.readline()
-        if not line:
-            return
-        op, *args = json.loads(line)
-        try:
-            if op == "parse":
-                reply = bool(_math_verify_parse(args[0]))
-            else:
-                gold, answer = (_math_verify_parse(arg) for arg in args)
-                reply = bool(gold and answer and verify(gold, answer, timeout_seconds=None))
-        except Exception:  # noqa: BLE001 - a comparison Math-Verify cannot make is "not equal"
-            reply = False
-
-
-class _Undecided(Exception):
-    """The child did not answer in time (or died); never cached."""
-
-
-class _Worker:
-    """One Math-Verify child process. Started with ``subprocess`` (not ``multiprocessing``) so it works from
-    daemonic data-loader workers and never re-imports the caller's ``__main__``."""
-
-    def __init__(self) -> None:
-        # Run this very file (not ``-m``): importing the ssb_trl package would pull in torch and transformers.
-        bootstrap = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__ssb_math_verify_worker__')"
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", bootstrap, os.path.abspath(__file__)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        self._buffer = b""
-        try:
-            self._read_reply(WORKER_START_TIMEOUT_S)
-        except _Undecided as exc:
-            raise RuntimeError(
-                f"the Math-Verify grading process did not start ({exc}); is math-verify installed for "
-                f"{sys.executable}? (its error, if any, is printed above)"
-            ) from exc
-
-    def ask(self, request: list[str], timeout: float) -> bool:
-        """Send one request; its reply, or :class:`_Undecided` after ``timeout`` seconds (the child is killed)."""
-        assert self.process.stdin is not None
-        try:
-            self.process.stdin.write((json.dumps(request) + "\n").encode())
-            self.process.stdin.flush()
-        except OSError as exc:
-            self.close()
-            raise _Undecided(f"the Math-Verify worker is gone ({exc})") from exc
-        return self._read_reply(timeout)
-
-    def _read_reply(self, timeout: float) -> bool:
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + timeout
-        fd = self.process.stdout.fileno()
-        try:
-            while b"\n" not in self._buffer:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-                    raise _Undecided(f"no answer within {timeout:g} s")
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    raise _Undecided("the Math-Verify worker exited")
-                self._buffer += chunk
-        except BaseException:  # a timeout, or an interrupt: never leave a child computing on its own
-            self.close()
-            raise
-        line, self._buffer = self._buffer.split(b"\n", 1)
-        return bool(json.loads(line))
-
-    def close(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout):
-            if stream is not None:
-                stream.close()
-
-
-_idle_workers: list[_Worker] = []
-_idle_lock = threading.Lock()
-
-
-def _forget_parent_workers() -> None:
-    """In a forked child: the parent's workers and lock are the parent's; start afresh."""
-    global _idle_workers, _idle_lock
-    _idle_workers, _idle_lock = [], threading.Lock()
-
-
-def _close_idle_workers() -> None:
-    with _idle_lock:
-        while _idle_workers:
-            _idle_workers.pop().close()
-
-
-os.register_at_fork(after_in_child=_forget_parent_workers)
-atexit.register(_close_idle_workers)
-
-
-def _ask_math_verify(request: list[str]) -> bool:
-    """Run ``request`` in an idle worker (or a new one); a timed-out worker is killed and not reused."""
-    with _idle_lock:
-        worker = _idle_workers.pop() if _idle_workers else None
-    if worker is None or worker.process.poll() is not None:
-        worker = _Worker()
-    result = worker.ask(request, MATH_VERIFY_TIMEOUT_S)  # raises _Undecided (worker closed) on timeout
-    with _idle_lock:
-        _idle_workers.append(worker)
-    return result
-
-
 @functools.lru_cache(maxsize=8192)
 def _math_verify_equal(gold: str, answer: str) -> bool:
-    """Math-Verify's verdict on two normalised answers (cached; :class:`_Undecided` is raised, not cached)."""
-    return _ask_math_verify(["verify", gold, answer])
+    """Math-Verify's verdict on two normalised answers (cached; :class:`Undecided` is raised, not cached)."""
+    return ask_math_verify(["verify", gold, answer])
 
 
 @functools.lru_cache(maxsize=8192)
 def _math_verify_parses(text: str) -> bool:
-    return _ask_math_verify(["parse", text])
+    return ask_math_verify(["parse", text])
 
 
 def _parseable(text: str) -> bool:
@@ -380,7 +276,7 @@ def verify_answer(predicted: str | None, gold: str) -> bool:
         return False
     try:
         return _math_verify_equal(gold_norm, pred_norm)
-    except _Undecided as exc:
+    except Undecided as exc:
         logger.warning("Grading %r against %r counted as not correct: %s", pred_norm[:80], gold_norm[:80], exc)
         return False
 
@@ -404,7 +300,7 @@ def check_gold_answers(examples: Iterable[Gradable], source: str) -> int:
             continue
         try:
             parsed = _parseable(gold) and _math_verify_parses(gold)
-        except _Undecided:
+        except Undecided:
             parsed = False
         if not parsed:
             failed.append(example)
@@ -434,7 +330,3 @@ def grade(completion_text: str, example: Gradable, fallbacks: bool = True) -> bo
     if example.scorer:
         return example.score(predicted) >= 1.0 - 1e-9
     return verify_answer(predicted, example.answer)
-
-
-if __name__ == "__ssb_math_verify_worker__":
-    _serve()

@@ -12,10 +12,14 @@ hint is a setting (``--teacher_hint``): a built-in format of :data:`HINT_FORMATS
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 PROMPT_TEMPLATE_VERSION = "ssb-prompts-v1"
 
@@ -132,6 +136,9 @@ HINT_FORMATS: dict[str, HintFormat] = {
 DEFAULT_HINT_FORMAT = "contrastive"
 
 
+_warned_hints: set[str] = set()
+
+
 def load_hint_format(spec: str) -> HintFormat:
     """A built-in format by name, or a template file (UTF-8 text, ``str.format`` fields of :data:`HINT_FIELDS`).
 
@@ -153,17 +160,37 @@ def load_hint_format(spec: str) -> HintFormat:
             "braces doubled (\\boxed{{}})"
         ) from exc
     for _, name, format_spec, conversion in parsed:
-        if name is not None and (name not in HINT_FIELDS or format_spec or conversion):
+        if name is not None and name not in HINT_FIELDS:
             raise ValueError(
                 f"hint template {spec} uses the field {{{name}}}; allowed: "
                 + ", ".join(f"{{{field}}} ({meaning})" for field, meaning in HINT_FIELDS.items())
                 + ". Double literal braces: \\boxed{{}}"
+            )
+        if name is not None and (format_spec or conversion):
+            written = (
+                "{"
+                + name
+                + (f"!{conversion}" if conversion else "")
+                + (f":{format_spec}" if format_spec else "")
+                + "}"
+            )
+            raise ValueError(
+                f"hint template {spec} writes {written}: a field is shown as it is, with no conversion (!r, !s) or "
+                f"format (:...); write {{{name}}}"
             )
     hint = HintFormat(
         f"file:{path.name}", "file-sha256:" + hashlib.sha256(template.encode()).hexdigest()[:16], template
     )
     if "question" not in hint.fields:
         raise ValueError(f"hint template {spec} never shows the problem: add {{question}}")
+    if hint.fields == {"question"} and hint.version not in _warned_hints:  # load_hint_format runs per question
+        _warned_hints.add(hint.version)
+        logger.warning(
+            "Hint template %s shows only {question}: the teacher then sees nothing the student does not, so its "
+            "soft labels carry no hint (SSB's premise). Add a hint field: %s",
+            spec,
+            ", ".join(f"{{{field}}} ({meaning})" for field, meaning in HINT_FIELDS.items() if field != "question"),
+        )
     return hint
 
 
@@ -195,12 +222,136 @@ def teacher_messages(
     )
 
 
+def special_token_strings(tokenizer: Any) -> tuple[str, ...]:
+    """The special tokens' strings of ``tokenizer`` (``<|im_start|>``, ``<|im_end|>``, ...), longest first."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    found = {str(token) for token in getattr(tokenizer, "all_special_tokens", ())}
+    found |= {str(token.content) for token in decoder.values() if getattr(token, "special", False)}
+    return tuple(sorted((token for token in found if token), key=len, reverse=True))
+
+
+def text_ids(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` as text: a special token's string in it (``<|im_end|>``) stays characters."""
+    ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return [int(token) for token in ids]
+
+
+def completion_text_ids(tokenizer: Any, text: str, end_of_turn: int) -> list[int]:
+    """A written completion's tokens, ending with the ``end_of_turn`` token (the student learns to stop).
+
+    The text is read as text (see :func:`chat_prompt_ids`), except that a completion ending with the end-of-turn
+    token's own string (a dataset exported through the chat template) ends its turn there, as it always did.
+    """
+    marker = tokenizer.convert_ids_to_tokens(end_of_turn)
+    if isinstance(marker, str) and marker and text.endswith(marker):
+        text = text[: -len(marker)]
+    return [*text_ids(tokenizer, text), end_of_turn] if text else [end_of_turn]
+
+
 def chat_prompt_ids(tokenizer: Any, messages: Messages) -> list[int]:
     """Token ids of ``messages`` through the tokenizer's chat template, ready for the assistant's turn.
 
     The template already contains any special tokens it wants, so nothing else is added.
+
+    A message whose text holds a special token's string (a question with ``<|im_end|>\\n<|im_start|>assistant``
+    in it) keeps it as text: tokenized as the characters it is, never as the token. Tokenizing the rendered chat
+    as a whole would end the user's turn there and forge an assistant turn the model never wrote (and teach the
+    student from a prompt it never sees). Escaping rather than refusing, because the same texts reach this
+    point from every command (questions in prepare and evaluate, prompts in label) and from the model itself
+    (rollouts quoted in the teacher's hint): refusing would stop a long preparation on a rollout that spelt
+    out a token, and the text is what the user or the model wrote. The template's own special tokens stay
+    tokens; prompts without such strings are tokenized exactly as before. Where a tokenizer cannot keep a
+    special token's string as text (its segments do not tokenize as the whole does), the message is refused,
+    naming the token.
     """
+    specials = special_token_strings(tokenizer)
+    if specials and any(special in text for text in _message_texts(messages) for special in specials):
+        return _escaped_chat_prompt_ids(tokenizer, messages, specials)
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     if isinstance(ids, dict) or hasattr(ids, "keys"):
         ids = ids["input_ids"]
     return [int(token) for token in ids]
+
+
+def _message_texts(messages: Messages) -> list[str]:
+    """Every text of ``messages``: string contents and the ``text`` of content parts."""
+    texts = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        parts = content if isinstance(content, list) else [content]
+        for part in parts:
+            text = part.get("text") if isinstance(part, dict) else part
+            if isinstance(text, str):
+                texts.append(text)
+    return texts
+
+
+def _map_texts(messages: Messages, change: Any) -> Messages:
+    """``messages`` with ``change`` applied to every text (see :func:`_message_texts`)."""
+
+    def part(value: Any) -> Any:
+        if isinstance(value, str):
+            return change(value)
+        if isinstance(value, dict) and isinstance(value.get("text"), str):
+            return {**value, "text": change(value["text"])}
+        return value
+
+    mapped = []
+    for message in messages:
+        if isinstance(message, dict) and "content" in message:
+            content = message["content"]
+            message = {
+                **message,
+                "content": [part(p) for p in content] if isinstance(content, list) else part(content),
+            }
+        mapped.append(message)
+    return mapped
+
+
+def _escaped_chat_prompt_ids(tokenizer: Any, messages: Messages, specials: tuple[str, ...]) -> list[int]:
+    """:func:`chat_prompt_ids` for messages holding special tokens' strings: those stay text.
+
+    The texts' special strings are swapped for placeholders, the chat is rendered, and the rendering is cut at
+    the template's special tokens (as a tokenizer does before tokenizing the text between them); each piece is
+    tokenized as text with the special strings put back.
+    """
+    placeholders = {special: f"\ue000{index}\ue001" for index, special in enumerate(specials)}
+    pattern = re.compile("|".join(re.escape(special) for special in specials))
+    rendered = tokenizer.apply_chat_template(
+        _map_texts(messages, lambda text: pattern.sub(lambda m: placeholders[m.group(0)], text)),
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    restore = re.compile("|".join(re.escape(placeholder) for placeholder in placeholders.values()))
+    originals = {placeholder: special for special, placeholder in placeholders.items()}
+
+    def pieces_ids(text: str, keep: bool) -> list[int]:
+        ids: list[int] = []
+        position = 0
+        for match in pattern.finditer(text):  # the template's own special tokens
+            piece = text[position : match.start()]
+            piece = restore.sub(lambda m: originals[m.group(0)] if keep else "", piece)
+            ids += text_ids(tokenizer, piece) if piece else []
+            ids.append(int(tokenizer.convert_tokens_to_ids(match.group(0))))
+            position = match.end()
+        piece = restore.sub(lambda m: originals[m.group(0)] if keep else "", text[position:])
+        return ids + (text_ids(tokenizer, piece) if piece else [])
+
+    # The piece-by-piece tokenization must be the tokenizer's own (it is for byte-level BPE tokenizers: they cut
+    # at special tokens first), and special strings must come out as text: checked, else refused.
+    without = restore.sub("", rendered)
+    whole = [int(token) for token in tokenizer(without, add_special_tokens=False)["input_ids"]]
+    used = [special for special in specials if any(special in text for text in _message_texts(messages))]
+    special_ids = {int(tokenizer.convert_tokens_to_ids(special)) for special in used}
+    if pieces_ids(without, keep=False) != whole or any(special_ids & set(text_ids(tokenizer, s)) for s in used):
+        roles = [
+            str(message.get("role"))
+            for message in messages
+            if any(s in text for text in _message_texts([message]) for s in used)
+        ]
+        raise ValueError(
+            f"a {'/'.join(dict.fromkeys(roles))} message holds {', '.join(repr(s) for s in used)}, a special token of "
+            "the chat template, and this tokenizer cannot keep it as plain text: it would end the turn there and "
+            "forge another. Remove it from the text (or write it differently)."
+        )
+    return pieces_ids(rendered, keep=True)

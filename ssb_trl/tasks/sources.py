@@ -146,8 +146,10 @@ class QuestionSource:
         self.answer_field = self.answer_field or (preset.answer_field if preset else "answer")
         if self.num_questions is not None and self.num_questions < 1:
             raise ValueError(f"num_questions must be >= 1 (or unset for all), got {self.num_questions}")
-        if self.reasoning_gym_task is not None and self.num_questions is None:
-            raise ValueError("a reasoning-gym source generates its questions: set num_questions")
+        if self.reasoning_gym_task is not None:
+            _check_reasoning_gym_task(self.reasoning_gym_task)  # a wrong name first: num_questions would not help
+            if self.num_questions is None:
+                raise ValueError("a reasoning-gym source generates its questions: set num_questions")
         if self.max_question_chars < 1:
             raise ValueError(f"max_question_chars must be >= 1, got {self.max_question_chars}")
 
@@ -216,20 +218,29 @@ class QAExample:
         return float(dataset.score_answer(predicted, entry))
 
 
-@functools.lru_cache(maxsize=32)
-def _reasoning_gym_dataset(task: str, config_json: str, seed: int, size: int) -> Any:
-    """Build (and cache) a reasoning-gym dataset; entries are generated deterministically from the seed."""
+def _check_reasoning_gym_task(task: str) -> None:
+    """Refuse a reasoning-gym task name that does not exist, listing some that do (a missing package is said
+    when the questions are loaded)."""
     try:
-        import reasoning_gym
         from reasoning_gym.factory import DATASETS
-    except ImportError as exc:
-        raise ImportError("reasoning-gym sources need the package: pip install reasoning-gym") from exc
+    except ImportError:
+        return
     if task not in DATASETS:
         close = sorted(name for name in DATASETS if task.split("_")[0] in name)[:10]
         raise ValueError(
             f"unknown reasoning-gym task {task!r}; examples of valid tasks: {close or sorted(DATASETS)[:10]} "
             f"({len(DATASETS)} tasks in total, see reasoning_gym.factory.DATASETS)"
         )
+
+
+@functools.lru_cache(maxsize=32)
+def _reasoning_gym_dataset(task: str, config_json: str, seed: int, size: int) -> Any:
+    """Build (and cache) a reasoning-gym dataset; entries are generated deterministically from the seed."""
+    try:
+        import reasoning_gym
+    except ImportError as exc:
+        raise ImportError("reasoning-gym sources need the package: pip install reasoning-gym") from exc
+    _check_reasoning_gym_task(task)
     config = json.loads(config_json)
     try:
         return reasoning_gym.create_dataset(task, seed=seed, size=size, **config)

@@ -11,11 +11,8 @@ pytest.importorskip(
     "vllm", reason="vLLM is not installed in this environment; `make test` runs tests/vllm_backend in its own"
 )
 
-from ssb_trl.label.job import (  # noqa: E402
-    LabelConfig,
-    LabelJob,  # noqa: E402
-    label_dataset,
-)
+from ssb_trl.label.config import LabelConfig  # noqa: E402
+from ssb_trl.label.job import LabelJob, label_dataset  # noqa: E402
 from ssb_trl.models import BUNDLED_MODEL, load_model_and_tokenizer  # noqa: E402
 from ssb_trl.soft_labels.io import load_soft_label_dataset  # noqa: E402
 
