@@ -53,14 +53,13 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
     Takes a soft-label dataset (`input_ids`, `completion_mask`, `teacher_topk_ids`,
     `teacher_topk_logprobs`; see `ssb_trl.contract`), checks it against the model, tokenizer and
     config, and minimises `kd_weight * T^2 * D(teacher || student) + ce_weight * CE` per answer token,
-    averaged over all answer tokens of the accumulated, multi-process batch. Logits are never
-    materialised for the whole batch (see `ssb_trl.loss`). Logs `kd_loss`, `ce_loss`,
+    averaged over all answer tokens of the accumulated, multi-process batch. Training never materialises the
+    logits of the whole batch (see `ssb_trl.loss`). Logs `kd_loss`, `ce_loss`,
     `top1_agreement` (student argmax == teacher top-1) and `mean_answer_length`.
 
-    `compute_metrics` gets `EvalPrediction(predictions, label_ids)` as with SFTTrainer after an argmax:
-    `predictions` [batch, seq] are the student's argmax ids (`predictions[:, t]` predicts `label_ids[:, t + 1]`,
-    -100 where that is not an answer token) and `label_ids` the answer tokens (-100 elsewhere). They come from
-    the loss's own chunked argmax, so `preprocess_logits_for_metrics` (which needs logits) is refused.
+    `compute_metrics` and `preprocess_logits_for_metrics` work as with SFTTrainer (the student's logits [batch,
+    seq, vocab] and the answer tokens as labels, -100 elsewhere; see `ssb_trl.prediction`), so an SFT script's
+    metrics run unchanged.
     SSB metrics follow `metric_key_prefix`: `eval_kd_loss`, `test_kd_loss` from `predict`, `eval_<name>_kd_loss`
     for a dict of eval sets.
 
@@ -99,15 +98,6 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
         elif not isinstance(args, SSBConfig):
             raise TypeError(
                 f"SSBTrainer needs an SSBConfig, got {type(args).__name__}; build one with the same fields."
-            )
-        if preprocess_logits_for_metrics is not None:
-            raise ValueError(
-                "SSBTrainer does not take preprocess_logits_for_metrics: it never builds the [batch, seq, vocab] "
-                "logits (the loss projects only the answer positions to the vocabulary, chunk by chunk), so there "
-                "are no logits to preprocess. compute_metrics receives EvalPrediction(predictions, label_ids) where "
-                "predictions are already the student's argmax token ids ([batch, seq], -100 off the answer; "
-                "predictions[:, t] predicts label_ids[:, t + 1], as argmax(logits) would) and label_ids the answer "
-                "tokens (-100 elsewhere). Drop preprocess_logits_for_metrics and use them directly."
             )
         if train_dataset is None:
             raise ValueError(
@@ -302,6 +292,7 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
             teacher_topk_ids=inputs[TEACHER_TOPK_IDS],
             teacher_topk_logprobs=teacher_logprobs,
             ssb_loss_spec=self._loss_spec,
+            ssb_return_logits=return_outputs,  # evaluation with predictions: SFTTrainer's logits for the metrics
         )
         n_local = outputs.num_answer_tokens
         denominator = n_local if num_items_in_batch is None else num_items_in_batch

@@ -297,22 +297,21 @@ def _mean_answer_length(dataset):
     return sum(sum(row["completion_mask"]) for row in dataset) / len(dataset)
 
 
-def _dense_argmax(model, dataset):
-    """The reference: the unpatched forward's full logits, argmax per position (what SFTTrainer users compute)."""
+def _dense_logits(model, dataset):
+    """The reference: the unpatched forward's full logits per row (what SFTTrainer hands to compute_metrics)."""
     model.eval()
     with torch.no_grad():
-        return [
-            model(input_ids=torch.tensor([row["input_ids"]]), use_cache=False).logits[0].argmax(-1) for row in dataset
-        ]
+        return [model(input_ids=torch.tensor([row["input_ids"]]), use_cache=False).logits[0] for row in dataset]
 
 
-def test_compute_metrics_gets_student_argmax_on_answer_tokens(tmp_path, tokenizer, data):
+def test_compute_metrics_gets_the_student_logits_as_from_sft(tmp_path, tokenizer, data):
+    """An SFT compute_metrics does np.argmax(logits, -1): it gets [rows, seq, vocab] logits, padded per batch."""
     dataset, _ = data
     seen = []
 
     def compute_metrics(prediction):
         seen.append(prediction)
-        preds, labels = prediction.predictions[:, :-1], prediction.label_ids[:, 1:]
+        preds, labels = prediction.predictions.argmax(-1)[:, :-1], prediction.label_ids[:, 1:]
         answer = labels != -100
         return {"token_accuracy": float((preds[answer] == labels[answer]).mean())}
 
@@ -326,27 +325,39 @@ def test_compute_metrics_gets_student_argmax_on_answer_tokens(tmp_path, tokenize
     )
     metrics = trainer.evaluate()
     (prediction,) = seen
-    assert prediction.predictions.shape == prediction.label_ids.shape == (8, max(len(r["input_ids"]) for r in dataset))
-    reference = _dense_argmax(trainer.model, dataset)
-    for row, preds, labels, dense in zip(dataset, prediction.predictions, prediction.label_ids, reference):
+    width = max(len(r["input_ids"]) for r in dataset)
+    assert prediction.predictions.shape == (8, width, 49152) and prediction.label_ids.shape == (8, width)
+    reference = _dense_logits(trainer.model, dataset)
+    for row, logits, labels, dense in zip(dataset, prediction.predictions, prediction.label_ids, reference):
         n, mask = len(row["input_ids"]), torch.tensor(row["completion_mask"])
         assert (labels[:n] == torch.where(mask.bool(), torch.tensor(row["input_ids"]), -100).numpy()).all()
-        predicts_answer = mask[1:].bool()
-        assert (preds[: n - 1][predicts_answer.numpy()] == dense[:-1][predicts_answer].numpy()).all()
-        assert (preds[: n - 1][~predicts_answer.numpy()] == -100).all() and (preds[n - 1 :] == -100).all()
+        torch.testing.assert_close(torch.from_numpy(logits[:n]), dense, rtol=1e-5, atol=1e-5)
     assert 0.0 <= metrics["eval_token_accuracy"] <= 1.0 and "eval_kd_loss" in metrics
 
 
-def test_preprocess_logits_for_metrics_is_refused_with_the_reason(tmp_path, tokenizer, data):
+def test_preprocess_logits_for_metrics_runs_on_each_batch(tmp_path, tokenizer, data):
+    """As in Trainer: it gets each batch's logits and labels, and predict returns what it made of them."""
     dataset, _ = data
-    with pytest.raises(ValueError, match="never builds the .batch, seq, vocab. logits.*argmax token ids"):
-        SSBTrainer(
-            make_tiny_model(seed=0),
-            args=_args(tmp_path),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
-        )
+    calls = []
+
+    def preprocess_logits_for_metrics(logits, labels):
+        calls.append((tuple(logits.shape), tuple(labels.shape)))
+        return logits.argmax(-1)
+
+    trainer = SSBTrainer(
+        make_tiny_model(seed=0),
+        args=_args(tmp_path, per_device_eval_batch_size=3),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+    )
+    predicted = trainer.predict(dataset)
+    assert [logits[0] for logits, _ in calls] == [3, 3, 2] and all(shape[2] == 49152 for shape, _ in calls)
+    assert all(logits[:2] == labels for logits, labels in calls)
+    assert predicted.predictions.shape == predicted.label_ids.shape
+    for row, ids, dense in zip(dataset, predicted.predictions, _dense_logits(trainer.model, dataset)):
+        n = len(row["input_ids"])
+        assert (ids[:n] == dense.argmax(-1).numpy()).all()
 
 
 def test_predict_returns_predictions_and_does_not_leak_into_evaluate(tmp_path, tokenizer, data):
@@ -364,7 +375,7 @@ def test_predict_returns_predictions_and_does_not_leak_into_evaluate(tmp_path, t
     trainer.model.eval()
     predicted = trainer.predict(long)
     assert predicted.predictions is not None and predicted.label_ids is not None
-    assert predicted.predictions.shape == predicted.label_ids.shape
+    assert predicted.predictions.shape == (*predicted.label_ids.shape, 49152)  # logits, as SFTTrainer.predict
     assert predicted.metrics["test_mean_answer_length"] == pytest.approx(_mean_answer_length(long))
     assert {"test_kd_loss", "test_ce_loss", "test_top1_agreement"} <= set(predicted.metrics)
     assert not any(key.startswith("eval_") for key in predicted.metrics)
