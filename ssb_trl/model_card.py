@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 
-from .models import BUNDLED_MODEL
+from .models import BUNDLED_MODEL, is_bundled_model
 
 BUNDLED_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 """The Hub model the bundled GGUF (:data:`ssb_trl.models.BUNDLED_MODEL`) was quantised from."""
-_BUNDLED_CACHE_STAMP = "ssb_trl_source.json"  # written by ssb_trl.models.bundled_model_dir into its cache
 _NO_BASE_LINK = "[None](https://huggingface.co/None)"  # what TRL's card template writes without a Hub base model
 
 
@@ -19,7 +18,7 @@ def portable_model_name(name_or_path: str | None) -> str | None:
     The bundled model loads from a cache folder on the training machine; recording that path in an adapter
     or a model card would point nowhere on any other machine, while the bundled name loads everywhere.
     """
-    if name_or_path and os.path.isfile(os.path.join(name_or_path, _BUNDLED_CACHE_STAMP)):
+    if is_bundled_model(name_or_path):
         return BUNDLED_MODEL
     return name_or_path
 

@@ -33,6 +33,7 @@ from .contract import (
 from .loss import DistillationLossSpec
 from .model_card import finish_model_card, hub_base_model, portable_model_name
 from .modeling import patch_forward_with_soft_label_loss
+from .models import check_model_available, resolve_model_path
 from .prediction import SoftLabelPredictionMixin, ssb_metric_values
 from .soft_label_checks import check_soft_label_columns
 from .trainer_data import (
@@ -94,7 +95,7 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
     ):
         if args is None:
             name = model if isinstance(model, str) else get_config_model_id(model.config)
-            args = SSBConfig(f"{name.split('/')[-1]}-SSB")
+            args = SSBConfig(f"{name.split('/')[-1].split(':')[-1]}-SSB")
         elif not isinstance(args, SSBConfig):
             raise TypeError(
                 f"SSBTrainer needs an SSBConfig, got {type(args).__name__}; build one with the same fields."
@@ -109,6 +110,9 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
         for argument, dataset in {"train_dataset": train_dataset, **eval_sets}.items():
             require_dataset(dataset, argument)
             check_soft_label_columns(dataset, columns)
+        if isinstance(model, str):  # the bundled model loads from its cache folder, as in the CLI (ssb_trl.models)
+            check_model_available(model)
+            model = resolve_model_path(model)
         tokenizer = resolve_tokenizer(model, processing_class)
         self.soft_label_metadata = training_metadata(train_dataset, soft_label_metadata, tokenizer, args)
         eval_metadata = {
@@ -140,9 +144,9 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
         )
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         patch_forward_with_soft_label_loss(base)
+        # The card names the bundled model by its name; adapter_config.json keeps the folder PEFT recorded (the
+        # bundled model's cache folder), which transformers and PEFT load offline.
         self.base_model_name = portable_model_name(get_config_model_id(base.config)) or None
-        for adapter_config in getattr(self.model, "peft_config", {}).values():  # adapter_config.json records it
-            adapter_config.base_model_name_or_path = self.base_model_name
         head = base.get_output_embeddings().weight
         self._vocab_size = getattr(head, "ds_shape", head.shape)[0]  # ZeRO-3 partitions the weight to numel 0
         self.train_dataset = prepare_soft_label_dataset(

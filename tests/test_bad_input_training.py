@@ -407,33 +407,55 @@ def test_ssb_metrics_follow_the_names_of_an_eval_dataset_dict(tmp_path, tokenize
 # ---- 3b. the model card and the adapter name their base model --------------------------------------------------
 
 
-def test_adapter_from_the_bundled_model_records_its_portable_name(tmp_path, tokenizer, data):
-    """1 LoRA step from the real bundled SmolLM2 (loaded from its cache folder, a path on this machine)."""
-    from peft import LoraConfig
+def test_the_bundled_model_by_name_trains_and_its_adapter_reloads_offline(tmp_path, data, caplog):
+    """`SSBTrainer(model="bundled:...")` loads (it raised OSError); the adapter records the bundled model's cache
+    folder, a plain transformers folder, so PEFT's and transformers' own loaders reload it offline."""
+    from peft import AutoPeftModelForCausalLM, LoraConfig
+    from transformers import pipeline
 
     from ssb_trl.eval.models import parse_model_specs
-    from ssb_trl.models import BUNDLED_MODEL, bundled_model_dir, load_model_and_tokenizer
+    from ssb_trl.models import BUNDLED_MODEL, bundled_model_dir, is_bundled_model, resolve_model_path
 
-    model, _ = load_model_and_tokenizer(BUNDLED_MODEL, device="cpu")
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    caplog.set_level(logging.INFO)
     cache = str(bundled_model_dir())
-    assert model.config._name_or_path == cache  # what PEFT and TRL would record
     trainer = SSBTrainer(
-        model,
+        BUNDLED_MODEL,  # no processing_class: the tokenizer comes from the model, as with SFTTrainer
         args=_args(tmp_path, per_device_train_batch_size=2),
         train_dataset=data[0].select(range(2)),
-        processing_class=tokenizer,
         peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], task_type="CAUSAL_LM"),
     )
     trainer.train()
     trainer.save_model(str(tmp_path / "ssb-adapter"))
     adapter_config = json.loads((tmp_path / "ssb-adapter" / "adapter_config.json").read_text())
-    assert adapter_config["base_model_name_or_path"] == BUNDLED_MODEL
+    assert adapter_config["base_model_name_or_path"] == cache
+    assert not [r for r in caplog.records if r.name.startswith("ssb_trl") and r.levelno >= logging.WARNING]
+
+    reloaded = AutoPeftModelForCausalLM.from_pretrained(str(tmp_path / "ssb-adapter"))
+    ids = torch.tensor([data[0][0]["input_ids"]])
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, trainer.model(input_ids=ids).logits)
+    generator = pipeline("text-generation", model=str(tmp_path / "ssb-adapter"))
+    assert generator("2 + 2 =", max_new_tokens=2, do_sample=False)[0]["generated_text"].startswith("2 + 2 =")
+
     card = (tmp_path / "ssb-adapter" / "README.md").read_text()
-    assert "# Model Card for ssb-adapter" in card and "None" not in card and cache not in card
-    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
-    assert f"`{BUNDLED_MODEL}` ([HuggingFaceTB/SmolLM2-135M-Instruct](https://huggingface.co/HuggingFace" in card
-    (spec,) = parse_model_specs([f"ssb={tmp_path / 'ssb-adapter'}"])  # evaluation finds the base by that name
-    assert spec.adapter_base == BUNDLED_MODEL
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and cache not in card
+    (spec,) = parse_model_specs([f"ssb={tmp_path / 'ssb-adapter'}"])  # evaluation loads the same base
+    assert spec.adapter_base == cache
+    # On another machine the recorded folder does not exist: ssb-trl maps it to that machine's copy.
+    elsewhere = "/home/someone/.cache/ssb_trl/" + os.path.basename(cache)
+    assert is_bundled_model(elsewhere) and resolve_model_path(elsewhere) == cache
+
+
+def test_loading_the_bundled_model_is_an_info_notice_not_a_warning(caplog):
+    """Every run logged it at WARNING, though nothing is wrong when the user asks for the bundled model."""
+    from ssb_trl.models import BUNDLED_MODEL, load_model_and_tokenizer
+
+    caplog.set_level(logging.INFO)
+    load_model_and_tokenizer(BUNDLED_MODEL, device="cpu")
+    notices = [r for r in caplog.records if r.getMessage().startswith("Using the bundled model")]
+    assert [r.levelno for r in notices] == [logging.INFO]
 
 
 def test_model_card_names_a_local_or_hub_base_model(tmp_path, tokenizer, data):
