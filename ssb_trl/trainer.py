@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, is_wandb_available
 from transformers.trainer import OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCHEDULER_NAME
 from trl import SFTTrainer
-from trl.trainer.utils import get_config_model_id
+from trl.trainer.utils import get_comet_experiment_url, get_config_model_id, get_trackio_space_url
 
 from .collator import SSBDataCollator
 from .config import SSBConfig
@@ -31,7 +31,7 @@ from .contract import (
     SoftLabelMetadata,
 )
 from .loss import DistillationLossSpec
-from .model_card import finish_model_card, hub_base_model, portable_model_name
+from .model_card import SSB_CARD, card_identity, portable_model_name, render_model_card
 from .modeling import patch_forward_with_soft_label_loss
 from .models import check_model_available, resolve_model_path
 from .prediction import SoftLabelPredictionMixin, ssb_metric_values
@@ -46,6 +46,15 @@ from .trainer_data import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def _wandb_run_url() -> str | None:
+    """The W&B run's URL for the card's badge, as TRL's card shows it (wandb imported only when installed)."""
+    if not is_wandb_available():
+        return None
+    import wandb
+
+    return wandb.run.url if wandb.run is not None else None
 
 
 class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
@@ -67,15 +76,10 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
     Args beyond SFTTrainer's: `soft_label_metadata` (read from the dataset's info when omitted).
     """
 
-    _tag_names = ["trl", "ssb", "ssb-trl", "distillation"]
-    _name = "SSB"
-    _paper = {
-        "title": "Semantic Soft Bootstrapping: Long Context Reasoning in LLMs without Reinforcement Learning",
-        "id": "2512.05105",
-        "citation": "@article{mitra2025ssb, title={Semantic Soft Bootstrapping: Long Context Reasoning in LLMs "
-        "without Reinforcement Learning}, author={Mitra, Purbesh and Ulukus, Sennur}, journal={arXiv:2512.05105}, "
-        "year={2025}}",
-    }
+    # TRL's card fields for SSB data; another origin (`ssb-trl label` data) sets its own per instance (model_card.py).
+    _tag_names = list(SSB_CARD.tags)
+    _name = SSB_CARD.name
+    _paper = SSB_CARD.paper
 
     def __init__(
         self,
@@ -115,6 +119,10 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
             model = resolve_model_path(model)
         tokenizer = resolve_tokenizer(model, processing_class)
         self.soft_label_metadata = training_metadata(train_dataset, soft_label_metadata, tokenizer, args)
+        # TRL's class fields for the card and the model's tags (SFTTrainer adds them below), chosen from the data.
+        self._card_identity = card_identity(self.soft_label_metadata, args.kd_weight)
+        self._name, self._paper = self._card_identity.name, self._card_identity.paper
+        self._tag_names = list(self._card_identity.tags)
         eval_metadata = {
             argument: evaluation_metadata(dataset, argument, self.soft_label_metadata, tokenizer, args)
             for argument, dataset in eval_sets.items()
@@ -191,23 +199,24 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
             self.create_model_card(output_dir=output_dir)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None, output_dir: str | None = None):
-        """TRL's card, named after the output folder, with the base model named (a Hub id links to it)."""
+        """TRL's card (its tags, badges, framework versions and citations) true to the data: SSB for SSB data,
+        offline distillation for `ssb-trl label` data (`ssb_trl.model_card`), written to `output_dir`."""
+        if not self.is_world_process_zero():
+            return
         destination = output_dir or self.args.output_dir
         if model_name is None:
             model_name = self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else None
             model_name = model_name or os.path.basename(os.path.normpath(os.path.abspath(destination)))
-        hub_base = hub_base_model(self.base_model_name)
-        config = self.model.config
-        saved_name = getattr(config, "_name_or_path", "")
-        config._name_or_path = hub_base or ""  # what TRL's card reads
-        try:
-            super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
-        finally:
-            config._name_or_path = saved_name
-        if not self.is_world_process_zero():
-            return
-        with open(os.path.join(self.args.output_dir, "README.md")) as f:
-            card = f.read()
+        # The tags as TRL's create_model_card gathers them (trl.trainer.base_trainer), then the data's own.
+        tags = {tags} if isinstance(tags, str) else set(tags or ())
+        if hasattr(self.model.config, "unsloth_version"):
+            tags.add("unsloth")
+        if "JOB_ID" in os.environ:
+            tags.add("hf_jobs")
+        tags.update(self._tag_names)
+        trackio_url = get_trackio_space_url()
+        if trackio_url is not None:
+            tags = {tag for tag in tags if not tag.startswith("trackio:")} | {f"trackio:{trackio_url}"}
         a = self.args
         settings = {
             "temperature": a.temperature,
@@ -221,11 +230,22 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
             "per_device_train_batch_size": a.per_device_train_batch_size,
             "gradient_accumulation_steps": a.gradient_accumulation_steps,
         }
-        metadata = self.soft_label_metadata.to_dict() if self.soft_label_metadata else None
-        card = finish_model_card(card, destination, self.base_model_name, bool(self.hub_model_id), settings, metadata)
+        card = render_model_card(
+            model_name=model_name,
+            base_model=self.base_model_name,
+            load_from=self.hub_model_id or destination,
+            is_adapter=hasattr(self.model, "peft_config"),
+            dataset_name=dataset_name,
+            tags=sorted(tags),
+            identity=self._card_identity,
+            settings=settings,
+            metadata=self.soft_label_metadata,
+            wandb_url=_wandb_run_url(),
+            trackio_url=trackio_url,
+            comet_url=get_comet_experiment_url(),
+        )
         os.makedirs(destination, exist_ok=True)
-        with open(os.path.join(destination, "README.md"), "w") as f:
-            f.write(card)
+        card.save(os.path.join(destination, "README.md"))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         """As Trainer does, but say so loudly when a checkpoint lacks the optimizer or scheduler state.

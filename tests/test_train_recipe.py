@@ -113,7 +113,7 @@ def test_recipe_trains_saves_card_and_log(workdir, tmp_path):
     train_ssb.main(*args[:3])
     assert (out / "adapter_config.json").exists() and (out / "merged" / "config.json").exists()
     card = (out / "README.md").read_text()
-    assert "SSB training settings" in card and "tiny-random-teacher" in card
+    assert "Training settings" in card and "tiny-random-teacher" in card
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert any("kd_loss" in entry for entry in history) and any("eval_kd_loss" in entry for entry in history)
 
