@@ -126,6 +126,69 @@ def test_plain_dataset_is_refused_before_training(workdir, tmp_path):
         train_ssb.main(*parse(_flags(workdir, tmp_path / "o", dataset_name=tmp_path / "plain"))[:3])
 
 
+def _soft_label_rows(workdir, n_rows: int, seed: int):
+    """Soft-label rows from the module's teacher tokenizer (another seed: other questions), and their metadata."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(workdir / "model")
+    return build_soft_label_dataset(make_tiny_model(seed=1), tokenizer, n_rows=n_rows, top_k=8, seed=seed)
+
+
+def test_a_test_split_is_the_eval_set(workdir, tmp_path):
+    """--dataset_test_split (TRL's name) evaluates on a split apart from training, from a saved DatasetDict."""
+    from datasets import DatasetDict
+
+    train, metadata = _soft_label_rows(workdir, 6, seed=0)
+    test, _ = _soft_label_rows(workdir, 3, seed=5)
+    DatasetDict({"train": train, "test": test}).save_to_disk(tmp_path / "data")
+    (tmp_path / "data" / "ssb_metadata.json").write_text(json.dumps(metadata.to_dict()))
+    flags = _flags(workdir, tmp_path / "run", dataset_name=tmp_path / "data", dataset_test_split="test")
+    trainer = train_ssb.main(*parse([*flags, "--eval_strategy", "steps", "--eval_steps", "1"])[:3])
+    assert len(trainer.train_dataset) == 6 and len(trainer.eval_dataset) == 3
+    entry = next(e for e in trainer.state.log_history if "eval_kd_loss" in e)
+    answers = [sum(row["completion_mask"]) for row in test]
+    assert entry["eval_mean_answer_length"] == pytest.approx(sum(answers) / len(answers))
+
+
+def test_a_configuration_of_a_hub_style_folder(workdir, tmp_path):
+    """--dataset_config picks a configuration (the `name` of load_dataset), with its own splits and metadata."""
+    root = tmp_path / "hub"
+    sizes = {"easy": (4, 2), "hard": (6, 3)}
+    lines = ["---", "configs:"]
+    for index, (config, (n_train, n_test)) in enumerate(sizes.items()):
+        (root / config).mkdir(parents=True)
+        for split, n in (("train", n_train), ("test", n_test)):
+            rows, metadata = _soft_label_rows(workdir, n, seed=10 * index + n)
+            rows.to_parquet(root / config / f"{split}.parquet")
+        (root / config / "ssb_metadata.json").write_text(json.dumps(metadata.to_dict()))
+        lines += [f"- config_name: {config}", "  data_files:"]
+        lines += [f"  - split: {split}\n    path: {config}/{split}.parquet" for split in ("train", "test")]
+    (root / "README.md").write_text("\n".join([*lines, "---", ""]))
+    flags = _flags(workdir, tmp_path / "run", dataset_name=root, dataset_config="hard", dataset_test_split="test")
+    trainer = train_ssb.main(*parse(flags)[:3])
+    assert (len(trainer.train_dataset), len(trainer.eval_dataset)) == sizes["hard"]
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (
+            {"dataset_test_split": "test", "eval_fraction": 0.25},
+            "--dataset_test_split 'test' and --eval_fraction 0.25 both make an eval set: pass one of them",
+        ),
+        (
+            {"dataset_config": "hard"},
+            "--dataset_config 'hard': .* was saved with save_to_disk, .* drop --dataset_config",
+        ),
+        ({"eval_strategy": "steps"}, "--eval_strategy steps evaluates during training, but there is no eval set"),
+        ({"dataset_test_split": "test"}, "--dataset_test_split 'test': .* holds one split, the training data"),
+    ],
+)
+def test_eval_set_flags_that_cannot_work_are_refused(workdir, tmp_path, extra, match):
+    with pytest.raises(ValueError, match=match):
+        train_ssb.main(*parse(_flags(workdir, tmp_path / "run", **extra))[:3])
+
+
 def _cpu_accelerate_config(name: str, tmp_path: Path) -> Path:
     """The shipped GPU-first YAML with the keys CPU runs need (MULTI_GPU + use_cpu over gloo)."""
     config = yaml.safe_load((ROOT / "ssb_trl/accelerate_configs" / name).read_text())

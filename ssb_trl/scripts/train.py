@@ -27,13 +27,16 @@ from argparse import ArgumentTypeError
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datasets import Dataset
 from transformers.hf_argparser import string_to_bool
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from ssb_trl import SSBConfig, SSBTrainer, load_soft_label_dataset
 from ssb_trl.cli import run_script
+from ssb_trl.contract import METADATA_FILENAME, SoftLabelError, SoftLabelMetadata, read_metadata_file
 from ssb_trl.models import load_model_and_tokenizer
 from ssb_trl.scripts import configure_logging
+from ssb_trl.storage import load_rows
 
 logger = logging.getLogger("ssb_trl.train")
 
@@ -46,10 +49,28 @@ class TrainScriptArguments:
         default=None,
         metadata={"help": "Soft-label dataset: a directory written by `ssb-trl prepare`, or a Hub dataset id."},
     )
-    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on (Hub datasets)."})
+    dataset_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "Configuration (subset) of a Hub dataset, or of a folder laid out like one (its README lists "
+            "`configs`): the `name` of datasets.load_dataset, as in TRL's ScriptArguments."
+        },
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Split to evaluate on, a set apart from training (TRL's ScriptArguments name). TRL defaults it to "
+            "'test' and reads it when eval_strategy is not 'no'; here it is read when given, so that data without a "
+            "test split trains as before. Not with --eval_fraction."
+        },
+    )
     eval_fraction: float = field(
         default=0.0,
-        metadata={"help": "Hold out this fraction of the rows for an eval loss (0 = no eval set)."},
+        metadata={
+            "help": "Hold out this fraction of the training rows for an eval loss (0 = no held-out set). Not with "
+            "--dataset_test_split."
+        },
     )
     merge_adapter: bool = field(
         default=False,
@@ -169,6 +190,81 @@ def decide_start(
     return None
 
 
+def load_split(name: str, split: str, config: str | None = None) -> tuple[Dataset, SoftLabelMetadata]:
+    """One split of a soft-label dataset with its metadata; `config` picks a configuration (subset) of a Hub
+    dataset, or of a folder laid out like one.
+
+    `load_soft_label_dataset` takes no configuration (it lives in ssb_trl.contract, being restructured: it should
+    take this parameter there). A configuration's metadata is its own `<config>/ssb_metadata.json` when the data
+    has one (configurations may differ in K or T), else the dataset's.
+    """
+    if config is None:
+        return load_soft_label_dataset(name, split=split)
+    path = Path(name).expanduser()
+    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+        raise ValueError(
+            f"--dataset_config {config!r}: {name!r} was saved with save_to_disk, which has splits but no "
+            "configurations; drop --dataset_config (and pick a split with --dataset_train_split / --dataset_test_split)"
+        )
+    rows = load_rows(name, split=split, config_name=config)
+    metadata_file = None
+    for candidate in (f"{config}/{METADATA_FILENAME}", METADATA_FILENAME):
+        if path.is_dir():
+            metadata_file = path / candidate if (path / candidate).is_file() else None
+        else:
+            from huggingface_hub import hf_hub_download
+            from huggingface_hub.errors import EntryNotFoundError
+
+            try:
+                metadata_file = hf_hub_download(name, candidate, repo_type="dataset")
+            except EntryNotFoundError:
+                metadata_file = None
+        if metadata_file is not None:
+            break
+    if metadata_file is None:
+        raise SoftLabelError(
+            f"{name!r} (configuration {config!r}) has no soft-label metadata: neither {config}/{METADATA_FILENAME} "
+            f"nor {METADATA_FILENAME}. Add the file written with the data (ssb_trl.save_soft_label_dataset)."
+        )
+    metadata = read_metadata_file(metadata_file)
+    rows.info.description = metadata.to_description()
+    return rows, metadata
+
+
+def eval_set(
+    script_args: TrainScriptArguments, dataset: Dataset, training_args: SSBConfig
+) -> tuple[Dataset, Dataset | None]:
+    """(train, eval): the eval set is --dataset_test_split, or --eval_fraction of the training rows, or none."""
+    if script_args.dataset_test_split is not None and script_args.eval_fraction > 0:
+        raise ValueError(
+            f"--dataset_test_split {script_args.dataset_test_split!r} and --eval_fraction "
+            f"{script_args.eval_fraction} both make an eval set: pass one of them"
+        )
+    if script_args.dataset_test_split is not None:
+        path = Path(script_args.dataset_name).expanduser()
+        if path.is_file() or ((path / "dataset_info.json").is_file() and not (path / "dataset_dict.json").is_file()):
+            # Loaders return such data whatever split is asked: the eval set would be the training set itself.
+            raise ValueError(
+                f"--dataset_test_split {script_args.dataset_test_split!r}: {script_args.dataset_name!r} holds one "
+                "split, the training data. Hold out rows with --eval_fraction F instead, or save a DatasetDict with a "
+                f"{script_args.dataset_test_split!r} split"
+            )
+        evaluation, _ = load_split(
+            script_args.dataset_name, script_args.dataset_test_split, script_args.dataset_config
+        )
+        return dataset, evaluation
+    if script_args.eval_fraction > 0:
+        split = dataset.train_test_split(test_size=script_args.eval_fraction, seed=training_args.seed)
+        return split["train"], split["test"]
+    strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
+    if strategy != "no":
+        raise ValueError(
+            f"--eval_strategy {strategy} evaluates during training, but there is no eval set: pass "
+            "--dataset_test_split NAME (a split of --dataset_name) or --eval_fraction F, or --eval_strategy no"
+        )
+    return dataset, None
+
+
 def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args: ModelConfig) -> SSBTrainer:
     """Load the soft-label data (checked first), the model, train, save (and merge / push if asked)."""
     if not script_args.dataset_name:
@@ -190,7 +286,9 @@ def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args
             script_args.overwrite_output_dir,
             is_main_process=training_args.process_index == 0,
         )
-    dataset, metadata = load_soft_label_dataset(script_args.dataset_name, split=script_args.dataset_train_split)
+    dataset, metadata = load_split(
+        script_args.dataset_name, script_args.dataset_train_split, script_args.dataset_config
+    )
     logger.info(
         "Loaded %d soft-label rows from %s (teacher %s, K=%d, T=%s)",
         len(dataset),
@@ -199,10 +297,7 @@ def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args
         metadata.top_k,
         metadata.temperature,
     )
-    eval_dataset = None
-    if script_args.eval_fraction > 0:
-        split = dataset.train_test_split(test_size=script_args.eval_fraction, seed=training_args.seed)
-        dataset, eval_dataset = split["train"], split["test"]
+    dataset, eval_dataset = eval_set(script_args, dataset, training_args)
     model_name = model_args.model_name_or_path or metadata.teacher_model
     model, tokenizer = load_model_and_tokenizer(
         model_name,
