@@ -2,9 +2,10 @@
 
 ``prepare``, ``label`` and ``train`` run through ``accelerate launch`` as TRL's commands do: flags the script does not
 know (``--num_processes 8``, ``--config_file x.yaml``, ``--mixed_precision bf16``) go to accelerate, and
-``--accelerate_config NAME`` picks a config shipped in ``ssb_trl/accelerate_configs`` (``ddp``,
-``deepspeed_zero2``, ``deepspeed_zero3``, ``deepspeed_zero3_offload``) or a YAML path. ``evaluate`` and
-``inspect`` run in this process (one process writes one report).
+``--accelerate_config NAME`` picks one of the configs TRL ships (``zero1``, ``zero2``, ``zero3``, ``fsdp1``,
+``fsdp2``, ``multi_gpu``, ``single_gpu``), ssb-trl's ``zero3_offload``, or a YAML path. ``evaluate`` and
+``inspect`` run in this process (one process writes one report). Renamed flags and values keep working for one
+release with a warning (``ssb_trl.deprecations``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ssb_trl.deprecations import rename_args, rename_config
 from ssb_trl.errors import DEBUG_ENV, ERROR_FILE_ENV, error_line, launched_errors, reported_errors
 from ssb_trl.scripts import configure_logging
 from ssb_trl.validation import require_integers
@@ -43,16 +45,32 @@ COMMANDS = {  # command -> (module in ssb_trl.scripts, help)
 LAUNCHED_COMMANDS = ("prepare", "label", "train")
 
 
+_OWN_ACCELERATE_CONFIGS = ("zero3_offload",)  # shipped by ssb-trl: TRL ships the others (trl/accelerate_configs)
+
+
+def _accelerate_config_names() -> list[str]:
+    """The names --accelerate_config takes: TRL's shipped configs and ssb-trl's own (without the old names)."""
+    trl_configs = importlib.resources.files("trl.accelerate_configs")
+    names = [p.name.removesuffix(".yaml") for p in trl_configs.iterdir() if p.name.endswith(".yaml")]
+    return sorted({*names, *_OWN_ACCELERATE_CONFIGS})
+
+
 def accelerate_config_path(name_or_path: str) -> str:
-    """A YAML path as given, or the path of a config shipped with ssb-trl (``deepspeed_zero3``...)."""
+    """A YAML path as given, or the path of a shipped config: TRL's (``zero3``, ``multi_gpu``, ``fsdp2``...),
+    resolved by TRL's own resolver, or ssb-trl's ``zero3_offload``. Old names are renamed before this
+    (``ssb_trl.deprecations``)."""
     if Path(name_or_path).is_file():
         return name_or_path
-    shipped = importlib.resources.files("ssb_trl") / "accelerate_configs"
-    candidate = shipped.joinpath(f"{name_or_path}.yaml")
-    if not candidate.is_file():
-        names = sorted(p.name.removesuffix(".yaml") for p in shipped.iterdir() if p.name.endswith(".yaml"))
-        raise SystemExit(f"--accelerate_config {name_or_path!r} is neither a file nor one of {names}")
-    return str(candidate)
+    if name_or_path in _OWN_ACCELERATE_CONFIGS:
+        return str(importlib.resources.files("ssb_trl") / "accelerate_configs" / f"{name_or_path}.yaml")
+    from trl.cli.accelerate_config import resolve_accelerate_config_argument
+
+    try:
+        return str(resolve_accelerate_config_argument(["--accelerate_config", name_or_path])[1])
+    except ValueError:
+        raise SystemExit(
+            f"--accelerate_config {name_or_path!r} is neither a file nor one of {_accelerate_config_names()}"
+        ) from None
 
 
 def _launch_args(unknown: list[str]) -> list[str]:
@@ -77,14 +95,38 @@ def _without(args: list[str], subsequence: list[str]) -> list[str]:
     return rest
 
 
-def _parse(parser: Any, args: list[str] | None, **kwargs: Any) -> tuple:
-    """The parsed dataclasses (and remaining strings, if asked); a bad value is one line naming the setting."""
+def _rename_config_keys(parser: Any, command: str) -> None:
+    """Rename the old keys of the ``--config`` YAML (``ssb_trl.deprecations``) as ``parser`` reads it.
+
+    TrlParser reads the YAML inside ``parse_args_and_config`` and hands its keys to ``set_defaults_with_config``,
+    which has no hook: this parser (made for this one run) gets a wrapper of its own at that one place.
+    """
+    set_defaults = parser.set_defaults_with_config
+
+    def set_defaults_with_config(**config: Any) -> list[str]:
+        return set_defaults(**rename_config(command, config, parser.prog))
+
+    parser.set_defaults_with_config = set_defaults_with_config
+
+
+def _parse(parser: Any, args: list[str], command: str | None, **kwargs: Any) -> tuple[list[str], tuple]:
+    """The flags with old names renamed, and the parsed dataclasses (and remaining strings, if asked); a bad value
+    is one line naming the setting."""
     with reported_errors(parser.prog, while_parsing=True):
+        if command is not None:
+            args = rename_args(command, args, parser.prog)
+            _rename_config_keys(parser, command)
         parsed = parser.parse_args_and_config(args, **kwargs)
         for settings in parsed:  # also the dataclasses that are not ssb-trl's (ModelConfig: lora_r: 2.5)
             if dataclasses.is_dataclass(settings):
                 require_integers(settings)
-    return parsed
+    return args, parsed
+
+
+def command_of(main: Callable[..., Any]) -> str | None:
+    """The ``ssb-trl`` command whose script defines ``main`` (also when run as a file, as accelerate runs it)."""
+    module = Path(main.__code__.co_filename).stem
+    return next((command for command, (name, _) in COMMANDS.items() if name == module), None)
 
 
 def run_script(main: Callable[..., Any], parser: Any, args: list[str] | None = None) -> Any:
@@ -94,7 +136,7 @@ def run_script(main: Callable[..., Any], parser: Any, args: list[str] | None = N
     ``recipes/`` shims, the processes ``accelerate launch`` starts), so each shows ssb-trl's own errors as one
     line and exits 1 (``ssb_trl.errors``).
     """
-    parsed = _parse(parser, args)
+    _, parsed = _parse(parser, list(sys.argv[1:] if args is None else args), command_of(main))
     with reported_errors(parser.prog):
         return main(*parsed)
 
@@ -144,8 +186,8 @@ def launch_script(command: str, parser: Any, args: list[str]) -> int:
     """
     from accelerate.commands.launch import launch_command_parser
 
-    *_, config_unknown, cli_unknown = _parse(
-        parser, args, return_remaining_strings=True, separate_remaining_strings=True
+    args, (*_, config_unknown, cli_unknown) = _parse(
+        parser, args, command, return_remaining_strings=True, separate_remaining_strings=True
     )
     launch_args = _launch_args(config_unknown + cli_unknown)
     script = str(importlib.resources.files("ssb_trl.scripts").joinpath(f"{COMMANDS[command][0]}.py"))

@@ -31,9 +31,17 @@ def test_each_command_shows_its_own_flags(command: str) -> None:
     assert f"usage: ssb-trl {command}" in proc.stdout and "--output_dir" in proc.stdout
 
 
-def test_accelerate_config_names_resolve_to_shipped_files(tmp_path: Path) -> None:
-    path = cli.accelerate_config_path("deepspeed_zero3")
-    assert Path(path).is_file() and Path(path).parent == REPO / "ssb_trl" / "accelerate_configs"
+TRL_ACCELERATE_CONFIGS = ("zero1", "zero2", "zero3", "fsdp1", "fsdp2", "multi_gpu", "single_gpu")
+
+
+def test_accelerate_config_names_are_trls_and_resolve_to_their_files(tmp_path: Path) -> None:
+    import importlib.resources
+
+    trl_configs = importlib.resources.files("trl.accelerate_configs")
+    for name in TRL_ACCELERATE_CONFIGS:  # TRL's shipped configs, found by TRL's own resolver
+        assert Path(cli.accelerate_config_path(name)) == Path(str(trl_configs.joinpath(f"{name}.yaml")))
+    offload = Path(cli.accelerate_config_path("zero3_offload"))  # the one TRL does not ship
+    assert offload.is_file() and offload == REPO / "ssb_trl" / "accelerate_configs" / "zero3_offload.yaml"
     own = tmp_path / "mine.yaml"
     own.write_text("num_processes: 2\n")
     assert cli._launch_args(["--accelerate_config", str(own), "--num_processes", "2"]) == [
@@ -42,7 +50,7 @@ def test_accelerate_config_names_resolve_to_shipped_files(tmp_path: Path) -> Non
         "--num_processes",
         "2",
     ]
-    with pytest.raises(SystemExit, match="deepspeed_zero2"):  # the error lists the shipped names
+    with pytest.raises(SystemExit, match=r"neither a file nor one of \['fsdp1', .*'zero3', 'zero3_offload'\]"):
         cli.accelerate_config_path("zero9")
 
 

@@ -190,17 +190,27 @@ def test_eval_set_flags_that_cannot_work_are_refused(workdir, tmp_path, extra, m
 
 
 def _cpu_accelerate_config(name: str, tmp_path: Path) -> Path:
-    """The shipped GPU-first YAML with the keys CPU runs need (MULTI_GPU + use_cpu over gloo)."""
-    config = yaml.safe_load((ROOT / "ssb_trl/accelerate_configs" / name).read_text())
+    """A shipped GPU-first config (TRL's, by name) with the keys CPU runs need (MULTI_GPU + use_cpu over gloo)."""
+    from ssb_trl.cli import accelerate_config_path
+
+    config = yaml.safe_load(Path(accelerate_config_path(name)).read_text())
     config.update(num_processes=2, mixed_precision="no", use_cpu=True)
-    path = tmp_path / name
+    path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def _launch(config: Path, flags: list[str], through_cli: bool = False) -> subprocess.CompletedProcess:
-    """`accelerate launch recipes/train_ssb.py`, or `ssb-trl train` passing the accelerate flags through."""
-    if through_cli:
+# The CPU keys of a DeepSpeed launch as accelerate flags (the training flags hold use_cpu). Not accelerate's --cpu:
+# it routes the launch to a single process, and the run would pass as one.
+CPU_DEEPSPEED_FLAGS = ["--num_processes", "2", "--mixed_precision", "no"]
+
+
+def _launch(config: Path | str, flags: list[str], through_cli: bool = False) -> subprocess.CompletedProcess:
+    """`accelerate launch recipes/train_ssb.py`, or `ssb-trl train` passing the accelerate flags through; `config`
+    is a YAML path, or through the CLI the name of a DeepSpeed config for --accelerate_config."""
+    if through_cli and isinstance(config, str):
+        cmd = [sys.executable, "-m", "ssb_trl", "train", *flags, "--accelerate_config", config, *CPU_DEEPSPEED_FLAGS]
+    elif through_cli:
         cmd = [sys.executable, "-m", "ssb_trl", "train", *flags, "--config_file", str(config)]
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
@@ -227,7 +237,7 @@ def test_two_process_ddp_equals_one_process(workdir, tmp_path):
     train_ssb.main(*parse(_flags(workdir, single, per_device_train_batch_size=8))[:3])
     ddp = tmp_path / "ddp"
     # Two unsynchronised processes would each step on 4 rows only, and the saved weights would differ.
-    _launch(_cpu_accelerate_config("ddp.yaml", tmp_path), _flags(workdir, ddp))
+    _launch(_cpu_accelerate_config("multi_gpu", tmp_path), _flags(workdir, ddp))
     a, b = _weights(single), _weights(ddp)
     initial = make_tiny_model(seed=0).state_dict()
     assert any(not torch.allclose(a[k], initial[k]) for k in a)
@@ -237,15 +247,23 @@ def test_two_process_ddp_equals_one_process(workdir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
-def test_deepspeed_zero_on_two_cpu_processes(workdir, tmp_path, config):
+@pytest.mark.parametrize("name", ["deepspeed_zero2", "zero3"])  # an old name (renamed, with a warning) and TRL's
+def test_deepspeed_zero_on_two_cpu_processes(workdir, tmp_path, name):
+    """`ssb-trl train --accelerate_config NAME`: TRL's shipped DeepSpeed configs, the CPU keys as accelerate flags."""
     out = tmp_path / "ds"
-    _launch(
-        _cpu_accelerate_config(config, tmp_path),
-        _flags(workdir, out, max_steps=2, learning_rate=1e-2, optim="adamw_torch"),
-        through_cli=True,
+    result = _launch(
+        name, _flags(workdir, out, max_steps=2, learning_rate=1e-2, optim="adamw_torch"), through_cli=True
     )
     assert (out / "README.md").exists()
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     losses = [entry["loss"] for entry in history if "loss" in entry]
     assert len(losses) == 2 and all(0 < loss < 1e4 for loss in losses)
+    assert history[0]["epoch"] == 1.0  # 8 rows in one step: 2 processes x batch 4, not one process
+    warnings = [line for line in result.stderr.splitlines() if "warning: --accelerate_config" in line]
+    if name == "deepspeed_zero2":  # once, by the command the user ran (not again by each launched process)
+        assert warnings == [
+            "ssb-trl train: warning: --accelerate_config deepspeed_zero2 is renamed --accelerate_config zero2; the old "
+            "name stops working in 0.3"
+        ]
+    else:
+        assert warnings == []

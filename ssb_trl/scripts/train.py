@@ -1,8 +1,8 @@
 """Train a model with SSB on a soft-label dataset (made by `ssb-trl prepare`).
 
     ssb-trl train --config recipes/configs/demo.yaml --dataset_name outputs/demo/data
-    ssb-trl train --config recipes/configs/qwen2.5-3b-instruct_gsm8k.yaml --accelerate_config deepspeed_zero3
-    accelerate launch --config_file ssb_trl/accelerate_configs/deepspeed_zero3.yaml \\
+    ssb-trl train --config recipes/configs/qwen2.5-3b-instruct_gsm8k.yaml --accelerate_config zero3
+    accelerate launch --config_file zero3.yaml \\
         -m ssb_trl.scripts.train --config recipes/configs/qwen2.5-3b-instruct_gsm8k.yaml
 
 Every `SSBConfig` (= `SFTConfig` + loss settings) and `ModelConfig` field is a flag; `--config` reads a
