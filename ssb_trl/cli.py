@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ssb_trl import __version__
 from ssb_trl.deprecations import rename_args, rename_config
 from ssb_trl.errors import DEBUG_ENV, ERROR_FILE_ENV, error_line, launched_errors, reported_errors
 from ssb_trl.scripts import configure_logging
@@ -216,6 +217,7 @@ def run_command(command: str, args: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="ssb-trl", description="Semantic Soft Bootstrapping for TRL.")
+    parser.add_argument("--version", action="version", version=f"ssb-trl {__version__}")
     parser.add_argument(
         "--debug",
         action="store_true",
