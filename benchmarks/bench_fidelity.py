@@ -9,7 +9,7 @@ we compare the KD loss T^2 * KL(teacher || student) at T = 2 computed
     tail bucket,
 and the gradient each gives with respect to the student's hidden states (what training follows).
 
-The second table puts sampled soft labels (`ssb_trl.sampled_labels`, `--soft_label_mode sampled`) beside top-K at
+The second table puts sampled soft labels (`ssb_trl.soft_labels.codec`, `--soft_label_mode sampled`) beside top-K at
 equal bytes (N draws stored as N entries, like top-N): the gradient cosine of one draw and of the mean gradient over
 DRAWS independent draws (unbiased: it approaches 1 as draws are added, where top-K's bias stays), and the bias of
 the logged KD value (mean over draws vs dense).

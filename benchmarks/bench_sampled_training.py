@@ -5,7 +5,7 @@ model (a fresh copy per run) on the plain prompt, over the same sampled answers.
 --steps optimizer steps with the library's sparse loss (`ssb_trl.loss.sparse_distillation_loss`, T = 2) on the
 soft labels of the training questions, stored as
   - top-K (the K most probable tokens + the derived tail bucket),
-  - sampled (N = K draws from the teacher's distribution, `ssb_trl.sampled_labels`: the same bytes), and
+  - sampled (N = K draws from the teacher's distribution, `ssb_trl.soft_labels.codec`: the same bytes), and
   - the full vocabulary (the dense loss: the reference no stored format beats),
 then measures the dense KD, T^2 * KL(teacher || student) over the full vocabulary, on held-out questions.
 

@@ -10,11 +10,15 @@ The names load on first use (as TRL's do): `import ssb_trl.tasks.grading` to gra
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
 from ssb_trl.lazy import lazy_exports
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("ssb-trl")  # pyproject.toml's, as installed: one place to bump
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 _EXPORTS = {  # public name -> the module that defines it
     "DistillationLossSpec": "ssb_trl.loss",

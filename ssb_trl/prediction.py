@@ -29,9 +29,17 @@ def ssb_metric_values(sums: dict[str, float], prefix: str) -> dict[str, float]:
 class SoftLabelPredictionMixin:
     """Evaluation and prediction on soft-label datasets, with the SSB metrics under the loop's own prefix.
 
-    `compute_metrics` gets `EvalPrediction(predictions, label_ids)`: `predictions` [batch, seq] are the
-    student's argmax ids (`predictions[:, t]` predicts `label_ids[:, t + 1]`, -100 where that is not an answer
-    token), from the loss's own chunked argmax; `label_ids` the answer tokens (-100 elsewhere).
+    Predictions are what SFTTrainer gives, so an SFT `compute_metrics` runs unchanged: `EvalPrediction.predictions`
+    are the student's logits [batch, seq, vocab] (`predictions[:, t]` predicts `label_ids[:, t + 1]`) and
+    `label_ids` the answer tokens (-100 elsewhere), and `preprocess_logits_for_metrics(logits, labels)` runs on each
+    batch as in Trainer. Why logits and not the argmax ids the loss computes anyway: a script written for
+    SFTTrainer does `np.argmax(logits, -1)` on them, which on [batch, seq] ids fails with an IndexError at the
+    first evaluation, after training ran. The logits are built only when predictions are wanted (a
+    `compute_metrics`, or `predict`), one batch at a time, as SFTTrainer does; Trainer then keeps them all for
+    `compute_metrics`, which for a large eval set is the memory SFT users avoid with
+    `preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1)` (and `eval_accumulation_steps`).
+    SFTTrainer 1.16 recomputes them with a second forward and deprecates them for TRL 2.0; here they come from the
+    hidden states the loss already has (no second forward), and SSBTrainer follows TRL when it drops them.
     """
 
     _ssb_sums: dict[str, Any]
@@ -48,7 +56,8 @@ class SoftLabelPredictionMixin:
         )
 
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
-        """As Trainer.predict: predictions are the student's argmax ids on answer tokens (see the class docs)."""
+        """As SFTTrainer.predict: predictions are the student's logits [rows, seq, vocab], or what
+        `preprocess_logits_for_metrics` makes of them; metrics add the SSB ones under `test_`."""
         require_dataset(test_dataset, "test_dataset")
         test_dataset = self._ready_dataset(test_dataset, "test_dataset")
         return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
@@ -66,13 +75,11 @@ class SoftLabelPredictionMixin:
         return output
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """(loss, argmax ids [batch, seq], labels [batch, seq]): argmax at t predicts labels at t + 1, -100 elsewhere."""
+        """(loss, logits [batch, seq, vocab], labels [batch, seq]) as Trainer's; no logits when only the loss is
+        wanted (the SSB loss never needs them)."""
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad(), self.compute_loss_context_manager():
+            if prediction_loss_only:
+                return self.compute_loss(model, inputs).detach(), None, None
             loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
-        if prediction_loss_only:
-            return loss.detach(), None, None
-        labels = inputs["labels"]
-        predictions = torch.full_like(labels, -100)
-        predictions[:, :-1][labels[:, 1:] != -100] = outputs.predictions.to(labels.device)
-        return loss.detach(), predictions, labels
+        return loss.detach(), outputs.logits, inputs["labels"]

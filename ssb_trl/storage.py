@@ -395,7 +395,8 @@ def load_rows(
         return _load_data_file(path, source, text_columns)
     if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
         return _one_split(datasets.load_from_disk(str(path)), split, source)
-    by_split = _data_files_by_split(path) if path.is_dir() and data_files is None else {}
+    # A configuration is read by `datasets` from the folder's README (`configs:`), as from a Hub repository.
+    by_split = _data_files_by_split(path) if path.is_dir() and data_files is None and config_name is None else {}
     if by_split:
         return _load_data_folder(path, by_split, split, source, text_columns)
     if not path.exists() and (path.suffix.lower() in DATA_FILE_BUILDERS or source.startswith((".", "/", "~"))):
@@ -418,4 +419,6 @@ def load_rows(
             f"could not load rows from {source!r} (config={config_name!r}, split={split!r}): {exc}. Expected a Hub "
             f"dataset name, a local .jsonl/.json/.parquet/.csv file or a dataset folder.{hint}"
         ) from exc
+    if isinstance(loaded, datasets.Dataset):  # load_dataset picked the split asked for
+        return loaded
     return _one_split(loaded, split, source)

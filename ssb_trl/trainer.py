@@ -15,17 +15,18 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, TrainerState
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, TrainerState, is_wandb_available
 from transformers.trainer import OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTTrainer
-from trl.trainer.utils import get_config_model_id
+from trl.trainer.utils import get_comet_experiment_url, get_config_model_id, get_trackio_space_url
 
 from ssb_trl.collator import SSBDataCollator
 from ssb_trl.config import SSBConfig
 from ssb_trl.loss import DistillationLossSpec
-from ssb_trl.model_card import finish_model_card, hub_base_model, portable_model_name
+from ssb_trl.model_card import SSB_CARD, card_identity, portable_model_name, render_model_card
 from ssb_trl.modeling import patch_forward_with_soft_label_loss
+from ssb_trl.models import check_model_available, resolve_model_path
 from ssb_trl.prediction import SoftLabelPredictionMixin, ssb_metric_values
 from ssb_trl.soft_labels.checks import check_soft_label_columns
 from ssb_trl.soft_labels.schema import (
@@ -48,35 +49,38 @@ from ssb_trl.trainer_data import (
 logger = logging.getLogger(__name__)
 
 
+def _wandb_run_url() -> str | None:
+    """The W&B run's URL for the card's badge, as TRL's card shows it (wandb imported only when installed)."""
+    if not is_wandb_available():
+        return None
+    import wandb
+
+    return wandb.run.url if wandb.run is not None else None
+
+
 class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
     """Drop-in replacement for `trl.SFTTrainer` that distils stored top-K teacher soft labels.
 
     Takes a soft-label dataset (`input_ids`, `completion_mask`, `teacher_topk_ids`,
     `teacher_topk_logprobs`; see `ssb_trl.soft_labels.schema`), checks it against the model, tokenizer and
     config, and minimises `kd_weight * T^2 * D(teacher || student) + ce_weight * CE` per answer token,
-    averaged over all answer tokens of the accumulated, multi-process batch. Logits are never
-    materialised for the whole batch (see `ssb_trl.loss`). Logs `kd_loss`, `ce_loss`,
+    averaged over all answer tokens of the accumulated, multi-process batch. Training never materialises the
+    logits of the whole batch (see `ssb_trl.loss`). Logs `kd_loss`, `ce_loss`,
     `top1_agreement` (student argmax == teacher top-1) and `mean_answer_length`.
 
-    `compute_metrics` gets `EvalPrediction(predictions, label_ids)` as with SFTTrainer after an argmax:
-    `predictions` [batch, seq] are the student's argmax ids (`predictions[:, t]` predicts `label_ids[:, t + 1]`,
-    -100 where that is not an answer token) and `label_ids` the answer tokens (-100 elsewhere). They come from
-    the loss's own chunked argmax, so `preprocess_logits_for_metrics` (which needs logits) is refused.
+    `compute_metrics` and `preprocess_logits_for_metrics` work as with SFTTrainer (the student's logits [batch,
+    seq, vocab] and the answer tokens as labels, -100 elsewhere; see `ssb_trl.prediction`), so an SFT script's
+    metrics run unchanged.
     SSB metrics follow `metric_key_prefix`: `eval_kd_loss`, `test_kd_loss` from `predict`, `eval_<name>_kd_loss`
     for a dict of eval sets.
 
     Args beyond SFTTrainer's: `soft_label_metadata` (read from the dataset's info when omitted).
     """
 
-    _tag_names = ["trl", "ssb", "ssb-trl", "distillation"]
-    _name = "SSB"
-    _paper = {
-        "title": "Semantic Soft Bootstrapping: Long Context Reasoning in LLMs without Reinforcement Learning",
-        "id": "2512.05105",
-        "citation": "@article{mitra2025ssb, title={Semantic Soft Bootstrapping: Long Context Reasoning in LLMs "
-        "without Reinforcement Learning}, author={Mitra, Purbesh and Ulukus, Sennur}, journal={arXiv:2512.05105}, "
-        "year={2025}}",
-    }
+    # TRL's card fields for SSB data; another origin (`ssb-trl label` data) sets its own per instance (model_card.py).
+    _tag_names = list(SSB_CARD.tags)
+    _name = SSB_CARD.name
+    _paper = SSB_CARD.paper
 
     def __init__(
         self,
@@ -96,19 +100,10 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
     ):
         if args is None:
             name = model if isinstance(model, str) else get_config_model_id(model.config)
-            args = SSBConfig(f"{name.split('/')[-1]}-SSB")
+            args = SSBConfig(f"{name.split('/')[-1].split(':')[-1]}-SSB")
         elif not isinstance(args, SSBConfig):
             raise TypeError(
                 f"SSBTrainer needs an SSBConfig, got {type(args).__name__}; build one with the same fields."
-            )
-        if preprocess_logits_for_metrics is not None:
-            raise ValueError(
-                "SSBTrainer does not take preprocess_logits_for_metrics: it never builds the [batch, seq, vocab] "
-                "logits (the loss projects only the answer positions to the vocabulary, chunk by chunk), so there "
-                "are no logits to preprocess. compute_metrics receives EvalPrediction(predictions, label_ids) where "
-                "predictions are already the student's argmax token ids ([batch, seq], -100 off the answer; "
-                "predictions[:, t] predicts label_ids[:, t + 1], as argmax(logits) would) and label_ids the answer "
-                "tokens (-100 elsewhere). Drop preprocess_logits_for_metrics and use them directly."
             )
         if train_dataset is None:
             raise ValueError(
@@ -120,8 +115,15 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
         for argument, dataset in {"train_dataset": train_dataset, **eval_sets}.items():
             require_dataset(dataset, argument)
             check_soft_label_columns(dataset, columns)
+        if isinstance(model, str):  # the bundled model loads from its cache folder, as in the CLI (ssb_trl.models)
+            check_model_available(model)
+            model = resolve_model_path(model)
         tokenizer = resolve_tokenizer(model, processing_class)
         self.soft_label_metadata = training_metadata(train_dataset, soft_label_metadata, tokenizer, args)
+        # TRL's class fields for the card and the model's tags (SFTTrainer adds them below), chosen from the data.
+        self._card_identity = card_identity(self.soft_label_metadata, args.kd_weight)
+        self._name, self._paper = self._card_identity.name, self._card_identity.paper
+        self._tag_names = list(self._card_identity.tags)
         eval_metadata = {
             argument: evaluation_metadata(dataset, argument, self.soft_label_metadata, tokenizer, args)
             for argument, dataset in eval_sets.items()
@@ -151,9 +153,9 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
         )
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         patch_forward_with_soft_label_loss(base)
+        # The card names the bundled model by its name; adapter_config.json keeps the folder PEFT recorded (the
+        # bundled model's cache folder), which transformers and PEFT load offline.
         self.base_model_name = portable_model_name(get_config_model_id(base.config)) or None
-        for adapter_config in getattr(self.model, "peft_config", {}).values():  # adapter_config.json records it
-            adapter_config.base_model_name_or_path = self.base_model_name
         head = base.get_output_embeddings().weight
         self._vocab_size = getattr(head, "ds_shape", head.shape)[0]  # ZeRO-3 partitions the weight to numel 0
         self.train_dataset = prepare_soft_label_dataset(
@@ -210,23 +212,24 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
             self.create_model_card(output_dir=output_dir)
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None, output_dir: str | None = None):
-        """TRL's card, named after the output folder, with the base model named (a Hub id links to it)."""
+        """TRL's card (its tags, badges, framework versions and citations) true to the data: SSB for SSB data,
+        offline distillation for `ssb-trl label` data (`ssb_trl.model_card`), written to `output_dir`."""
+        if not self.is_world_process_zero():
+            return
         destination = output_dir or self.args.output_dir
         if model_name is None:
             model_name = self.args.hub_model_id.split("/")[-1] if self.args.hub_model_id else None
             model_name = model_name or os.path.basename(os.path.normpath(os.path.abspath(destination)))
-        hub_base = hub_base_model(self.base_model_name)
-        config = self.model.config
-        saved_name = getattr(config, "_name_or_path", "")
-        config._name_or_path = hub_base or ""  # what TRL's card reads
-        try:
-            super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
-        finally:
-            config._name_or_path = saved_name
-        if not self.is_world_process_zero():
-            return
-        with open(os.path.join(self.args.output_dir, "README.md")) as f:
-            card = f.read()
+        # The tags as TRL's create_model_card gathers them (trl.trainer.base_trainer), then the data's own.
+        tags = {tags} if isinstance(tags, str) else set(tags or ())
+        if hasattr(self.model.config, "unsloth_version"):
+            tags.add("unsloth")
+        if "JOB_ID" in os.environ:
+            tags.add("hf_jobs")
+        tags.update(self._tag_names)
+        trackio_url = get_trackio_space_url()
+        if trackio_url is not None:
+            tags = {tag for tag in tags if not tag.startswith("trackio:")} | {f"trackio:{trackio_url}"}
         a = self.args
         settings = {
             "temperature": a.temperature,
@@ -240,11 +243,22 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
             "per_device_train_batch_size": a.per_device_train_batch_size,
             "gradient_accumulation_steps": a.gradient_accumulation_steps,
         }
-        metadata = self.soft_label_metadata.to_dict() if self.soft_label_metadata else None
-        card = finish_model_card(card, destination, self.base_model_name, bool(self.hub_model_id), settings, metadata)
+        card = render_model_card(
+            model_name=model_name,
+            base_model=self.base_model_name,
+            load_from=self.hub_model_id or destination,
+            is_adapter=hasattr(self.model, "peft_config"),
+            dataset_name=dataset_name,
+            tags=sorted(tags),
+            identity=self._card_identity,
+            settings=settings,
+            metadata=self.soft_label_metadata,
+            wandb_url=_wandb_run_url(),
+            trackio_url=trackio_url,
+            comet_url=get_comet_experiment_url(),
+        )
         os.makedirs(destination, exist_ok=True)
-        with open(os.path.join(destination, "README.md"), "w") as f:
-            f.write(card)
+        card.save(os.path.join(destination, "README.md"))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         """As Trainer does, but say so loudly when a checkpoint lacks the optimizer or scheduler state.
@@ -315,6 +329,7 @@ class SSBTrainer(SoftLabelPredictionMixin, SFTTrainer):
             teacher_topk_ids=inputs[TEACHER_TOPK_IDS],
             teacher_topk_logprobs=teacher_logprobs,
             ssb_loss_spec=self._loss_spec,
+            ssb_return_logits=return_outputs,  # evaluation with predictions: SFTTrainer's logits for the metrics
         )
         n_local = outputs.num_answer_tokens
         denominator = n_local if num_items_in_batch is None else num_items_in_batch

@@ -301,22 +301,21 @@ def _mean_answer_length(dataset):
     return sum(sum(row["completion_mask"]) for row in dataset) / len(dataset)
 
 
-def _dense_argmax(model, dataset):
-    """The reference: the unpatched forward's full logits, argmax per position (what SFTTrainer users compute)."""
+def _dense_logits(model, dataset):
+    """The reference: the unpatched forward's full logits per row (what SFTTrainer hands to compute_metrics)."""
     model.eval()
     with torch.no_grad():
-        return [
-            model(input_ids=torch.tensor([row["input_ids"]]), use_cache=False).logits[0].argmax(-1) for row in dataset
-        ]
+        return [model(input_ids=torch.tensor([row["input_ids"]]), use_cache=False).logits[0] for row in dataset]
 
 
-def test_compute_metrics_gets_student_argmax_on_answer_tokens(tmp_path, tokenizer, data):
+def test_compute_metrics_gets_the_student_logits_as_from_sft(tmp_path, tokenizer, data):
+    """An SFT compute_metrics does np.argmax(logits, -1): it gets [rows, seq, vocab] logits, padded per batch."""
     dataset, _ = data
     seen = []
 
     def compute_metrics(prediction):
         seen.append(prediction)
-        preds, labels = prediction.predictions[:, :-1], prediction.label_ids[:, 1:]
+        preds, labels = prediction.predictions.argmax(-1)[:, :-1], prediction.label_ids[:, 1:]
         answer = labels != -100
         return {"token_accuracy": float((preds[answer] == labels[answer]).mean())}
 
@@ -330,27 +329,39 @@ def test_compute_metrics_gets_student_argmax_on_answer_tokens(tmp_path, tokenize
     )
     metrics = trainer.evaluate()
     (prediction,) = seen
-    assert prediction.predictions.shape == prediction.label_ids.shape == (8, max(len(r["input_ids"]) for r in dataset))
-    reference = _dense_argmax(trainer.model, dataset)
-    for row, preds, labels, dense in zip(dataset, prediction.predictions, prediction.label_ids, reference):
+    width = max(len(r["input_ids"]) for r in dataset)
+    assert prediction.predictions.shape == (8, width, 49152) and prediction.label_ids.shape == (8, width)
+    reference = _dense_logits(trainer.model, dataset)
+    for row, logits, labels, dense in zip(dataset, prediction.predictions, prediction.label_ids, reference):
         n, mask = len(row["input_ids"]), torch.tensor(row["completion_mask"])
         assert (labels[:n] == torch.where(mask.bool(), torch.tensor(row["input_ids"]), -100).numpy()).all()
-        predicts_answer = mask[1:].bool()
-        assert (preds[: n - 1][predicts_answer.numpy()] == dense[:-1][predicts_answer].numpy()).all()
-        assert (preds[: n - 1][~predicts_answer.numpy()] == -100).all() and (preds[n - 1 :] == -100).all()
+        torch.testing.assert_close(torch.from_numpy(logits[:n]), dense, rtol=1e-5, atol=1e-5)
     assert 0.0 <= metrics["eval_token_accuracy"] <= 1.0 and "eval_kd_loss" in metrics
 
 
-def test_preprocess_logits_for_metrics_is_refused_with_the_reason(tmp_path, tokenizer, data):
+def test_preprocess_logits_for_metrics_runs_on_each_batch(tmp_path, tokenizer, data):
+    """As in Trainer: it gets each batch's logits and labels, and predict returns what it made of them."""
     dataset, _ = data
-    with pytest.raises(ValueError, match="never builds the .batch, seq, vocab. logits.*argmax token ids"):
-        SSBTrainer(
-            make_tiny_model(seed=0),
-            args=_args(tmp_path),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
-        )
+    calls = []
+
+    def preprocess_logits_for_metrics(logits, labels):
+        calls.append((tuple(logits.shape), tuple(labels.shape)))
+        return logits.argmax(-1)
+
+    trainer = SSBTrainer(
+        make_tiny_model(seed=0),
+        args=_args(tmp_path, per_device_eval_batch_size=3),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+    )
+    predicted = trainer.predict(dataset)
+    assert [logits[0] for logits, _ in calls] == [3, 3, 2] and all(shape[2] == 49152 for shape, _ in calls)
+    assert all(logits[:2] == labels for logits, labels in calls)
+    assert predicted.predictions.shape == predicted.label_ids.shape
+    for row, ids, dense in zip(dataset, predicted.predictions, _dense_logits(trainer.model, dataset)):
+        n = len(row["input_ids"])
+        assert (ids[:n] == dense.argmax(-1).numpy()).all()
 
 
 def test_predict_returns_predictions_and_does_not_leak_into_evaluate(tmp_path, tokenizer, data):
@@ -368,7 +379,7 @@ def test_predict_returns_predictions_and_does_not_leak_into_evaluate(tmp_path, t
     trainer.model.eval()
     predicted = trainer.predict(long)
     assert predicted.predictions is not None and predicted.label_ids is not None
-    assert predicted.predictions.shape == predicted.label_ids.shape
+    assert predicted.predictions.shape == (*predicted.label_ids.shape, 49152)  # logits, as SFTTrainer.predict
     assert predicted.metrics["test_mean_answer_length"] == pytest.approx(_mean_answer_length(long))
     assert {"test_kd_loss", "test_ce_loss", "test_top1_agreement"} <= set(predicted.metrics)
     assert not any(key.startswith("eval_") for key in predicted.metrics)
@@ -400,33 +411,55 @@ def test_ssb_metrics_follow_the_names_of_an_eval_dataset_dict(tmp_path, tokenize
 # ---- 3b. the model card and the adapter name their base model --------------------------------------------------
 
 
-def test_adapter_from_the_bundled_model_records_its_portable_name(tmp_path, tokenizer, data):
-    """1 LoRA step from the real bundled SmolLM2 (loaded from its cache folder, a path on this machine)."""
-    from peft import LoraConfig
+def test_the_bundled_model_by_name_trains_and_its_adapter_reloads_offline(tmp_path, data, caplog):
+    """`SSBTrainer(model="bundled:...")` loads (it raised OSError); the adapter records the bundled model's cache
+    folder, a plain transformers folder, so PEFT's and transformers' own loaders reload it offline."""
+    from peft import AutoPeftModelForCausalLM, LoraConfig
+    from transformers import pipeline
 
     from ssb_trl.eval.model_specs import parse_model_specs
-    from ssb_trl.models import BUNDLED_MODEL, bundled_model_dir, load_model_and_tokenizer
+    from ssb_trl.models import BUNDLED_MODEL, bundled_model_dir, is_bundled_model, resolve_model_path
 
-    model, _ = load_model_and_tokenizer(BUNDLED_MODEL, device="cpu")
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    caplog.set_level(logging.INFO)
     cache = str(bundled_model_dir())
-    assert model.config._name_or_path == cache  # what PEFT and TRL would record
     trainer = SSBTrainer(
-        model,
+        BUNDLED_MODEL,  # no processing_class: the tokenizer comes from the model, as with SFTTrainer
         args=_args(tmp_path, per_device_train_batch_size=2),
         train_dataset=data[0].select(range(2)),
-        processing_class=tokenizer,
         peft_config=LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], task_type="CAUSAL_LM"),
     )
     trainer.train()
     trainer.save_model(str(tmp_path / "ssb-adapter"))
     adapter_config = json.loads((tmp_path / "ssb-adapter" / "adapter_config.json").read_text())
-    assert adapter_config["base_model_name_or_path"] == BUNDLED_MODEL
+    assert adapter_config["base_model_name_or_path"] == cache
+    assert not [r for r in caplog.records if r.name.startswith("ssb_trl") and r.levelno >= logging.WARNING]
+
+    reloaded = AutoPeftModelForCausalLM.from_pretrained(str(tmp_path / "ssb-adapter"))
+    ids = torch.tensor([data[0][0]["input_ids"]])
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, trainer.model(input_ids=ids).logits)
+    generator = pipeline("text-generation", model=str(tmp_path / "ssb-adapter"))
+    assert generator("2 + 2 =", max_new_tokens=2, do_sample=False)[0]["generated_text"].startswith("2 + 2 =")
+
     card = (tmp_path / "ssb-adapter" / "README.md").read_text()
-    assert "# Model Card for ssb-adapter" in card and "None" not in card and cache not in card
-    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
-    assert f"`{BUNDLED_MODEL}` ([HuggingFaceTB/SmolLM2-135M-Instruct](https://huggingface.co/HuggingFace" in card
-    (spec,) = parse_model_specs([f"ssb={tmp_path / 'ssb-adapter'}"])  # evaluation finds the base by that name
-    assert spec.adapter_base == BUNDLED_MODEL
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and cache not in card
+    (spec,) = parse_model_specs([f"ssb={tmp_path / 'ssb-adapter'}"])  # evaluation loads the same base
+    assert spec.adapter_base == cache
+    # On another machine the recorded folder does not exist: ssb-trl maps it to that machine's copy.
+    elsewhere = "/home/someone/.cache/ssb_trl/" + os.path.basename(cache)
+    assert is_bundled_model(elsewhere) and resolve_model_path(elsewhere) == cache
+
+
+def test_loading_the_bundled_model_is_an_info_notice_not_a_warning(caplog):
+    """Every run logged it at WARNING, though nothing is wrong when the user asks for the bundled model."""
+    from ssb_trl.models import BUNDLED_MODEL, load_model_and_tokenizer
+
+    caplog.set_level(logging.INFO)
+    load_model_and_tokenizer(BUNDLED_MODEL, device="cpu")
+    notices = [r for r in caplog.records if r.getMessage().startswith("Using the bundled model")]
+    assert [r.levelno for r in notices] == [logging.INFO]
 
 
 def test_model_card_names_a_local_or_hub_base_model(tmp_path, tokenizer, data):

@@ -31,9 +31,17 @@ def test_each_command_shows_its_own_flags(command: str) -> None:
     assert f"usage: ssb-trl {command}" in proc.stdout and "--output_dir" in proc.stdout
 
 
-def test_accelerate_config_names_resolve_to_shipped_files(tmp_path: Path) -> None:
-    path = cli.accelerate_config_path("deepspeed_zero3")
-    assert Path(path).is_file() and Path(path).parent == REPO / "ssb_trl" / "accelerate_configs"
+TRL_ACCELERATE_CONFIGS = ("zero1", "zero2", "zero3", "fsdp1", "fsdp2", "multi_gpu", "single_gpu")
+
+
+def test_accelerate_config_names_are_trls_and_resolve_to_their_files(tmp_path: Path) -> None:
+    import importlib.resources
+
+    trl_configs = importlib.resources.files("trl.accelerate_configs")
+    for name in TRL_ACCELERATE_CONFIGS:  # TRL's shipped configs, found by TRL's own resolver
+        assert Path(cli.accelerate_config_path(name)) == Path(str(trl_configs.joinpath(f"{name}.yaml")))
+    offload = Path(cli.accelerate_config_path("zero3_offload"))  # the one TRL does not ship
+    assert offload.is_file() and offload == REPO / "ssb_trl" / "accelerate_configs" / "zero3_offload.yaml"
     own = tmp_path / "mine.yaml"
     own.write_text("num_processes: 2\n")
     assert cli._launch_args(["--accelerate_config", str(own), "--num_processes", "2"]) == [
@@ -42,7 +50,7 @@ def test_accelerate_config_names_resolve_to_shipped_files(tmp_path: Path) -> Non
         "--num_processes",
         "2",
     ]
-    with pytest.raises(SystemExit, match="deepspeed_zero2"):  # the error lists the shipped names
+    with pytest.raises(SystemExit, match=r"neither a file nor one of \['fsdp1', .*'zero3', 'zero3_offload'\]"):
         cli.accelerate_config_path("zero9")
 
 
@@ -63,7 +71,7 @@ def test_inspect_reports_the_dataset_and_decodes_a_row(tmp_path: Path, tokenizer
     (tmp_path / "data" / "ssb_work").mkdir()  # a preparation's shard copies: not part of the dataset's size
     (tmp_path / "data" / "ssb_work" / "rows.arrow").write_bytes(b"0" * 1_000_000)
     out = tmp_path / "stats.json"
-    argv = ["inspect", "--dataset_name", str(tmp_path / "data"), "--tokenizer_name_or_path", tokenizer_dir]
+    argv = ["inspect", str(tmp_path / "data"), "--tokenizer_name_or_path", tokenizer_dir]  # the dataset positional
     proc = subprocess.run(
         [sys.executable, "-m", "ssb_trl", *argv, "--row", "1", "--output_json", str(out)],
         capture_output=True,
@@ -84,3 +92,41 @@ def test_inspect_reports_the_dataset_and_decodes_a_row(tmp_path: Path, tokenizer
         proc.stdout
     )
     assert repr(tokenizer.decode([answer[0]])) in proc.stdout  # the first answer token, decoded
+
+
+def test_inspect_takes_the_dataset_as_its_positional_argument(tmp_path: Path) -> None:
+    from ssb_trl.scripts.inspect_data import make_parser
+
+    data = str(tmp_path)
+    for argv in ([data], ["--row", "2", data], [data, "--row", "2"], ["--dataset_name", data, "--row", "2"]):
+        (args,) = make_parser(prog="ssb-trl inspect").parse_args_and_config(argv)
+        assert args.dataset_name == data and args.row == (2 if "--row" in argv else 0)
+    with pytest.raises(SystemExit):  # two datasets: argparse refuses, as for any stray argument
+        make_parser(prog="ssb-trl inspect").parse_args_and_config([data, data])
+
+
+def test_version_prints_the_installed_version() -> None:
+    """`ssb-trl --version` printed the help."""
+    from importlib.metadata import version
+
+    import ssb_trl
+
+    proc = subprocess.run([sys.executable, "-m", "ssb_trl", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == f"ssb-trl {version('ssb-trl')}\n", proc.stdout + proc.stderr
+    assert ssb_trl.__version__ == version("ssb-trl")  # read from the package metadata, one place to bump
+
+
+def test_the_docs_speak_of_the_version_pyproject_sets() -> None:
+    """The package said 0.1.0 while the docs spoke of 0.2 (what was renamed in it, what stops working after it)."""
+    import re
+
+    from ssb_trl.deprecations import REMOVED_IN
+
+    (version,) = re.findall(r'^version = "(\d+\.\d+)\.\d+"$', (REPO / "pyproject.toml").read_text(), re.MULTILINE)
+    changes = (REPO / "docs" / "CHANGES.md").read_text()
+    newest = max(
+        re.findall(r"^## .* in (\d+\.\d+)", changes, re.MULTILINE), key=lambda v: tuple(map(int, v.split(".")))
+    )
+    assert newest == version == "0.2"
+    major, minor = map(int, version.split("."))
+    assert REMOVED_IN == f"{major}.{minor + 1}"  # old names work for one release

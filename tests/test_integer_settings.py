@@ -13,7 +13,7 @@ from ssb_trl import SSBConfig
 from ssb_trl.eval import EvalConfig
 from ssb_trl.generation import Sampling
 from ssb_trl.prepare import PrepConfig
-from ssb_trl.scripts.common import parse_settings as _parse
+from ssb_trl.scripts.common import parse_settings
 from ssb_trl.tasks import QuestionSource
 from ssb_trl.validation import integer_fields, require_integers
 
@@ -72,14 +72,14 @@ def test_yaml_floats_through_the_recipe_parsers_name_the_setting(tmp_path: Path)
     config = tmp_path / "prep.yaml"
     config.write_text("source: q.jsonl\nmodel_name_or_path: m\nrollout_max_new_tokens: 16.9\nshard_size: 4.0\n")
     with pytest.raises(SystemExit, match="1"):
-        _parse(prepare_parser(), ["--config", str(config)])
+        parse_settings(prepare_parser(), ["--config", str(config)], "prepare")
     config.write_text("source: q.jsonl\nmodel_name_or_path: m\nshard_size: 4.0\n")
-    (prep,) = _parse(prepare_parser(), ["--config", str(config)])
+    _, (prep,) = parse_settings(prepare_parser(), ["--config", str(config)], "prepare")
     assert prep.shard_size == 4 and type(prep.shard_size) is int
 
     config.write_text("output_dir: out\nuse_cpu: true\nbf16: false\nuse_peft: true\nlora_r: 2.5\n")
     with pytest.raises(SystemExit, match="1"):
-        _parse(train_parser(), ["--config", str(config)])
+        parse_settings(train_parser(), ["--config", str(config)], "train")
 
 
 def test_parse_error_message_names_the_field(tmp_path: Path, capsys) -> None:
@@ -88,7 +88,7 @@ def test_parse_error_message_names_the_field(tmp_path: Path, capsys) -> None:
     config = tmp_path / "train.yaml"
     config.write_text("output_dir: out\nuse_cpu: true\nbf16: false\nuse_peft: true\nlora_r: 2.5\n")
     with pytest.raises(SystemExit):
-        _parse(train_parser(prog="ssb-trl train"), ["--config", str(config)])
+        parse_settings(train_parser(prog="ssb-trl train"), ["--config", str(config)], "train")
     assert (
         "ssb-trl train: error: ModelConfig: these settings take whole numbers, got lora_r=2.5"
         in capsys.readouterr().err

@@ -113,7 +113,7 @@ def test_recipe_trains_saves_card_and_log(workdir, tmp_path):
     train_ssb.main(*args[:3])
     assert (out / "adapter_config.json").exists() and (out / "merged" / "config.json").exists()
     card = (out / "README.md").read_text()
-    assert "SSB training settings" in card and "tiny-random-teacher" in card
+    assert "Training settings" in card and "tiny-random-teacher" in card
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert any("kd_loss" in entry for entry in history) and any("eval_kd_loss" in entry for entry in history)
 
@@ -126,18 +126,91 @@ def test_plain_dataset_is_refused_before_training(workdir, tmp_path):
         train_ssb.main(*parse(_flags(workdir, tmp_path / "o", dataset_name=tmp_path / "plain"))[:3])
 
 
+def _soft_label_rows(workdir, n_rows: int, seed: int):
+    """Soft-label rows from the module's teacher tokenizer (another seed: other questions), and their metadata."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(workdir / "model")
+    return build_soft_label_dataset(make_tiny_model(seed=1), tokenizer, n_rows=n_rows, top_k=8, seed=seed)
+
+
+def test_a_test_split_is_the_eval_set(workdir, tmp_path):
+    """--dataset_test_split (TRL's name) evaluates on a split apart from training, from a saved DatasetDict."""
+    from datasets import DatasetDict
+
+    train, metadata = _soft_label_rows(workdir, 6, seed=0)
+    test, _ = _soft_label_rows(workdir, 3, seed=5)
+    DatasetDict({"train": train, "test": test}).save_to_disk(tmp_path / "data")
+    (tmp_path / "data" / "ssb_metadata.json").write_text(json.dumps(metadata.to_dict()))
+    flags = _flags(workdir, tmp_path / "run", dataset_name=tmp_path / "data", dataset_test_split="test")
+    trainer = train_ssb.main(*parse([*flags, "--eval_strategy", "steps", "--eval_steps", "1"])[:3])
+    assert len(trainer.train_dataset) == 6 and len(trainer.eval_dataset) == 3
+    entry = next(e for e in trainer.state.log_history if "eval_kd_loss" in e)
+    answers = [sum(row["completion_mask"]) for row in test]
+    assert entry["eval_mean_answer_length"] == pytest.approx(sum(answers) / len(answers))
+
+
+def test_a_configuration_of_a_hub_style_folder(workdir, tmp_path):
+    """--dataset_config picks a configuration (the `name` of load_dataset), with its own splits and metadata."""
+    root = tmp_path / "hub"
+    sizes = {"easy": (4, 2), "hard": (6, 3)}
+    lines = ["---", "configs:"]
+    for index, (config, (n_train, n_test)) in enumerate(sizes.items()):
+        (root / config).mkdir(parents=True)
+        for split, n in (("train", n_train), ("test", n_test)):
+            rows, metadata = _soft_label_rows(workdir, n, seed=10 * index + n)
+            rows.to_parquet(root / config / f"{split}.parquet")
+        (root / config / "ssb_metadata.json").write_text(json.dumps(metadata.to_dict()))
+        lines += [f"- config_name: {config}", "  data_files:"]
+        lines += [f"  - split: {split}\n    path: {config}/{split}.parquet" for split in ("train", "test")]
+    (root / "README.md").write_text("\n".join([*lines, "---", ""]))
+    flags = _flags(workdir, tmp_path / "run", dataset_name=root, dataset_config="hard", dataset_test_split="test")
+    trainer = train_ssb.main(*parse(flags)[:3])
+    assert (len(trainer.train_dataset), len(trainer.eval_dataset)) == sizes["hard"]
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (
+            {"dataset_test_split": "test", "eval_fraction": 0.25},
+            "--dataset_test_split 'test' and --eval_fraction 0.25 both make an eval set: pass one of them",
+        ),
+        (
+            {"dataset_config": "hard"},
+            "--dataset_config 'hard': .* was saved with save_to_disk, .* drop --dataset_config",
+        ),
+        ({"eval_strategy": "steps"}, "--eval_strategy steps evaluates during training, but there is no eval set"),
+        ({"dataset_test_split": "test"}, "--dataset_test_split 'test': .* holds one split, the training data"),
+    ],
+)
+def test_eval_set_flags_that_cannot_work_are_refused(workdir, tmp_path, extra, match):
+    with pytest.raises(ValueError, match=match):
+        train_ssb.main(*parse(_flags(workdir, tmp_path / "run", **extra))[:3])
+
+
 def _cpu_accelerate_config(name: str, tmp_path: Path) -> Path:
-    """The shipped GPU-first YAML with the keys CPU runs need (MULTI_GPU + use_cpu over gloo)."""
-    config = yaml.safe_load((ROOT / "ssb_trl/accelerate_configs" / name).read_text())
+    """A shipped GPU-first config (TRL's, by name) with the keys CPU runs need (MULTI_GPU + use_cpu over gloo)."""
+    from ssb_trl.cli import accelerate_config_path
+
+    config = yaml.safe_load(Path(accelerate_config_path(name)).read_text())
     config.update(num_processes=2, mixed_precision="no", use_cpu=True)
-    path = tmp_path / name
+    path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
 
 
-def _launch(config: Path, flags: list[str], through_cli: bool = False) -> subprocess.CompletedProcess:
-    """`accelerate launch recipes/train_ssb.py`, or `ssb-trl train` passing the accelerate flags through."""
-    if through_cli:
+# The CPU keys of a DeepSpeed launch as accelerate flags (the training flags hold use_cpu). Not accelerate's --cpu:
+# it routes the launch to a single process, and the run would pass as one.
+CPU_DEEPSPEED_FLAGS = ["--num_processes", "2", "--mixed_precision", "no"]
+
+
+def _launch(config: Path | str, flags: list[str], through_cli: bool = False) -> subprocess.CompletedProcess:
+    """`accelerate launch recipes/train_ssb.py`, or `ssb-trl train` passing the accelerate flags through; `config`
+    is a YAML path, or through the CLI the name of a DeepSpeed config for --accelerate_config."""
+    if through_cli and isinstance(config, str):
+        cmd = [sys.executable, "-m", "ssb_trl", "train", *flags, "--accelerate_config", config, *CPU_DEEPSPEED_FLAGS]
+    elif through_cli:
         cmd = [sys.executable, "-m", "ssb_trl", "train", *flags, "--config_file", str(config)]
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
@@ -164,7 +237,7 @@ def test_two_process_ddp_equals_one_process(workdir, tmp_path):
     train_ssb.main(*parse(_flags(workdir, single, per_device_train_batch_size=8))[:3])
     ddp = tmp_path / "ddp"
     # Two unsynchronised processes would each step on 4 rows only, and the saved weights would differ.
-    _launch(_cpu_accelerate_config("ddp.yaml", tmp_path), _flags(workdir, ddp))
+    _launch(_cpu_accelerate_config("multi_gpu", tmp_path), _flags(workdir, ddp))
     a, b = _weights(single), _weights(ddp)
     initial = make_tiny_model(seed=0).state_dict()
     assert any(not torch.allclose(a[k], initial[k]) for k in a)
@@ -174,15 +247,23 @@ def test_two_process_ddp_equals_one_process(workdir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["deepspeed_zero2.yaml", "deepspeed_zero3.yaml"])
-def test_deepspeed_zero_on_two_cpu_processes(workdir, tmp_path, config):
+@pytest.mark.parametrize("name", ["deepspeed_zero2", "zero3"])  # an old name (renamed, with a warning) and TRL's
+def test_deepspeed_zero_on_two_cpu_processes(workdir, tmp_path, name):
+    """`ssb-trl train --accelerate_config NAME`: TRL's shipped DeepSpeed configs, the CPU keys as accelerate flags."""
     out = tmp_path / "ds"
-    _launch(
-        _cpu_accelerate_config(config, tmp_path),
-        _flags(workdir, out, max_steps=2, learning_rate=1e-2, optim="adamw_torch"),
-        through_cli=True,
+    result = _launch(
+        name, _flags(workdir, out, max_steps=2, learning_rate=1e-2, optim="adamw_torch"), through_cli=True
     )
     assert (out / "README.md").exists()
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     losses = [entry["loss"] for entry in history if "loss" in entry]
     assert len(losses) == 2 and all(0 < loss < 1e4 for loss in losses)
+    assert history[0]["epoch"] == 1.0  # 8 rows in one step: 2 processes x batch 4, not one process
+    warnings = [line for line in result.stderr.splitlines() if "warning: --accelerate_config" in line]
+    if name == "deepspeed_zero2":  # once, by the command the user ran (not again by each launched process)
+        assert warnings == [
+            "ssb-trl train: warning: --accelerate_config deepspeed_zero2 is renamed --accelerate_config zero2; the old "
+            "name stops working in 0.3"
+        ]
+    else:
+        assert warnings == []

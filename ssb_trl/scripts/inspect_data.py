@@ -1,6 +1,6 @@
 """Inspect a soft-label dataset before training on it: size, K, T, teacher, mode, top-K mass, storage, one example.
 
-    ssb-trl inspect --dataset_name outputs/demo/data
+    ssb-trl inspect outputs/demo/data
     ssb-trl inspect --dataset_name user/my-ssb-data --row 3 --max_tokens 40
 
 The top-K mass is the share of the teacher's probability held by the stored K ids on each answer token
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,8 +230,40 @@ def main(args: InspectArguments) -> dict[str, Any]:
     return stats
 
 
+class InspectParser(TrlParser):
+    """TrlParser that also takes the dataset as a positional argument, as `ssb-trl inspect DIR`."""
+
+    def parse_args_and_config(self, args: list[str] | None = None, **kwargs: Any) -> tuple:
+        args = list(sys.argv[1:] if args is None else args)
+        return super().parse_args_and_config(self._dataset_as_flag(args), **kwargs)
+
+    def _dataset_as_flag(self, args: list[str]) -> list[str]:
+        """`DIR` -> `--dataset_name DIR`: the one argument that is neither a flag nor a flag's value.
+
+        The dataclass fields are all flags (HfArgumentParser makes no positionals), so the lone positional can only
+        be the dataset; anything else is left for argparse to refuse.
+        """
+        positional, expects_value = [], False
+        for index, arg in enumerate(args):
+            if expects_value:
+                expects_value = False
+            elif arg.startswith("-") and len(arg) > 1:
+                action = self._option_string_actions.get(arg.split("=", 1)[0])
+                expects_value = "=" not in arg and action is not None and action.nargs != 0
+            else:
+                positional.append(index)
+        if len(positional) != 1 or "--dataset_name" in args or any(a.startswith("--dataset_name=") for a in args):
+            return args
+        (index,) = positional
+        return ["--dataset_name", args[index], *args[:index], *args[index + 1 :]]
+
+
 def make_parser(prog: str | None = None) -> TrlParser:
-    return TrlParser((InspectArguments,), prog=prog)
+    return InspectParser(
+        (InspectArguments,),
+        prog=prog,
+        description="The dataset may come first, without --dataset_name: ssb-trl inspect outputs/demo/data --row 3",
+    )
 
 
 if __name__ == "__main__":

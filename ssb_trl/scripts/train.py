@@ -1,8 +1,8 @@
 """Train a model with SSB on a soft-label dataset (made by `ssb-trl prepare`).
 
     ssb-trl train --config recipes/configs/demo.yaml --dataset_name outputs/demo/data
-    ssb-trl train --config recipes/configs/qwen2.5-3b-instruct_gsm8k.yaml --accelerate_config deepspeed_zero3
-    accelerate launch --config_file ssb_trl/accelerate_configs/deepspeed_zero3.yaml \\
+    ssb-trl train --config recipes/configs/qwen2.5-3b-instruct_gsm8k.yaml --accelerate_config zero3
+    accelerate launch --config_file zero3.yaml \\
         -m ssb_trl.scripts.train --config recipes/configs/qwen2.5-3b-instruct_gsm8k.yaml
 
 Every `SSBConfig` (= `SFTConfig` + loss settings) and `ModelConfig` field is a flag; `--config` reads a
@@ -31,6 +31,7 @@ from argparse import ArgumentTypeError
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datasets import Dataset
 from transformers import TrainerState
 from transformers.hf_argparser import string_to_bool
 from trl import ModelConfig, TrlParser, get_peft_config
@@ -59,10 +60,28 @@ class TrainScriptArguments:
         default=None,
         metadata={"help": "Soft-label dataset: a directory written by `ssb-trl prepare`, or a Hub dataset id."},
     )
-    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on (Hub datasets)."})
+    dataset_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "Configuration (subset) of a Hub dataset, or of a folder laid out like one (its README lists "
+            "`configs`): the `name` of datasets.load_dataset, as in TRL's ScriptArguments."
+        },
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "Split to evaluate on, a set apart from training (TRL's ScriptArguments name). TRL defaults it to "
+            "'test' and reads it when eval_strategy is not 'no'; here it is read when given, so that data without a "
+            "test split trains as before. Not with --eval_fraction."
+        },
+    )
     eval_fraction: float = field(
         default=0.0,
-        metadata={"help": "Hold out this fraction of the rows for an eval loss (0 = no eval set)."},
+        metadata={
+            "help": "Hold out this fraction of the training rows for an eval loss (0 = no held-out set). Not with "
+            "--dataset_test_split."
+        },
     )
     merge_adapter: bool = field(
         default=False,
@@ -114,6 +133,46 @@ def check_before_loading(training_args: SSBConfig) -> None:
         require_hub_access("--push_to_hub", "the trained model stays in --output_dir either way")
 
 
+def eval_set(
+    script_args: TrainScriptArguments, dataset: Dataset, training_args: SSBConfig
+) -> tuple[Dataset, Dataset | None]:
+    """(train, eval): the eval set is --dataset_test_split, or --eval_fraction of the training rows, or none."""
+    if script_args.dataset_test_split is not None and script_args.eval_fraction > 0:
+        raise ValueError(
+            f"--dataset_test_split {script_args.dataset_test_split!r} and --eval_fraction "
+            f"{script_args.eval_fraction} both make an eval set: pass one of them"
+        )
+    if script_args.dataset_test_split is not None:
+        path = Path(script_args.dataset_name).expanduser()
+        if path.is_file() or ((path / "dataset_info.json").is_file() and not (path / "dataset_dict.json").is_file()):
+            # Loaders return such data whatever split is asked: the eval set would be the training set itself.
+            raise ValueError(
+                f"--dataset_test_split {script_args.dataset_test_split!r}: {script_args.dataset_name!r} holds one "
+                "split, the training data. Hold out rows with --eval_fraction F instead, or save a DatasetDict with a "
+                f"{script_args.dataset_test_split!r} split"
+            )
+        evaluation, _ = load_soft_label_dataset(
+            script_args.dataset_name, split=script_args.dataset_test_split, config=script_args.dataset_config
+        )
+        return dataset, evaluation
+    if script_args.eval_fraction > 0:
+        try:
+            split = dataset.train_test_split(test_size=script_args.eval_fraction, seed=training_args.seed)
+        except ValueError as exc:  # datasets: a split left empty
+            raise ValueError(
+                f"--eval_fraction {script_args.eval_fraction} of {len(dataset)} rows leaves no row for training or "
+                f"none for evaluation ({exc}); pick a fraction that keeps rows on both sides, or 0 for no eval set"
+            ) from exc
+        return split["train"], split["test"]
+    strategy = getattr(training_args.eval_strategy, "value", training_args.eval_strategy)
+    if strategy != "no":
+        raise ValueError(
+            f"--eval_strategy {strategy} evaluates during training, but there is no eval set: pass "
+            "--dataset_test_split NAME (a split of --dataset_name) or --eval_fraction F, or --eval_strategy no"
+        )
+    return dataset, None
+
+
 def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args: ModelConfig) -> SSBTrainer | None:
     """Load the soft-label data (checked first), the model, train, save (and merge / push if asked).
 
@@ -152,7 +211,9 @@ def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args
             training_args.max_steps if training_args.max_steps > 0 else finished.get("max_steps"),
         )
         return None
-    dataset, metadata = load_soft_label_dataset(script_args.dataset_name, split=script_args.dataset_train_split)
+    dataset, metadata = load_soft_label_dataset(
+        script_args.dataset_name, split=script_args.dataset_train_split, config=script_args.dataset_config
+    )
     check_same_dataset(
         training_args.output_dir,
         dataset_identity(script_args.dataset_name, script_args.dataset_train_split, dataset),
@@ -167,16 +228,7 @@ def main(script_args: TrainScriptArguments, training_args: SSBConfig, model_args
         metadata.top_k,
         metadata.temperature,
     )
-    eval_dataset = None
-    if script_args.eval_fraction > 0:
-        try:
-            split = dataset.train_test_split(test_size=script_args.eval_fraction, seed=training_args.seed)
-        except ValueError as exc:  # datasets: a split left empty
-            raise ValueError(
-                f"--eval_fraction {script_args.eval_fraction} of {len(dataset)} rows leaves no row for training or "
-                f"none for evaluation ({exc}); pick a fraction that keeps rows on both sides, or 0 for no eval set"
-            ) from exc
-        dataset, eval_dataset = split["train"], split["test"]
+    dataset, eval_dataset = eval_set(script_args, dataset, training_args)
     model_name = model_args.model_name_or_path or metadata.teacher_model
     model, tokenizer = load_model_and_tokenizer(
         model_name,

@@ -74,18 +74,21 @@ def push_soft_label_dataset_to_hub(
     )
 
 
-def _metadata_file(name_or_path: str) -> str | None:
-    """Where `ssb_metadata.json` of a local folder or a Hub dataset is (downloaded), or None."""
+def _metadata_file(name_or_path: str, config: str | None = None) -> str | None:
+    """Where `ssb_metadata.json` of a local folder or a Hub dataset is (downloaded), or None. A configuration's own
+    `<config>/ssb_metadata.json` comes first (configurations may differ in K or T), then the dataset's."""
+    candidates = ([f"{config}/{METADATA_FILENAME}"] if config else []) + [METADATA_FILENAME]
     if os.path.isdir(name_or_path):
-        path = os.path.join(name_or_path, METADATA_FILENAME)
-        return path if os.path.isfile(path) else None
+        found = [os.path.join(name_or_path, c) for c in candidates if os.path.isfile(os.path.join(name_or_path, c))]
+        return found[0] if found else None
     from huggingface_hub import hf_hub_download
 
-    try:
-        return hf_hub_download(name_or_path, METADATA_FILENAME, repo_type="dataset")
-    except Exception as error:  # noqa: BLE001 - any failure means "no file"; reported by the caller
-        logger.debug("no %s for %s: %s", METADATA_FILENAME, name_or_path, error)
-        return None
+    for candidate in candidates:
+        try:
+            return hf_hub_download(name_or_path, candidate, repo_type="dataset")
+        except Exception as error:  # noqa: BLE001 - any failure means "no file"; reported by the caller
+            logger.debug("no %s for %s: %s", candidate, name_or_path, error)
+    return None
 
 
 def read_metadata_file(path: str | os.PathLike[str]) -> SoftLabelMetadata:
@@ -207,15 +210,25 @@ def _check_not_empty(folder: Path, name_or_path: str) -> None:
         )
 
 
-def load_soft_label_dataset(name_or_path: str, split: str = "train") -> tuple[datasets.Dataset, SoftLabelMetadata]:
+def load_soft_label_dataset(
+    name_or_path: str, split: str = "train", config: str | None = None
+) -> tuple[datasets.Dataset, SoftLabelMetadata]:
     """Load a soft-label dataset with its metadata: a folder, a Hub dataset id, or one data file.
 
     A single `.arrow` (as `save_to_disk` writes it), `.parquet`, `.jsonl` or `.json` file is one split; its
-    metadata is the `ssb_metadata.json` in the same folder. Returns (dataset, metadata), the metadata also
-    attached to `dataset.info.description`. Raises `SoftLabelError`, saying what to do, for a dataset without
-    (or with a corrupt) `ssb_metadata.json`, a missing split, or the folder of an unfinished preparation run.
+    metadata is the `ssb_metadata.json` in the same folder. `config` picks a configuration (subset) of a Hub
+    dataset, or of a folder laid out like one (`save_to_disk` folders have none). Returns (dataset, metadata), the
+    metadata also attached to `dataset.info.description`. Raises `SoftLabelError`, saying what to do, for a
+    dataset without (or with a corrupt) `ssb_metadata.json`, a missing split, or the folder of an unfinished run.
     """
     path = Path(name_or_path).expanduser()
+    saved = (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+    if config is not None and (path.is_file() or saved):
+        what = "is one file" if path.is_file() else "was saved with save_to_disk"
+        raise SoftLabelError(
+            f"--dataset_config {config!r}: {name_or_path!r} {what}, which has splits but no configurations; drop "
+            "--dataset_config (and pick a split with --dataset_train_split / --dataset_test_split)"
+        )
     if path.is_file():
         dataset = _load_single_file(path, name_or_path)
         metadata_path = path.parent / METADATA_FILENAME
@@ -232,11 +245,12 @@ def load_soft_label_dataset(name_or_path: str, split: str = "train") -> tuple[da
                 raise unfinished
             _check_split(path, name_or_path, split)
             _check_not_empty(path, name_or_path)
-        dataset = load_rows(name_or_path, split=split)
-        metadata_path = _metadata_file(name_or_path)
+        dataset = load_rows(name_or_path, split=split, config_name=config)
+        metadata_path = _metadata_file(name_or_path, config)
         if metadata_path is None:
+            where = f"neither {config}/{METADATA_FILENAME} nor {METADATA_FILENAME}" if config else METADATA_FILENAME
             raise SoftLabelError(
-                f"{name_or_path!r} has no soft-label metadata ({METADATA_FILENAME}). Make it with data preparation "
+                f"{name_or_path!r} has no soft-label metadata ({where}). Make it with data preparation "
                 "(`ssb-trl prepare` or ssb_trl.prepare.prepare_ssb_data) or ssb_trl.save_soft_label_dataset, or add "
                 "the file."
             )

@@ -94,7 +94,7 @@ def extract_soft_labels(
 
     `mode="topk"`: the `top_k` most probable ids per token. `mode="sampled"`: `num_draws` (N) draws per token from
     the teacher's distribution at `temperature`, stored as N entries (the distinct drawn ids with log(count / N),
-    then padding; `ssb_trl.sampled_labels`), from a generator seeded with `seeds[i]` for sequence i, so a
+    then padding; `ssb_trl.soft_labels.codec`), from a generator seeded with `seeds[i]` for sequence i, so a
     sequence's draws depend on its seed alone (not on its batch); `top_k` is not used.
 
     Returns, per sequence (input order): (ids int32 [n_answer, K], logprobs [n_answer, K] in `logprob_dtype`);
