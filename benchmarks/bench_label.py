@@ -88,7 +88,7 @@ def main() -> None:
         if args.generate:
             data = rows(args.generate, tokenizer, 0, with_completions=False)
             seconds, cpu, summary = run(
-                model, tokenizer, data, Path(tmp) / "generated", max_new_tokens=args.max_new_tokens, **settings
+                model, tokenizer, data, Path(tmp) / "generated", teacher_max_new_tokens=args.max_new_tokens, **settings
             )
             lines.append(
                 f"| teacher writes (greedy, max_new_tokens={args.max_new_tokens}) | {summary.rows_written} of "

@@ -256,7 +256,7 @@ def part_end_to_end(p: dict, workdir: str) -> list[dict]:
     for question_field in ("task_config", "source_seed"):
         settings.pop(question_field, None)
     settings.update(
-        source=QUESTIONS,
+        dataset_name=QUESTIONS,
         num_questions=e["questions"],
         output_dir=os.path.join(workdir, "data"),
         device=p["device"],
@@ -333,7 +333,7 @@ def part_end_to_end(p: dict, workdir: str) -> list[dict]:
             "recipes/evaluate.py",
             "--config",
             "recipes/configs/demo_eval.yaml",
-            "--source",
+            "--dataset_name",
             HELD_OUT,
             "--num_questions",
             str(e["eval_questions"]),

@@ -22,13 +22,32 @@ from ssb_trl.errors import ERROR_FILE_ENV
 REMOVED_IN = "0.3"
 """The release in which the old names below stop working."""
 
-FLAG_RENAMES: dict[str, dict[str, str]] = {  # command -> {old flag: new flag}, without the leading --
-    "prepare": {},
-    "label": {},
-    "train": {},
-    "evaluate": {},
-    "inspect": {},
+_SOURCE = {  # the question source of prepare and evaluate took TRL's dataset names
+    "source": "dataset_name",
+    "source_config_name": "dataset_config",
+    "source_split": "dataset_split",
 }
+_SERVER = {"vllm_server_url": "vllm_server_base_url"}  # TRL's name for the vLLM server's address
+FLAG_RENAMES: dict[str, dict[str, str]] = {  # command -> {old flag: new flag}, without the leading --
+    "prepare": {**_SOURCE, **_SERVER},
+    "label": {
+        **_SERVER,
+        # The teacher writes missing completions: its sampling is teacher_*, as in prepare.
+        "generation_temperature": "teacher_temperature",
+        "generation_top_k": "teacher_top_k",
+        "generation_top_p": "teacher_top_p",
+        "max_new_tokens": "teacher_max_new_tokens",
+    },
+    "train": {},
+    "evaluate": {**_SOURCE, **_SERVER},
+    "inspect": {"split": "dataset_split"},
+}
+FLAG_ALIASES: dict[str, dict[str, str]] = {  # command -> {TRL's name: ours}: accepted silently, not deprecated
+    "prepare": {"dataset_train_split": "dataset_split"},
+    "label": {"dataset_train_split": "dataset_split"},
+    "evaluate": {"dataset_test_split": "dataset_split"},
+}
+"""Each command reads one split; TRL's scripts name it for its role (training data, test data)."""
 VALUE_RENAMES: dict[str, dict[str, str]] = {  # flag -> {old value: new value}, in every command that has the flag
     # ssb-trl's shipped accelerate configs, renamed to the names TRL ships (`trl <cmd> --accelerate_config NAME`).
     "accelerate_config": {
@@ -61,6 +80,7 @@ def rename_args(command: str, args: list[str], prog: str) -> list[str]:
     Raises ValueError when a flag is given under both its old and its new name.
     """
     flags = FLAG_RENAMES.get(command, {})
+    aliases = FLAG_ALIASES.get(command, {})
     out: list[str] = []
     given: dict[str, str] = {}  # new flag -> how it was written
     pending_value_of: str | None = None
@@ -76,7 +96,7 @@ def rename_args(command: str, args: list[str], prog: str) -> list[str]:
         new = flags.get(name)
         if new is not None:
             _warn(prog, f"--{name} is renamed --{new}")
-        new = new or name
+        new = new or aliases.get(name) or name
         if new in given and given[new] != name:
             raise ValueError(f"--{given[new]} and --{name} are the same setting (--{new}): pass it once, as --{new}")
         given[new] = name
@@ -94,12 +114,24 @@ def rename_config(command: str, config: Mapping[str, Any], prog: str) -> dict[st
     Raises ValueError when a setting is given under both its old and its new key.
     """
     flags = FLAG_RENAMES.get(command, {})
+    aliases = FLAG_ALIASES.get(command, {})
     out: dict[str, Any] = {}
     for key, value in config.items():
         new = flags.get(key, key)
-        if new != key:
+        if new == key and key in aliases:
+            new = aliases[key]
+            if new in config:
+                raise ValueError(f"the YAML sets both {key!r} and {new!r}, the same setting: keep {new!r}")
+        elif new != key:
             if new in config:
                 raise ValueError(f"the YAML sets both {key!r} and {new!r}, the same setting: keep {new!r}")
             _warn(prog, f"the YAML key {key!r} is renamed {new!r}")
         out[new] = _renamed_value(new, value, prog, f"{new}:")
     return out
+
+
+def renamed_settings(command: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """Recorded settings (a work folder's ``settings.json`` config) under today's names, silently: a run recorded
+    before a rename resumes as the same run."""
+    flags = FLAG_RENAMES.get(command, {})
+    return {flags.get(key, key): value for key, value in settings.items()}

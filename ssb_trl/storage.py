@@ -128,8 +128,8 @@ def check_writable_dir(path: str | os.PathLike[str], what: str = "output_dir") -
 
 
 _SPLIT_FLAGS = (
-    "--source_split in prepare and evaluate, --dataset_split in label, --split in inspect, --dataset_train_split "
-    "in train"
+    "--dataset_split (TRL's --dataset_train_split / --dataset_test_split) in prepare, label, evaluate and inspect, "
+    "--dataset_train_split in train"
 )
 
 
@@ -153,7 +153,7 @@ def _one_split(loaded: datasets.Dataset | datasets.DatasetDict, split: str | Non
     if split not in loaded:
         raise ValueError(
             f"{source!r} has no split {split!r}; its splits are {list(loaded)}: choose one of them "
-            "(--source_split in the recipes, split=... in Python)"
+            "(--dataset_split in the recipes, split=... in Python)"
         )
     return loaded[split]
 
@@ -318,7 +318,7 @@ def _load_data_folder(
     if split is not None and split not in by_split:
         raise ValueError(
             f"{source!r} has no split {split!r}; its splits are {list(by_split)}: choose one of them "
-            "(--source_split in the recipes, split=... in Python)"
+            "(--dataset_split in the recipes, split=... in Python)"
         )
     files = [path for name, paths in by_split.items() if split is None or name == split for path in paths]
     parts = [_load_data_file(path, source, text_columns) for path in files]
@@ -408,7 +408,7 @@ def load_rows(
         if "Unknown split" in str(exc):
             raise ValueError(
                 f"{source!r} has no split {split!r} ({exc}); choose one of its splits "
-                "(--source_split in the recipes, split=... in Python)"
+                "(--dataset_split in the recipes, split=... in Python)"
             ) from exc
         hint = (
             " Offline mode is on, so it must already be in the local cache (or pass a local file instead)."

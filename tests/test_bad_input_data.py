@@ -35,15 +35,15 @@ def _messages(caplog: pytest.LogCaptureFixture) -> str:
 
 def test_num_questions_defaults_to_every_question_of_the_source(tmp_path: Path) -> None:
     path = write_questions(tmp_path / "q.jsonl", list(range(40)))
-    config = PrepConfig(source=str(path), model_name_or_path="m")
+    config = PrepConfig(dataset_name=str(path), model_name_or_path="m")
     assert config.num_questions is None and len(load_questions(config)) == 40
 
 
 def test_reasoning_gym_questions_keep_their_order_when_num_questions_grows() -> None:
     from ssb_trl.jobs.identity import shard_digests
 
-    small = load_questions(QuestionSource(source=RG, source_seed=7, num_questions=5))
-    large = load_questions(QuestionSource(source=RG, source_seed=7, num_questions=9))
+    small = load_questions(QuestionSource(dataset_name=RG, source_seed=7, num_questions=5))
+    large = load_questions(QuestionSource(dataset_name=RG, source_seed=7, num_questions=9))
     assert [(q.id, q.question, q.answer) for q in small] == [(q.id, q.question, q.answer) for q in large[:5]]
     # The recorded per-shard digests agree for the shards both runs fill, so the first shards are kept.
     small_digests = shard_digests([PrepareJob.input_record(q) for q in small], 2)
@@ -58,15 +58,15 @@ def test_reasoning_gym_questions_keep_their_order_when_num_questions_grows() -> 
         ({"vllm_gpu_memory_utilization": math.nan}, r"finite numbers, got vllm_gpu_memory_utilization=nan"),
         ({"rollout_top_p": math.inf}, "finite numbers"),
         ({"generation_backend": "vlm"}, r"generation_backend must be one of \['auto', 'transformers', 'vllm', 'vllm_"),
-        ({"generation_backend": "vllm_server"}, "needs --vllm_server_url"),
-        ({"generation_backend": "transformers", "vllm_server_url": "http://h:1"}, "drop the URL"),
+        ({"generation_backend": "vllm_server"}, "needs --vllm_server_base_url"),
+        ({"generation_backend": "transformers", "vllm_server_base_url": "http://h:1"}, "drop the URL"),
         ({"vllm_server_max_concurrency": 0}, "vllm_server_max_concurrency must be >= 1"),
         ({"max_question_chars": 0}, "max_question_chars must be >= 1"),
     ],
 )
 def test_bad_prep_settings_are_refused_by_the_config(overrides: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        PrepConfig(source="q.jsonl", model_name_or_path="m", **overrides)
+        PrepConfig(dataset_name="q.jsonl", model_name_or_path="m", **overrides)
 
 
 def test_setting_errors_stop_before_anything_is_written(tmp_path: Path, tokenizer) -> None:

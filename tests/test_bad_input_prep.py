@@ -251,7 +251,7 @@ def test_a_deleted_settings_file_says_what_the_folder_holds_and_the_fix(finished
 @pytest.mark.parametrize("overrides", [{"rollout_temperature": 0.0}, {"rollout_top_k": 1}])
 def test_greedy_rollouts_are_refused_up_front(overrides: dict) -> None:
     with pytest.raises(ValueError, match=r"greedy decoding: the 4 rollouts of a question would be identical"):
-        PrepConfig(source="q.jsonl", model_name_or_path="m", **overrides)
+        PrepConfig(dataset_name="q.jsonl", model_name_or_path="m", **overrides)
 
 
 # ------------------------------------------------------------------------------- 6. large integer gold answers
@@ -274,7 +274,7 @@ def test_large_integer_gold_answers_are_read_as_written(tmp_path: Path, suffix: 
     else:  # parquet stores types: an int64 column holds int64 values exactly
         rows = [("What is max?", str(2**63 - 1)), ("What is odd?", ODD)]
         pd.DataFrame({"question": [q for q, _ in rows], "answer": [int(a) for _, a in rows]}).to_parquet(path)
-    questions = load_questions(QuestionSource(source=str(path)))
+    questions = load_questions(QuestionSource(dataset_name=str(path)))
     assert [q.answer for q in questions] == [a for _, a in rows]
     for question in questions:
         assert grade(f"The answer is \\boxed{{{question.answer}}}", question)
@@ -290,8 +290,8 @@ def test_large_gold_answers_in_a_folder_of_split_files(tmp_path: Path) -> None:
         f'{{"question": "a?", "answer": {BIG}}}\n{{"question": "b?", "answer": 0.5}}\n'
     )
     (folder / "test.csv").write_text(f"question,answer\nc?,{ODD}\n")
-    assert [q.answer for q in load_questions(QuestionSource(source=str(folder)))] == [BIG, "0.5"]
-    assert [q.answer for q in load_questions(QuestionSource(source=str(folder), source_split="test"))] == [ODD]
+    assert [q.answer for q in load_questions(QuestionSource(dataset_name=str(folder)))] == [BIG, "0.5"]
+    assert [q.answer for q in load_questions(QuestionSource(dataset_name=str(folder), dataset_split="test"))] == [ODD]
 
 
 # ----------------------------------------------------------------------------------- 7. folders of mixed formats
@@ -305,11 +305,11 @@ def test_a_question_folder_of_mixed_formats_is_refused_naming_the_files(tmp_path
     with pytest.raises(
         ValueError, match=r"mixes data formats in split 'train': a\.jsonl \(json\), b\.csv \(csv\)"
     ) as error:
-        load_questions(QuestionSource(source=str(folder)))
+        load_questions(QuestionSource(dataset_name=str(folder)))
     assert "convert them to one format" in str(error.value)
     (folder / "b.csv").unlink()
     (folder / "b.json").write_text('[{"question": "2+2?", "answer": "4"}]')  # .json and .jsonl: one format
-    assert [q.question for q in load_questions(QuestionSource(source=str(folder)))] == ["1+1?", "2+2?"]
+    assert [q.question for q in load_questions(QuestionSource(dataset_name=str(folder)))] == ["1+1?", "2+2?"]
 
 
 # ---------------------------------------------------------------------------- 8. the end of turn is an eos token

@@ -57,7 +57,7 @@ def test_a_data_file_without_rows_says_so(tmp_path: Path, files: dict, source: s
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     with pytest.raises(ValueError, match=rf"holds no rows \({shape}\); fill it, or point at another file") as error:
-        load_questions(QuestionSource(source=str(tmp_path / source)))
+        load_questions(QuestionSource(dataset_name=str(tmp_path / source)))
     assert "corresponds to no data" not in str(error.value)
 
 
@@ -76,9 +76,9 @@ def test_device_cuda_without_a_gpu_is_refused_in_prepare_and_evaluate(
     cpu = small_config(tmp_path, questions, model_name_or_path=str(tmp_path / "model"), device="cpu")
     assert prepare_ssb_data(cpu, show_progress=False).questions == 3
     with pytest.raises(ValueError, match=r"--device 'cuda:0' asks for a CUDA GPU.*pass --device cpu"):
-        EvalConfig(models=[tiny_model_dir], source=RG, num_questions=2, device="cuda:0")
+        EvalConfig(models=[tiny_model_dir], dataset_name=RG, num_questions=2, device="cuda:0")
     with pytest.raises(ValueError, match=r"--device 'gpu' is not a device"):
-        EvalConfig(models=[tiny_model_dir], source=RG, num_questions=2, device="gpu")
+        EvalConfig(models=[tiny_model_dir], dataset_name=RG, num_questions=2, device="gpu")
 
 
 # ------------------------------------------------------------------------------------- 8. misleading messages
@@ -120,7 +120,7 @@ def test_evaluate_without_a_plot_does_not_say_it_wrote_one(
     from ssb_trl.scripts import evaluate as evaluate_script
 
     out = tmp_path / "eval"
-    argv = ["--models", tiny_model_dir, "--source", RG, "--num_questions", "2", "--max_new_tokens", "4"]
+    argv = ["--models", tiny_model_dir, "--dataset_name", RG, "--num_questions", "2", "--max_new_tokens", "4"]
     argv += ["--output_dir", str(out), "--no_plot"]
     evaluate_script.main(*evaluate_script.make_parser().parse_args_and_config(argv))
     written = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Results written")]
@@ -149,7 +149,7 @@ def test_an_unknown_reasoning_gym_task_is_named_before_num_questions(config) -> 
     """It asked for --num_questions first; given one, it then said the task does not exist."""
     kwargs = {"models": ["m"]} if config is EvalConfig else {"model_name_or_path": "m"} if config is PrepConfig else {}
     with pytest.raises(ValueError, match=r"unknown reasoning-gym task 'no_such_task'; examples of valid tasks"):
-        config(source="reasoning_gym:no_such_task", **kwargs)
+        config(dataset_name="reasoning_gym:no_such_task", **kwargs)
 
 
 # ------------------------------------------------------------------------------- 9. accepted although meaningless
@@ -199,15 +199,15 @@ def test_inspect_of_a_split_a_one_split_folder_lacks_is_refused(tmp_path: Path, 
     save_soft_label_dataset(dataset, str(tmp_path / "data"), metadata)
     arguments = {"dataset_name": str(tmp_path / "data"), "tokenizer_name_or_path": tokenizer_dir}
     with pytest.raises(
-        ValueError, match=r"holds one split, read as 'train'; it has no split 'test'.*--split in inspect"
+        ValueError, match=r"holds one split, read as 'train'; it has no split 'test'.*--dataset_split.* and inspect"
     ):
-        main(InspectArguments(**arguments, split="test"))
+        main(InspectArguments(**arguments, dataset_split="test"))
     assert main(InspectArguments(**arguments))["rows"] == 4
 
 
 def test_a_split_asked_of_a_single_file_is_refused(tmp_path: Path) -> None:
-    """--source_split test on one .jsonl file read the file as if it were the test split."""
+    """--dataset_split test on one .jsonl file read the file as if it were the test split."""
     path = write_questions(tmp_path / "q.jsonl", GOLDS[:3])
     with pytest.raises(ValueError, match=r"is a single file, which holds one split, read as 'train'; it has no split"):
-        load_questions(QuestionSource(source=str(path), source_split="test"))
-    assert len(load_questions(QuestionSource(source=str(path), source_split="train"))) == 3
+        load_questions(QuestionSource(dataset_name=str(path), dataset_split="test"))
+    assert len(load_questions(QuestionSource(dataset_name=str(path), dataset_split="train"))) == 3

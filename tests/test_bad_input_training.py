@@ -206,7 +206,7 @@ def test_folder_of_an_unfinished_preparation_run(tmp_path):
     from ssb_trl.jobs.workdir import write_jsonl
 
     work = PrepareJob.work_dir(tmp_path / "prep")
-    work.write_settings({"kind": "ssb-trl prepare", "config": {"source": "questions.jsonl"}})
+    work.write_settings({"kind": "ssb-trl prepare", "config": {"dataset_name": "questions.jsonl"}})
     write_jsonl(work.shard_path("rollouts", 0), [{"id": "q0", "correct": [True, False]}])
     with pytest.raises(
         SoftLabelError, match="did not finish.*rerunning `ssb-trl prepare` with the same settings"
@@ -263,7 +263,7 @@ def test_prompt_completion_dataset_gets_told_how_to_make_soft_labels(tmp_path, t
         _trainer(tmp_path, tokenizer, plain)
     message = str(error.value)
     assert "lacks the soft-label column(s)" in message and "top-K token ids and log-probs" in message
-    assert "ssb-trl prepare --source" in message and "soft_label_ids_column" not in message
+    assert "ssb-trl prepare --dataset_name" in message and "soft_label_ids_column" not in message
     assert "ssb-trl label --dataset_name" in message
     assert "ssb_trl.soft_labels.extract_topk_soft_labels" in message
     for name in (

@@ -209,9 +209,9 @@ def test_trainer_trains_from_compact_data_as_from_floats(tmp_path, tokenizer, fl
 
 
 def test_preparation_accepts_the_compact_setting():
-    assert PrepConfig(source="gsm8k", model_name_or_path="m", output_dir="o", logprob_dtype="uint8")
+    assert PrepConfig(dataset_name="gsm8k", model_name_or_path="m", output_dir="o", logprob_dtype="uint8")
     with pytest.raises(ValueError, match="float16, float32 or uint8"):
-        PrepConfig(source="gsm8k", model_name_or_path="m", output_dir="o", logprob_dtype="int4")
+        PrepConfig(dataset_name="gsm8k", model_name_or_path="m", output_dir="o", logprob_dtype="int4")
 
 
 def test_inspect_reports_the_format_and_bytes(tmp_path, tokenizer, tokenizer_dir, float_and_compact, capsys):

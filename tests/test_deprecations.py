@@ -1,7 +1,7 @@
 """Renamed flags and values keep working for one release, each with one warning line (ssb_trl.deprecations).
 
-Today the renamed values are the accelerate config names (ssb-trl's own -> TRL's); no flag is renamed yet, so the
-flag path is shown with an entry added to the table for the test, through the real parser of `ssb-trl train`.
+The renamed values are the accelerate config names (ssb-trl's own -> TRL's), the renamed flags one name per concept
+across the commands (TRL's dataset and vLLM names); each goes through the real parser of its command.
 """
 
 from __future__ import annotations
@@ -94,3 +94,85 @@ def test_each_script_knows_its_command() -> None:
     """The table is per command: a recipe run as a file (as accelerate runs it) still finds its own."""
     assert command_of(train.main) == "train" and command_of(inspect_data.main) == "inspect"
     assert set(deprecations.FLAG_RENAMES) == set(cli.COMMANDS)
+
+
+RENAMED = [  # (command, old flag, value, new field) through each command's real parser
+    ("prepare", "source", "q.jsonl", "dataset_name"),
+    ("prepare", "source_config_name", "main", "dataset_config"),
+    ("prepare", "source_split", "test", "dataset_split"),
+    ("prepare", "vllm_server_url", "http://127.0.0.1:8000", "vllm_server_base_url"),
+    ("evaluate", "source", "gsm8k", "dataset_name"),
+    ("evaluate", "source_split", "test", "dataset_split"),
+    ("label", "generation_temperature", "0.7", "teacher_temperature"),
+    ("label", "generation_top_k", "5", "teacher_top_k"),
+    ("label", "generation_top_p", "0.9", "teacher_top_p"),
+    ("label", "max_new_tokens", "64", "teacher_max_new_tokens"),
+    ("inspect", "split", "test", "dataset_split"),
+]
+REQUIRED = {  # what each command needs to parse at all
+    "prepare": ["--model_name_or_path", "m"],
+    "evaluate": ["--models", "m"],
+    "label": ["--dataset_name", "rows.jsonl", "--teacher_model_name_or_path", "t"],
+    "inspect": ["--dataset_name", "data"],
+}
+
+
+def _parser(command: str):
+    from ssb_trl.scripts import evaluate, label, prepare
+
+    module = {"prepare": prepare, "evaluate": evaluate, "label": label, "inspect": inspect_data}[command]
+    return module.make_parser(prog=f"ssb-trl {command}")
+
+
+@pytest.mark.parametrize("command, old, value, new", RENAMED)
+def test_the_flags_renamed_to_one_name_per_concept_work_with_one_warning(capsys, tmp_path, command, old, value, new):
+    """One flag per concept across the commands, with TRL's names: the old ones keep working one release."""
+    if command == "prepare" and old != "source":
+        required = [*REQUIRED[command], "--dataset_name", "q.jsonl"]
+    elif command == "evaluate" and old != "source":
+        required = [*REQUIRED[command], "--dataset_name", "gsm8k"]
+    else:
+        required = REQUIRED[command]
+    _, (settings, *_) = parse_settings(_parser(command), [*required, f"--{old}", value], command)
+    assert str(getattr(settings, new)) == value
+    assert _warnings(capsys) == [
+        f"ssb-trl {command}: warning: --{old} is renamed --{new}; the old name stops working in 0.3"
+    ]
+    config = tmp_path / "run.yaml"
+    config.write_text(f"{old}: {value}\n")
+    _, (settings, *_) = parse_settings(_parser(command), [*required, "--config", str(config)], command)
+    assert str(getattr(settings, new)) == value
+    assert "the YAML key" in _warnings(capsys)[0]
+
+
+@pytest.mark.parametrize(
+    "command, alias",
+    [("prepare", "dataset_train_split"), ("label", "dataset_train_split"), ("evaluate", "dataset_test_split")],
+)
+def test_trl_split_names_are_accepted_silently(capsys, command, alias) -> None:
+    base = {
+        "prepare": [*REQUIRED["prepare"], "--dataset_name", "q.jsonl"],
+        "evaluate": [*REQUIRED["evaluate"], "--dataset_name", "gsm8k"],
+    }
+    _, (settings, *_) = parse_settings(
+        _parser(command), [*base.get(command, REQUIRED[command]), f"--{alias}", "validation"], command
+    )
+    assert settings.dataset_split == "validation" and _warnings(capsys) == []
+
+
+def test_use_vllm_is_trls_switch_for_the_vllm_engine() -> None:
+    from ssb_trl.generation.engine import EngineConfig
+
+    assert EngineConfig(use_vllm=True).resolve_backend() == ("vllm", "set by use_vllm")
+    assert EngineConfig(use_vllm=True, vllm_server_base_url="http://h:1").resolve_backend()[0] == "vllm_server"
+    with pytest.raises(ValueError, match="--use_vllm true asks for vLLM but --generation_backend is 'transformers'"):
+        EngineConfig(use_vllm=True, generation_backend="transformers").check_engine()
+
+
+def test_a_work_folder_recorded_under_the_old_names_resumes_as_the_same_run() -> None:
+    from ssb_trl.jobs.resume import upgrade_settings
+
+    recorded = {"kind": "ssb-trl prepare", "config": {"source": "q.jsonl", "source_split": "train", "seed": 1},
+                "identities": {}, "inputs": {"count": 1, "shard_sha256": ["x"]}}  # fmt: skip
+    upgraded = upgrade_settings(recorded, {}, "ssb-trl prepare")
+    assert upgraded["config"] == {"dataset_name": "q.jsonl", "dataset_split": "train", "seed": 1}

@@ -50,7 +50,7 @@ def _eval_flags(tmp_path: Path) -> list[str]:
 
 
 def test_settings_error_is_one_line_and_exit_1(tmp_path: Path, capsys) -> None:
-    args = ["--source", str(tmp_path / "missing.jsonl"), "--limit", "0", *_eval_flags(tmp_path)]
+    args = ["--dataset_name", str(tmp_path / "missing.jsonl"), "--limit", "0", *_eval_flags(tmp_path)]
     with pytest.raises(SystemExit) as exit_info:
         run_script(lambda config: None, make_eval_parser(prog="ssb-trl evaluate"), args)
     assert exit_info.value.code == 1
@@ -62,7 +62,7 @@ def test_error_raised_by_ssb_trl_while_running_is_one_line(tmp_path: Path, capsy
     from ssb_trl.soft_labels.io import load_soft_label_dataset
 
     parser = make_eval_parser(prog="ssb-trl inspect")
-    args = ["--source", "x.jsonl", *_eval_flags(tmp_path)]
+    args = ["--dataset_name", "x.jsonl", *_eval_flags(tmp_path)]
     with pytest.raises(SystemExit) as exit_info:
         run_script(lambda config: load_soft_label_dataset(str(tmp_path / "nothing")), parser, args)
     assert exit_info.value.code == 1
@@ -81,13 +81,13 @@ def _value_error_outside_ssb_trl(config):
 @pytest.mark.parametrize("bug", [_key_error, _value_error_outside_ssb_trl])
 def test_bugs_and_library_errors_keep_their_traceback(bug, tmp_path: Path) -> None:
     with pytest.raises((KeyError, ValueError)):
-        run_script(bug, make_eval_parser(), ["--source", "x.jsonl", *_eval_flags(tmp_path)])
+        run_script(bug, make_eval_parser(), ["--dataset_name", "x.jsonl", *_eval_flags(tmp_path)])
 
 
 def test_debug_variable_re_raises_ssb_trl_errors(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv(errors.DEBUG_ENV, "1")
     with pytest.raises(ValueError, match="limit must be >= 1"):
-        run_script(print, make_eval_parser(), ["--source", "x.jsonl", "--limit", "0", *_eval_flags(tmp_path)])
+        run_script(print, make_eval_parser(), ["--dataset_name", "x.jsonl", "--limit", "0", *_eval_flags(tmp_path)])
 
 
 def test_rule_counts_the_raising_frame_not_the_type_alone() -> None:
@@ -142,7 +142,7 @@ def test_python_m_script_with_yaml_floats_names_the_settings(tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_recipes_shim_and_in_process_command_show_one_line(tmp_path: Path) -> None:
-    flags = ["--source", str(tmp_path / "missing.jsonl"), *_eval_flags(tmp_path)]
+    flags = ["--dataset_name", str(tmp_path / "missing.jsonl"), *_eval_flags(tmp_path)]
     shim = _run([str(ROOT / "recipes/evaluate.py"), *flags], tmp_path)
     _assert_one_line_error(shim, "evaluate.py", "missing.jsonl")
     command = _run(["-m", "ssb_trl", "evaluate", *flags], tmp_path)

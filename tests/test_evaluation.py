@@ -186,7 +186,7 @@ def test_recipe_reasoning_gym_full_model_and_adapter(tiny_models: dict[str, Path
         "--models",
         f"full={tiny_models['full']}",
         str(tiny_models["adapter"]),
-        "--source",
+        "--dataset_name",
         "reasoning_gym:basic_arithmetic",
         "--source_seed",
         "777",
@@ -210,7 +210,7 @@ def test_recipe_reasoning_gym_full_model_and_adapter(tiny_models: dict[str, Path
     assert [m["label"] for m in written["models"]] == ["full", "tiny-adapter"]
     assert written["models"][1]["adapter_base"] == str(tiny_models["full"])
     assert written["models"][0]["adapter_base"] is None
-    questions = load_eval_questions(EvalConfig(models=["x"], source=RG, source_seed=777, num_questions=4))[0]
+    questions = load_eval_questions(EvalConfig(models=["x"], dataset_name=RG, source_seed=777, num_questions=4))[0]
     _check_report_consistency(written, questions, num_samples=2, max_new_tokens=12)
     assert written["models"][0]["records"] == report["models"][0]["records"]
     # The adapter is really applied: its greedy answers differ from the base model's.
@@ -320,7 +320,7 @@ def test_presets_are_declared_with_hub_fields() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"source": None}, "no question source"),
+        ({"dataset_name": None}, "no question source"),
         ({"num_questions": None}, "set num_questions"),
         ({"greedy": False, "num_samples": 0}, "Nothing to compute"),
         ({"num_samples": 4, "sampling_temperature": 0.0}, "sampling_temperature > 0"),
@@ -332,14 +332,14 @@ def test_presets_are_declared_with_hub_fields() -> None:
 )
 def test_bad_config_is_rejected(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        EvalConfig(models=["m"], **{"source": RG, "num_questions": 4, **kwargs})
+        EvalConfig(models=["m"], **{"dataset_name": RG, "num_questions": 4, **kwargs})
 
 
 def test_sampling_settings_become_one_sampling_each() -> None:
-    config = EvalConfig(models=["m"], source=RG, num_questions=4, max_new_tokens=64, num_samples=3)
+    config = EvalConfig(models=["m"], dataset_name=RG, num_questions=4, max_new_tokens=64, num_samples=3)
     assert config.greedy_sampling == Sampling(temperature=0.0, max_new_tokens=64, n=1)
     assert config.sampling == Sampling(0.6, 50, 0.95, 64, n=3)
-    assert EvalConfig(models=["m"], source=RG, num_questions=4).sampling is None
+    assert EvalConfig(models=["m"], dataset_name=RG, num_questions=4).sampling is None
     assert config.source_seed == 1234  # held out from data preparation's default seed (42)
 
 
@@ -352,7 +352,9 @@ def test_grading_follows_the_source_answer_fallbacks(tiny_models: dict[str, Path
     assert score_completion("So \\boxed{4}.", 5, True, example, fallbacks=False)["correct"]
     model, tokenizer = load_eval_model(parse_model_specs([str(tiny_models["full"])])[0], device="cpu")
     for fallbacks in (True, False):
-        config = EvalConfig(models=["m"], source=RG, num_questions=3, max_new_tokens=6, answer_fallbacks=fallbacks)
+        config = EvalConfig(
+            models=["m"], dataset_name=RG, num_questions=3, max_new_tokens=6, answer_fallbacks=fallbacks
+        )
         questions, _ = load_eval_questions(config)
         result = evaluate_model(TransformersBackend(model, tokenizer, show_progress=False), questions, config)
         for record, question in zip(result["records"], questions):
@@ -388,13 +390,16 @@ def test_bad_evaluation_sets_fail_before_any_model_is_loaded(tiny_models: dict[s
     wrong_fields.write_text('{"q": "1+1?", "a": "2"}\n')
     model = str(tiny_models["full"])
     cases = [
-        (EvalConfig(models=[model], source=str(no_gold)), "no questions"),
-        (EvalConfig(models=[model], source=str(wrong_fields)), "no field"),
-        (EvalConfig(models=[model], source=str(tmp_path / "nope.jsonl")), "does not exist"),
-        (EvalConfig(models=[model], source=RG, num_questions=2, task_config='{"bogus_key": 1}'), "invalid config"),
+        (EvalConfig(models=[model], dataset_name=str(no_gold)), "no questions"),
+        (EvalConfig(models=[model], dataset_name=str(wrong_fields)), "no field"),
+        (EvalConfig(models=[model], dataset_name=str(tmp_path / "nope.jsonl")), "does not exist"),
+        (
+            EvalConfig(models=[model], dataset_name=RG, num_questions=2, task_config='{"bogus_key": 1}'),
+            "invalid config",
+        ),
     ]
     with pytest.raises(ValueError, match="unknown reasoning-gym"):  # refused with the settings (issue 30)
-        EvalConfig(models=[model], source="reasoning_gym:no_such_task", num_questions=2)
+        EvalConfig(models=[model], dataset_name="reasoning_gym:no_such_task", num_questions=2)
     for config, message in cases:
         config.output_dir = str(tmp_path / "out")
         with pytest.raises(EvaluationDataError, match=message):
@@ -402,7 +407,7 @@ def test_bad_evaluation_sets_fail_before_any_model_is_loaded(tiny_models: dict[s
     assert not (tmp_path / "out").exists()
     # An unreachable model fails on its config, before the first model is evaluated.
     config = EvalConfig(
-        models=[model, "nobody/no-such-model"], source=RG, num_questions=2, output_dir=str(tmp_path / "out")
+        models=[model, "nobody/no-such-model"], dataset_name=RG, num_questions=2, output_dir=str(tmp_path / "out")
     )
     with pytest.raises(ValueError, match="Cannot load the config of model 'nobody/no-such-model'"):
         run_evaluation(config)
@@ -413,8 +418,8 @@ def test_hub_preset_offline_gives_a_clear_error(tiny_models: dict[str, Path], mo
     """The Hub presets are untested offline; without network they must fail clearly, naming the benchmark."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    config = EvalConfig(models=[str(tiny_models["full"])], source="aime2024", limit=2)
-    with pytest.raises(EvaluationDataError, match="source='aime2024'"):
+    config = EvalConfig(models=[str(tiny_models["full"])], dataset_name="aime2024", limit=2)
+    with pytest.raises(EvaluationDataError, match="--dataset_name 'aime2024'"):
         load_eval_questions(config)
 
 
@@ -422,7 +427,7 @@ def test_training_overlap_is_removed_before_limit(tmp_path: Path) -> None:
     """Questions seen in training (a saved prompt/completion dataset, or a file with a question column) are dropped."""
     from datasets import Dataset
 
-    base = EvalConfig(models=["m"], source=RG, source_seed=5, num_questions=6)
+    base = EvalConfig(models=["m"], dataset_name=RG, source_seed=5, num_questions=6)
     questions, _ = load_eval_questions(base)
     saved = tmp_path / "ssb_data"
     Dataset.from_list(
@@ -453,7 +458,7 @@ def test_training_overlap_is_removed_before_limit(tmp_path: Path) -> None:
 def test_repeated_questions_are_dropped_when_asked_before_limit() -> None:
     """Short reasoning-gym arithmetic repeats questions; unique_questions keeps the first of each, then applies limit."""
     one_digit = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
-    config = EvalConfig(models=["m"], source=RG, task_config=one_digit, source_seed=5, num_questions=400)
+    config = EvalConfig(models=["m"], dataset_name=RG, task_config=one_digit, source_seed=5, num_questions=400)
     every, _ = load_eval_questions(config)
     texts = [" ".join(q.question.split()) for q in every]
     assert len(set(texts)) < len(texts)  # the task does repeat itself at this size
@@ -466,7 +471,7 @@ def test_repeated_questions_are_dropped_when_asked_before_limit() -> None:
 
 def test_unknown_yaml_key_is_rejected(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
-    config.write_text("models: [bundled:smollm2-135m-instruct]\nsource: gsm8k\nnum_sampels: 4\n")
+    config.write_text("models: [bundled:smollm2-135m-instruct]\ndataset_name: gsm8k\nnum_sampels: 4\n")
     with pytest.raises(ValueError, match="num_sampels"):
         _run_recipe(["--config", str(config)])
 

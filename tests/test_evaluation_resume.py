@@ -32,7 +32,7 @@ def models(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: str) -> dict
 
 
 def _config(out: Path, *models: str, **overrides) -> EvalConfig:
-    settings = {"source": RG, "source_seed": 5, "num_questions": 3, "max_new_tokens": 8, "plot": False}
+    settings = {"dataset_name": RG, "source_seed": 5, "num_questions": 3, "max_new_tokens": 8, "plot": False}
     return EvalConfig(models=list(models), output_dir=str(out), **{**settings, **overrides})
 
 

@@ -160,13 +160,13 @@ def test_engine_choice_is_explicit_and_checked(tiny_backend) -> None:
         assert kind == "vllm"
     else:
         assert kind == "transformers" and reason.startswith("auto: ")
-    assert EngineConfig(vllm_server_url="http://127.0.0.1:1").resolve_backend()[0] == "vllm_server"
+    assert EngineConfig(vllm_server_base_url="http://127.0.0.1:1").resolve_backend()[0] == "vllm_server"
     assert EngineConfig(generation_backend="vllm").resolve_backend() == ("vllm", "set by generation_backend")
     with pytest.raises(ValueError, match="generation_backend must be one of"):
         EngineConfig(generation_backend="tgi").check_engine()
     with pytest.raises(ValueError, match="drop the URL"):
-        EngineConfig(generation_backend="transformers", vllm_server_url="http://x:1").check_engine()
-    with pytest.raises(ValueError, match="needs --vllm_server_url"):
+        EngineConfig(generation_backend="transformers", vllm_server_base_url="http://x:1").check_engine()
+    with pytest.raises(ValueError, match="needs --vllm_server_base_url"):
         EngineConfig(generation_backend="vllm_server").check_engine()
     config = EngineConfig(generation_backend="transformers")
     backend = make_backend(config, model=tiny_backend.model, tokenizer=tiny_backend.tokenizer)
@@ -183,7 +183,7 @@ def test_engine_choice_is_explicit_and_checked(tiny_backend) -> None:
     # A server that is not there: a clear error naming the URL, not a hang.
     with pytest.raises(ServerError, match="cannot reach the generation server at http://127.0.0.1:9"):
         make_backend(
-            EngineConfig(vllm_server_url="http://127.0.0.1:9/v1"),
+            EngineConfig(vllm_server_base_url="http://127.0.0.1:9/v1"),
             tokenizer=tiny_backend.tokenizer,
             model_name_or_path=BUNDLED_MODEL,
         )

@@ -82,9 +82,9 @@ def test_template_file(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=message):
             load_hint_format(str(path))
     with pytest.raises(ValueError, match="neither a built-in hint format nor a file: pass one of contrastive"):
-        PrepConfig(source="q.jsonl", model_name_or_path="m", teacher_hint="answer-only")
+        PrepConfig(dataset_name="q.jsonl", model_name_or_path="m", teacher_hint="answer-only")
     with pytest.raises(ValueError, match="hint_check_samples must be >= 0"):
-        PrepConfig(source="q.jsonl", model_name_or_path="m", hint_check_samples=-1)
+        PrepConfig(dataset_name="q.jsonl", model_name_or_path="m", hint_check_samples=-1)
 
 
 def test_which_questions_each_format_serves() -> None:
@@ -93,8 +93,10 @@ def test_which_questions_each_format_serves() -> None:
 
     both, all_right, all_wrong = rollouts("5", "7"), rollouts("5", "5"), rollouts("6", "7")
     for name in HINT_FORMATS:
-        paired_only = PrepConfig(source="q", model_name_or_path="m", teacher_hint=name)
-        unpaired = PrepConfig(source="q", model_name_or_path="m", teacher_hint=name, teacher_unpaired_questions=True)
+        paired_only = PrepConfig(dataset_name="q", model_name_or_path="m", teacher_hint=name)
+        unpaired = PrepConfig(
+            dataset_name="q", model_name_or_path="m", teacher_hint=name, teacher_unpaired_questions=True
+        )
         for config in (paired_only, unpaired):  # a pair is always served, the same way whatever the format
             assert choose_hint(both, random.Random(0), config) == {
                 "correct_index": 0,

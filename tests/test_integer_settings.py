@@ -17,8 +17,8 @@ from ssb_trl.scripts.common import parse_settings
 from ssb_trl.tasks import QuestionSource
 from ssb_trl.validation import integer_fields, require_integers
 
-PREP = {"source": "questions.jsonl", "model_name_or_path": "bundled:smollm2-135m-instruct"}
-EVAL = {"source": "questions.jsonl", "models": ["bundled:smollm2-135m-instruct"]}
+PREP = {"dataset_name": "questions.jsonl", "model_name_or_path": "bundled:smollm2-135m-instruct"}
+EVAL = {"dataset_name": "questions.jsonl", "models": ["bundled:smollm2-135m-instruct"]}
 CASES = [  # (settings class, required fields, an int field of its own, one from a mixed-in class)
     (PrepConfig, PREP, "rollout_max_new_tokens", "num_questions"),
     (PrepConfig, PREP, "num_rollouts", "vllm_server_max_concurrency"),  # EngineConfig's

@@ -38,7 +38,7 @@ def label_config(tmp_path: Path, data: Path, **overrides) -> LabelConfig:
         "teacher_model_name_or_path": "digit-model",
         "soft_label_top_k": 8,
         "shard_size": 3,
-        "max_new_tokens": 8,
+        "teacher_max_new_tokens": 8,
         "output_dir": str(tmp_path / "labelled"),
     }
     return LabelConfig(**{**settings, **overrides})

@@ -230,7 +230,7 @@ def test_the_teacher_writes_missing_completions_and_keeps_them(tmp_path, tokeniz
     tokenizer = load_tokenizer(tokenizer_dir)
     teacher = make_digit_model(tokenizer)  # after the assistant header it writes one digit, then ends its turn
     data = write_rows(tmp_path / "prompts.jsonl", [{"prompt": user(f"Pick a digit ({i}).")} for i in range(3)])
-    settings = {"max_new_tokens": 4, "teacher_model_name_or_path": "digit-teacher"}
+    settings = {"teacher_max_new_tokens": 4, "teacher_model_name_or_path": "digit-teacher"}
     summary = label_dataset(config(tmp_path, data, **settings), teacher, tokenizer, show_progress=False)
     assert (summary.rows_written, summary.completions_generated, summary.dropped_unfinished) == (3, 3, 0)
     dataset, metadata = load_soft_label_dataset(str(tmp_path / "out"))
@@ -243,15 +243,17 @@ def test_the_teacher_writes_missing_completions_and_keeps_them(tmp_path, tokeniz
 
     with pytest.raises(
         ValueError,
-        match=r"different settings \(generation_temperature: 0.0 -> 0.7\)\. These determine the completions the teacher",
+        match=r"different settings \(teacher_temperature: 0.0 -> 0.7\)\. These determine the completions the teacher",
     ):
-        label_dataset(config(tmp_path, data, generation_temperature=0.7, **settings), teacher, tokenizer)
+        label_dataset(config(tmp_path, data, teacher_temperature=0.7, **settings), teacher, tokenizer)
     label_dataset(config(tmp_path, data, soft_label_top_k=4, **settings), teacher, tokenizer, show_progress=False)
     assert completions.stat().st_mtime_ns == generated_at  # new soft labels, the same completions
     assert load_soft_label_dataset(str(tmp_path / "out"))[1].top_k == 4
 
-    with pytest.raises(ValueError, match="all cut at max_new_tokens=1"):  # a digit, never its end of turn
-        label_dataset(config(tmp_path, data, output_dir=str(tmp_path / "cut"), max_new_tokens=1), teacher, tokenizer)
+    with pytest.raises(ValueError, match="all cut at teacher_max_new_tokens=1"):  # a digit, never its end of turn
+        label_dataset(
+            config(tmp_path, data, output_dir=str(tmp_path / "cut"), teacher_max_new_tokens=1), teacher, tokenizer
+        )
 
 
 def test_a_folder_labelled_before_the_run_engine_resumes_and_trains(tmp_path, tokenizer_dir):
@@ -263,7 +265,7 @@ def test_a_folder_labelled_before_the_run_engine_resumes_and_trains(tmp_path, to
     tokenizer = load_tokenizer(tokenizer_dir)
     teacher = make_digit_model(tokenizer)
     data = write_rows(tmp_path / "prompts.jsonl", [{"prompt": user(f"Pick a digit ({i}).")} for i in range(3)])
-    settings = {"max_new_tokens": 4, "teacher_model_name_or_path": "digit-teacher"}
+    settings = {"teacher_max_new_tokens": 4, "teacher_model_name_or_path": "digit-teacher"}
     label_dataset(config(tmp_path, data, **settings), teacher, tokenizer, show_progress=False)
     work = LabelJob.work_dir(tmp_path / "out")
     recorded = json.loads(work.settings_path.read_text())

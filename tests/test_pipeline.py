@@ -90,7 +90,7 @@ GOLDS = [1, 2, 3, 7, 2, 1, 3, 3, 2, 1, 9, 2]
 def small_config(tmp_path: Path, questions: Path, **overrides) -> PrepConfig:
     settings = {
         "model_name_or_path": "digit-model",  # passed in as an object; the name is recorded as the teacher
-        "source": str(questions),
+        "dataset_name": str(questions),
         "num_questions": None,
         "num_rollouts": 4,
         "rollout_max_new_tokens": 8,
@@ -128,7 +128,7 @@ def test_pipeline_builds_the_soft_label_dataset(tmp_path: Path, tokenizer) -> No
 
     dataset, metadata = load_soft_label_dataset(config.output_dir)
     validate_soft_label_dataset(dataset, metadata=metadata, vocab_size=len(tokenizer))
-    assert metadata.top_k == 8 and metadata.temperature == 2.0 and metadata.source["source"] == str(questions)
+    assert metadata.top_k == 8 and metadata.temperature == 2.0 and metadata.source["dataset_name"] == str(questions)
     assert summary.questions == len(GOLDS) and summary.rollouts == 4 * len(GOLDS)
     assert summary.rollouts_without_answer == 0 and summary.rollouts_truncated == 0
     assert 0.15 < summary.rollout_accuracy < 0.45  # about a third of the answerable questions
@@ -206,7 +206,7 @@ def recipe_inputs(tmp_path_factory, tokenizer_dir) -> dict[str, str]:
 
 def _recipe_args(inputs: dict[str, str], output_dir: str) -> list[str]:
     return [
-        "--model_name_or_path", inputs["model"], "--source", inputs["questions"], "--num_questions", "48",
+        "--model_name_or_path", inputs["model"], "--dataset_name", inputs["questions"], "--num_questions", "48",
         "--rollout_max_new_tokens", "8", "--teacher_max_new_tokens", "8", "--soft_label_top_k", "8",
         "--shard_size", "2", "--output_dir", output_dir,
     ]  # fmt: skip
@@ -283,7 +283,7 @@ def test_recipe_config_files_parse() -> None:
     (config,) = TrlParser((PrepConfig,)).parse_args_and_config(
         ["--config", str(REPO / "recipes" / "configs" / "prepare_gsm8k.yaml"), "--num_questions", "8"]
     )
-    assert config.source == "openai/gsm8k" and config.source_config_name == "main"
+    assert config.dataset_name == "openai/gsm8k" and config.dataset_config == "main"
     assert config.task_config is None and config.answer_fallbacks is False and config.num_questions == 8
     assert config.rollout_sampling == Sampling(0.8, 50, 1.0, 1024, n=4)
     assert config.teacher_sampling == Sampling(0.4, 50, 1.0, 2048, n=2)
@@ -298,10 +298,10 @@ def test_recipe_config_files_parse() -> None:
     assert demo.teacher_hint == "answer_only"  # experiment 2's chosen format (docs/experiment/RESULTS2.md)
     with pytest.raises(ValueError, match="no question source"):
         TrlParser((PrepConfig,)).parse_args_and_config([])
-    args = ["--source", "rg:basic_arithmetic", "--num_questions", "4", "--model_name_or_path", "m"]
+    args = ["--dataset_name", "rg:basic_arithmetic", "--num_questions", "4", "--model_name_or_path", "m"]
     (flags,) = TrlParser((PrepConfig,)).parse_args_and_config([*args, "--task_config", '{"min_digits": 2}'])
     assert flags.task_config == {"min_digits": 2} and flags.settings()["num_questions"] == 4
     with pytest.raises(ValueError, match="num_rollouts must be >= 2"):
-        PrepConfig(source="q.jsonl", model_name_or_path="m", num_rollouts=1)
+        PrepConfig(dataset_name="q.jsonl", model_name_or_path="m", num_rollouts=1)
     with pytest.raises(ValueError, match="no model"):
-        PrepConfig(source="q.jsonl")
+        PrepConfig(dataset_name="q.jsonl")

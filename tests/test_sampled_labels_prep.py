@@ -143,7 +143,7 @@ def test_compact_sampled_preparation_keeps_mass_one_or_more(tmp_path: Path, toke
 
 
 def test_settings_are_checked() -> None:
-    base = {"source": "gsm8k", "model_name_or_path": "m", "output_dir": "o"}
+    base = {"dataset_name": "gsm8k", "model_name_or_path": "m", "output_dir": "o"}
     with pytest.raises(ValueError, match="soft_label_mode must be one of"):
         PrepConfig(**base, soft_label_mode="importance")
     with pytest.raises(

@@ -101,14 +101,14 @@ def fake_server(tokenizer) -> Iterator[tuple[str, FakeVLLM]]:
 def test_a_server_serving_another_model_is_refused_without_tokenize(fake_server, tokenizer) -> None:
     url, behaviour = fake_server
     behaviour.has_tokenize = False
-    config = EngineConfig(vllm_server_url=url)
+    config = EngineConfig(vllm_server_base_url=url)
     with pytest.raises(ValueError, match=r"serves \['served-model'\], not the configured model 'org/local-model'.*"):
         make_backend(config, tokenizer=tokenizer, model_name_or_path="org/local-model")
     with pytest.raises(ValueError, match="--vllm_server_model NAME"):
         make_backend(config, tokenizer=tokenizer, model_name_or_path="org/local-model")
     # Named explicitly, it is used; the name the pipeline records per shard names the served model.
     named = make_backend(
-        EngineConfig(vllm_server_url=url, vllm_server_model="served-model"),
+        EngineConfig(vllm_server_base_url=url, vllm_server_model="served-model"),
         tokenizer=tokenizer,
         model_name_or_path="org/local-model",
         show_progress=False,
@@ -228,7 +228,7 @@ def test_a_malformed_model_list_names_the_url(fake_server, tokenizer) -> None:
 def test_the_request_timeout_is_a_setting(fake_server, tokenizer) -> None:
     url, behaviour = fake_server
     backend = make_backend(
-        EngineConfig(vllm_server_url=url, vllm_server_timeout=0.5),
+        EngineConfig(vllm_server_base_url=url, vllm_server_timeout=0.5),
         tokenizer=tokenizer,
         model_name_or_path="served-model",
         show_progress=False,
@@ -244,9 +244,9 @@ def test_the_request_timeout_is_a_setting(fake_server, tokenizer) -> None:
 @pytest.mark.parametrize("timeout", [0.0, -1.0, math.nan, math.inf])
 def test_bad_timeouts_are_refused(timeout: float) -> None:
     with pytest.raises(ValueError, match="vllm_server_timeout must be a finite number of seconds > 0"):
-        EngineConfig(vllm_server_url="http://127.0.0.1:1", vllm_server_timeout=timeout).check_engine()
+        EngineConfig(vllm_server_base_url="http://127.0.0.1:1", vllm_server_timeout=timeout).check_engine()
 
 
 def test_the_served_model_setting_needs_a_server() -> None:
-    with pytest.raises(ValueError, match="--vllm_server_model .* needs --vllm_server_url"):
+    with pytest.raises(ValueError, match="--vllm_server_model .* needs --vllm_server_base_url"):
         EngineConfig(vllm_server_model="x").check_engine()

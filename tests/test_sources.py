@@ -82,7 +82,7 @@ def test_math_style_solutions_and_custom_fields(tmp_path: Path) -> None:
 
 def test_saved_dataset_directory(tmp_path: Path) -> None:
     datasets.DatasetDict({"test": datasets.Dataset.from_list(GSM8K_ROWS)}).save_to_disk(str(tmp_path / "dd"))
-    assert [e.answer for e in load_questions(QuestionSource(str(tmp_path / "dd"), source_split="test"))] == [
+    assert [e.answer for e in load_questions(QuestionSource(str(tmp_path / "dd"), dataset_split="test"))] == [
         "7",
         "2000",
     ]
@@ -140,7 +140,7 @@ def test_directory_of_split_files_loads_like_a_hub_repo(tmp_path: Path) -> None:
     repo.mkdir()
     (repo / "train.jsonl").write_text(json.dumps(GSM8K_ROWS[0]) + "\n")
     (repo / "test.jsonl").write_text(json.dumps(GSM8K_ROWS[1]) + "\n")
-    assert [(e.id, e.answer) for e in load_questions(QuestionSource(str(repo), source_split="test"))] == [
+    assert [(e.id, e.answer) for e in load_questions(QuestionSource(str(repo), dataset_split="test"))] == [
         ("test/0", "2000")
     ]
     assert [(e.id, e.answer) for e in load_questions(QuestionSource(str(repo)))] == [("train/0", "7")]
@@ -148,10 +148,10 @@ def test_directory_of_split_files_loads_like_a_hub_repo(tmp_path: Path) -> None:
 
 def test_presets_fill_only_the_unset_fields() -> None:
     math500 = QuestionSource("math500")
-    assert (math500.source_split, math500.question_field, math500.answer_field) == ("test", "problem", "answer")
+    assert (math500.dataset_split, math500.question_field, math500.answer_field) == ("test", "problem", "answer")
     assert math500.describe()["description"] == "MATH-500 test (500 problems), Hub HuggingFaceH4/MATH-500 split test"
-    gsm8k = QuestionSource("gsm8k", source_split="train")
+    gsm8k = QuestionSource("gsm8k", dataset_split="train")
     assert gsm8k.describe()["description"] == "Hub openai/gsm8k split train (fields of preset gsm8k)"
-    assert (gsm8k.source_config_name, gsm8k.source_split) == ("main", "train")
+    assert (gsm8k.dataset_config, gsm8k.dataset_split) == ("main", "train")
     plain = QuestionSource("some/dataset")
-    assert (plain.source_split, plain.question_field, plain.answer_field) == ("train", "question", "answer")
+    assert (plain.dataset_split, plain.question_field, plain.answer_field) == ("train", "question", "answer")

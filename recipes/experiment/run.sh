@@ -96,7 +96,7 @@ evaluate_one() {  # evaluate_one FOLDER LABEL MODEL SEED QUESTIONS SAMPLES TASK 
   [ -f "$OUT/train/grpo-seed0/grpo_questions.jsonl" ] && exclude+=("$OUT/train/grpo-seed0/grpo_questions.jsonl")
   [ -n "${EXTRA_EXCLUDE:-}" ] && exclude+=("$EXTRA_EXCLUDE")   # round 2's data, for its own test folder
   stage "evaluate: $2 on $5 questions of $7 (seed $4, $6 samples) -> $dir"
-  python recipes/evaluate.py --source "reasoning_gym:$7" --task_config "$8" \
+  python recipes/evaluate.py --dataset_name "reasoning_gym:$7" --task_config "$8" \
     --source_seed "$4" --num_questions $((4 * $5)) --limit "$5" --unique_questions true \
     --answer_fallbacks true --greedy true --num_samples "$6" --sampling_temperature 0.8 --sampling_top_k 50 \
     --sampling_top_p 1.0 --max_new_tokens 160 --device cpu --dtype float32 \

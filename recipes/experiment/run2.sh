@@ -128,7 +128,7 @@ evaluate_one() {  # evaluate_one FOLDER LABEL MODEL TASK TASK_CONFIG: greedy pas
   if [ -f "$dir/results.json" ]; then echo "$2 in $1: done"; return; fi
   chosen=$(chosen_format)
   stage "evaluate: $2 on $EVAL_QUESTIONS questions of $4 (seed $TEST_SEED) -> $dir"
-  python recipes/evaluate.py --source "reasoning_gym:$4" --task_config "$5" --source_seed "$TEST_SEED" \
+  python recipes/evaluate.py --dataset_name "reasoning_gym:$4" --task_config "$5" --source_seed "$TEST_SEED" \
     --num_questions $((4 * EVAL_QUESTIONS)) --limit "$EVAL_QUESTIONS" --unique_questions true \
     --answer_fallbacks true --greedy true --num_samples 0 --max_new_tokens 160 --device cpu --dtype float32 \
     --generation_backend vllm --vllm_gpu_memory_utilization "$VLLM_MEMORY" --exclude_questions_from "$OUT/select/$chosen" "$OUT/data/$chosen" \

@@ -121,9 +121,9 @@ class EvalConfig(EngineConfig, QuestionSource):
             self.models = [self.models]
         if isinstance(self.exclude_questions_from, str):
             self.exclude_questions_from = [self.exclude_questions_from]
-        if not self.source:
+        if not self.dataset_name:
             raise ValueError(
-                "no question source: set --source (a benchmark preset, a Hub dataset, a file, or 'reasoning_gym:<task>')"
+                "no question source: set --dataset_name (a benchmark preset, a Hub dataset, a file, or 'reasoning_gym:<task>')"
             )
         if not self.greedy and self.num_samples <= 0:
             raise ValueError("Nothing to compute: set greedy=true (pass@1) and/or num_samples >= 1 (mean@n).")
@@ -143,7 +143,7 @@ class EvalConfig(EngineConfig, QuestionSource):
         if self.resolve_backend()[0] == "vllm_server":
             raise ValueError(
                 "evaluation runs the models itself (--generation_backend transformers or vllm); a server serves one "
-                "fixed model, so --vllm_server_url is for data preparation only"
+                "fixed model, so --vllm_server_base_url is for data preparation only"
             )
         self.greedy_sampling, self.sampling  # noqa: B018 - validates the sampling fields early
 

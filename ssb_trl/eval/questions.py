@@ -81,7 +81,7 @@ def load_eval_questions(config: EvalConfig) -> tuple[list[QAExample], dict[str, 
                 f"field {config.answer_field!r} (set question_field/answer_field to the right columns)."
             )
         raise EvaluationDataError(
-            f"Cannot build the evaluation set for source={config.source!r} ({source['description']}): {exc}.{hint}"
+            f"Cannot build the evaluation set for --dataset_name {config.dataset_name!r} ({source['description']}): {exc}.{hint}"
         ) from exc
     if config.exclude_questions_from:
         kept = [ex for ex in examples if _normalise_question(ex.question) not in excluded]

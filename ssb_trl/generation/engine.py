@@ -2,7 +2,7 @@
 
 ``EngineConfig`` is mixed into data preparation's ``PrepConfig`` and evaluation's ``EvalConfig`` so both name the
 engine the same way. The default, ``auto``, is vLLM when it is installed and a CUDA GPU is present (the fast
-choice), the transformers backend otherwise; a ``vllm_server_url`` selects the server backend. The choice and its
+choice), the transformers backend otherwise; a ``vllm_server_base_url`` selects the server backend. The choice and its
 reason are logged and recorded in the run's summary.
 """
 
@@ -31,11 +31,18 @@ class EngineConfig:
     generation_backend: str = field(
         default="auto",
         metadata={
-            "help": "auto (vLLM when installed and a CUDA GPU is present, else transformers; a vllm_server_url means "
+            "help": "auto (vLLM when installed and a CUDA GPU is present, else transformers; a vllm_server_base_url means "
             "vllm_server), transformers, vllm (a local engine), or vllm_server (an OpenAI-compatible server)."
         },
     )
-    vllm_server_url: str | None = field(
+    use_vllm: bool = field(
+        default=False,
+        metadata={
+            "help": "TRL's switch: generate with vLLM, a local engine (or the server at --vllm_server_base_url). The "
+            "same as --generation_backend vllm (vllm_server)."
+        },
+    )
+    vllm_server_base_url: str | None = field(
         default=None,
         metadata={
             "help": "URL of an OpenAI-compatible completions server serving the same model, e.g. "
@@ -86,13 +93,19 @@ class EngineConfig:
             raise ValueError(
                 f"generation_backend must be one of {list(GENERATION_BACKENDS)}, got {self.generation_backend!r}"
             )
-        if self.vllm_server_url and self.generation_backend not in ("auto", "vllm_server"):
+        if self.use_vllm and self.generation_backend == "transformers":
             raise ValueError(
-                f"--vllm_server_url is set but --generation_backend is {self.generation_backend!r}: drop the URL, or "
+                "--use_vllm true asks for vLLM but --generation_backend is 'transformers': drop one of them"
+            )
+        if self.vllm_server_base_url and self.generation_backend not in ("auto", "vllm_server"):
+            raise ValueError(
+                f"--vllm_server_base_url is set but --generation_backend is {self.generation_backend!r}: drop the URL, or "
                 "use --generation_backend vllm_server (or auto)"
             )
-        if self.generation_backend == "vllm_server" and not self.vllm_server_url:
-            raise ValueError("generation_backend='vllm_server' needs --vllm_server_url (e.g. http://127.0.0.1:8000)")
+        if self.generation_backend == "vllm_server" and not self.vllm_server_base_url:
+            raise ValueError(
+                "generation_backend='vllm_server' needs --vllm_server_base_url (e.g. http://127.0.0.1:8000)"
+            )
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
             raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
         if self.vllm_server_max_concurrency < 1:
@@ -104,15 +117,17 @@ class EngineConfig:
             or not (math.isfinite(timeout) and timeout > 0)
         ):
             raise ValueError(f"vllm_server_timeout must be a finite number of seconds > 0, got {timeout!r}")
-        if self.vllm_server_model is not None and not self.vllm_server_url:
-            raise ValueError("--vllm_server_model names a served model: it needs --vllm_server_url")
+        if self.vllm_server_model is not None and not self.vllm_server_base_url:
+            raise ValueError("--vllm_server_model names a served model: it needs --vllm_server_base_url")
 
     def resolve_backend(self) -> tuple[str, str]:
         """The backend that will run, and why (for the logs and the summary)."""
-        if self.vllm_server_url:
-            return "vllm_server", f"server at {self.vllm_server_url}"
+        if self.vllm_server_base_url:
+            return "vllm_server", f"server at {self.vllm_server_base_url}"
         if self.generation_backend != "auto":
             return self.generation_backend, "set by generation_backend"
+        if self.use_vllm:
+            return "vllm", "set by use_vllm"
         if not vllm_available():
             return "transformers", "auto: vLLM is not installed"
         if not torch.cuda.is_available():
@@ -169,7 +184,7 @@ def make_backend(
     model_config = getattr(model, "config", None)
     text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
     return OpenAIServerBackend(
-        config.vllm_server_url or "",
+        config.vllm_server_base_url or "",
         tokenizer,
         model_name_or_path=model_name_or_path,
         served_model=config.vllm_server_model,

@@ -102,7 +102,7 @@ def api_root(url: str) -> str:
     """``http://host:8000``, ``http://host:8000/`` or ``http://host:8000/v1`` -> ``http://host:8000``."""
     url = url.strip().rstrip("/")
     if not url.startswith(("http://", "https://")):
-        raise ValueError(f"vllm_server_url must start with http:// or https://, got {url!r}")
+        raise ValueError(f"vllm_server_base_url must start with http:// or https://, got {url!r}")
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
@@ -183,7 +183,7 @@ class OpenAIServerBackend(GenerationBackend):
                 ) from exc
             raise ServerError(
                 f"cannot reach the generation server at {self.root} ({exc}); start it (e.g. `vllm serve MODEL "
-                "--port 8000`) or fix --vllm_server_url"
+                "--port 8000`) or fix --vllm_server_base_url"
             ) from exc
         except http.client.HTTPException as exc:  # a broken or non-HTTP answer (IncompleteRead, BadStatusLine)
             raise ServerError(f"{url} sent a broken HTTP answer ({type(exc).__name__}: {exc})") from exc
@@ -194,13 +194,13 @@ class OpenAIServerBackend(GenerationBackend):
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ServerError(
                 f"{url} answered HTTP {status} with a body that is not JSON ({exc}): {_excerpt(body)}; is "
-                "--vllm_server_url an OpenAI-compatible server (vllm serve, SGLang)?",
+                "--vllm_server_base_url an OpenAI-compatible server (vllm serve, SGLang)?",
                 status=status,
             ) from exc
 
     def _malformed(self, path: str, what: str, answer: Any) -> ServerError:
         return ServerError(
-            f"{self.root}{path} answered HTTP 200 but {what}: {_excerpt(json.dumps(answer))}; is --vllm_server_url "
+            f"{self.root}{path} answered HTTP 200 but {what}: {_excerpt(json.dumps(answer))}; is --vllm_server_base_url "
             "an OpenAI-compatible server (vllm serve, SGLang)?"
         )
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ssb_trl.deprecations import renamed_settings
 from ssb_trl.jobs.identity import input_changed, legacy_tokenizer_digest, model_changes
 from ssb_trl.jobs.workdir import WorkDir
 
@@ -177,7 +178,20 @@ def _later_settings(table: ResumeTable, stages: tuple[str, ...], noun: str) -> s
     return f"{', '.join(later)}, and the number of {noun}"
 
 
-def upgrade_settings(recorded: dict[str, Any] | None, tokenizers: dict[str, Any]) -> dict[str, Any] | None:
+def upgrade_settings(
+    recorded: dict[str, Any] | None, tokenizers: dict[str, Any], command: str = ""
+) -> dict[str, Any] | None:
+    """Settings a folder recorded before today's names and layout, in today's (only ever read, then rewritten):
+    renamed settings under their new names (:func:`ssb_trl.deprecations.renamed_settings`), and the layout of the
+    folders written before the run engine (:func:`_engine_layout`)."""
+    upgraded = _engine_layout(recorded, tokenizers)
+    if upgraded is None:
+        return None
+    name = command.removeprefix("ssb-trl ")
+    return {**upgraded, "config": renamed_settings(name, upgraded.get("config", {}))}
+
+
+def _engine_layout(recorded: dict[str, Any] | None, tokenizers: dict[str, Any]) -> dict[str, Any] | None:
     """Settings a folder recorded before the run engine, in today's layout (only ever read, then rewritten).
 
     ``ssb-trl prepare`` wrote ``{config, questions, prompt_template_version, model, source}``; ``ssb-trl label``
@@ -190,12 +204,13 @@ def upgrade_settings(recorded: dict[str, Any] | None, tokenizers: dict[str, Any]
     if "questions" in recorded:  # ssb-trl prepare
         config = {**recorded.get("config", {}), "prompt_template_version": recorded.get("prompt_template_version")}
         source = recorded.get("source") or {}
+        name = config.get("source", config.get("dataset_name"))
         return {
             "kind": "ssb-trl prepare",
             "config": config,
             "identities": {
                 "model": recorded.get("model"),
-                "source": {**source, "name": config.get("source")} if source else None,
+                "source": {**source, "name": name} if source else None,
             },
             "inputs": recorded["questions"],
         }

@@ -190,7 +190,7 @@ def _run(job: Job, state: Any, work: WorkDir, settings: dict[str, Any], show_pro
     num_shards = (len(inputs) + size - 1) // size
     shards = [inputs[s * size : (s + 1) * size] for s in range(num_shards)]
     if state.is_main_process:
-        recorded = upgrade_settings(work.read_settings(), job.legacy_tokenizers())
+        recorded = upgrade_settings(work.read_settings(), job.legacy_tokenizers(), job.command)
         if recorded is not None and recorded != work.read_settings():
             work.write_settings(recorded)  # a folder of an earlier version, in today's layout
         table = job.resume_table()
@@ -221,7 +221,7 @@ def _run(job: Job, state: Any, work: WorkDir, settings: dict[str, Any], show_pro
     if generating and backend_kind == "vllm" and state.num_processes > 1:
         raise ValueError(
             f"a local vLLM engine per process ({state.num_processes} processes) is not supported: for many GPUs "
-            "start one server (`vllm serve MODEL --data-parallel-size N`) and pass --vllm_server_url; see the README"
+            "start one server (`vllm serve MODEL --data-parallel-size N`) and pass --vllm_server_base_url; see the README"
         )
     own_backend = generating and run.backend is None
     if todo:

@@ -20,10 +20,10 @@ STAGES = (Stage("completions", "completions the teacher generated"), Stage(ROWS_
 COMPLETION_FIELDS = frozenset(
     {
         "teacher_system_prompt",
-        "generation_temperature",
-        "generation_top_k",
-        "generation_top_p",
-        "max_new_tokens",
+        "teacher_temperature",
+        "teacher_top_k",
+        "teacher_top_p",
+        "teacher_max_new_tokens",
         "seed",
         "dtype",
         "shard_size",
@@ -96,12 +96,12 @@ class LabelConfig(JobSettings, SoftLabelSettings, EngineConfig):
         default=None, metadata={"help": "Device; default: this process's accelerator device (CUDA if any), else CPU."}
     )
     # Completions written by the teacher (prompts-only datasets)
-    generation_temperature: float = field(
+    teacher_temperature: float = field(
         default=0.0, metadata={"help": "Sampling temperature of generated completions (0: greedy)."}
     )
-    generation_top_k: int = field(default=0, metadata={"help": "Top-k of generated completions (0: off)."})
-    generation_top_p: float = field(default=1.0, metadata={"help": "Top-p of generated completions."})
-    max_new_tokens: int = field(
+    teacher_top_k: int = field(default=0, metadata={"help": "Top-k of generated completions (0: off)."})
+    teacher_top_p: float = field(default=1.0, metadata={"help": "Top-p of generated completions."})
+    teacher_max_new_tokens: int = field(
         default=1024,
         metadata={"help": "Longest generated completion; completions cut at this length are dropped (with a count)."},
     )
@@ -141,11 +141,11 @@ class LabelConfig(JobSettings, SoftLabelSettings, EngineConfig):
         self.check_engine()
         self.check_soft_label_settings()
         self.check_job_settings()
-        self.generation_sampling  # noqa: B018 - validates the sampling settings early
+        self.teacher_sampling  # noqa: B018 - validates the sampling settings early
 
     @property
-    def generation_sampling(self) -> Sampling:
+    def teacher_sampling(self) -> Sampling:
         """How the teacher writes missing completions: one per prompt."""
         return Sampling(
-            self.generation_temperature, self.generation_top_k, self.generation_top_p, self.max_new_tokens, 1
+            self.teacher_temperature, self.teacher_top_k, self.teacher_top_p, self.teacher_max_new_tokens, 1
         )

@@ -210,7 +210,7 @@ def tokenize_examples(
         length = len(student) + (len(answer) if answer is not None else 1)
         if config.max_length is not None and length > config.max_length:
             too_long.append(f"{example.id} ({length} tokens)")
-        teacher_length = len(teacher) + (len(answer) if answer is not None else config.max_new_tokens)
+        teacher_length = len(teacher) + (len(answer) if answer is not None else config.teacher_max_new_tokens)
         if context_window is not None and teacher_length > context_window:
             over_context.append(f"{example.id} ({teacher_length} tokens)")
         tokens.append(_Tokens(student, teacher, answer))
@@ -223,8 +223,8 @@ def tokenize_examples(
     if over_context:
         raise ValueError(
             f"{len(over_context)} row(s) do not fit the teacher's context window of {context_window} positions "
-            f"(teacher prompt + completion, or + max_new_tokens when the teacher writes it; first: "
-            f"{over_context[:5]}). Drop those rows, or lower --max_new_tokens."
+            f"(teacher prompt + completion, or + teacher_max_new_tokens when the teacher writes it; first: "
+            f"{over_context[:5]}). Drop those rows, or lower --teacher_max_new_tokens."
         )
     return tokens
 

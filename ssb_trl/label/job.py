@@ -158,7 +158,7 @@ class LabelJob(Job):
                 work.write_shard("completions", shard, records)
             for example, token, record in zip(examples, tokens, records):
                 if not record["finished"] or not record["text"].strip():
-                    continue  # cut at max_new_tokens (it would teach not to stop) or empty: counted in the summary
+                    continue  # cut at teacher_max_new_tokens (it would teach not to stop) or empty: counted in the summary
                 ids = with_end_of_turn(record["token_ids"], run.end_of_turn, run.stop_ids)
                 if config.max_length is not None and len(token.student_prompt) + len(ids) > config.max_length:
                     continue
@@ -179,7 +179,7 @@ class LabelJob(Job):
         """The teacher's completions of one shard's prompts (seeded per row id), as JSON-able records."""
         config, backend = self.config, run.backend
         seeds = [derive_seed(config.seed, example.id, "label") for example in examples]
-        outputs = backend.generate([e.teacher_prompt for e in examples], config.generation_sampling, seed=seeds)
+        outputs = backend.generate([e.teacher_prompt for e in examples], config.teacher_sampling, seed=seeds)
         return [
             {"id": e.id, "text": samples[0].text, "token_ids": samples[0].token_ids,
              "finished": samples[0].finished, "generated_by": backend.name}
@@ -198,16 +198,16 @@ class LabelJob(Job):
         dropped = len(self.inputs) - len(dataset)
         if len(dataset) == 0:
             raise ValueError(
-                f"no row was labelled: the teacher's {to_generate} completions were all cut at max_new_tokens="
-                f"{config.max_new_tokens}, empty, or longer than max_length={config.max_length}. Rerun with a larger "
-                "--max_new_tokens (and --max_length) into a new --output_dir (this one keeps the cut completions, "
+                f"no row was labelled: the teacher's {to_generate} completions were all cut at teacher_max_new_tokens="
+                f"{config.teacher_max_new_tokens}, empty, or longer than max_length={config.max_length}. Rerun with a larger "
+                "--teacher_max_new_tokens (and --max_length) into a new --output_dir (this one keeps the cut completions, "
                 f"which a rerun here would reuse: {str(work.root)!r}), or give the completions in a 'completion' column."
             )
         if dropped:
             logger.warning(
-                "%d of %d generated completions were dropped: %d cut at max_new_tokens=%d (or empty), %d longer than "
+                "%d of %d generated completions were dropped: %d cut at teacher_max_new_tokens=%d (or empty), %d longer than "
                 "max_length=%s. Raise those settings to keep them.",
-                dropped, to_generate, unfinished, config.max_new_tokens, dropped - unfinished, config.max_length,
+                dropped, to_generate, unfinished, config.teacher_max_new_tokens, dropped - unfinished, config.max_length,
             )  # fmt: skip
         return LabelSummary(
             output_dir=str(work.output_dir),
@@ -242,7 +242,7 @@ class LabelJob(Job):
             "max_length": config.max_length,
         }
         if generated:  # the train-time check that answers are the teacher's samples relies on these
-            source["teacher_sampling"] = asdict(config.generation_sampling)
+            source["teacher_sampling"] = asdict(config.teacher_sampling)
             source["seed"] = config.seed
         return SoftLabelMetadata(
             teacher_model=config.teacher_model_name_or_path,

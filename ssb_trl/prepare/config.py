@@ -60,7 +60,7 @@ RESUME_TABLE = ResumeTable(
     identities={"model": ("model", "rollouts"), "source": ("input", "rollouts")},
     # Compared by what they are (the identities) and question by question (the shards' digests) instead.
     compared_by_content=frozenset(
-        {"source", "model_name_or_path", "tokenizer_name_or_path", "num_questions", "max_question_chars"}
+        {"dataset_name", "model_name_or_path", "tokenizer_name_or_path", "num_questions", "max_question_chars"}
     ),
 )
 """Which stage of a preparation each setting feeds (see :mod:`ssb_trl.jobs.resume`)."""
@@ -159,7 +159,10 @@ class PrepConfig(JobSettings, SoftLabelSettings, EngineConfig, QuestionSource):
         super().__post_init__()
         require_valid_numbers(self)
         checks = [
-            (bool(self.source), "no question source: set --source (a Hub dataset, a file, or 'reasoning_gym:<task>')"),
+            (
+                bool(self.dataset_name),
+                "no question source: set --dataset_name (a Hub dataset, a file, or 'reasoning_gym:<task>')",
+            ),
             (bool(self.model_name_or_path), "no model: set --model_name_or_path (it is both student and teacher)"),
             (self.num_rollouts >= 2, "num_rollouts must be >= 2 (a pair needs a correct and an incorrect rollout)"),
             (

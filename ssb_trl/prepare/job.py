@@ -127,11 +127,11 @@ class PrepareJob(Job):
 
     def identities(self) -> dict[str, dict[str, Any]]:
         config = self.config
-        local = config.reasoning_gym_task is None and config.source not in BENCHMARK_PRESETS
-        source = local_input_identity(config.source) if local else {"path": None, "sha256": None}
+        local = config.reasoning_gym_task is None and config.dataset_name not in BENCHMARK_PRESETS
+        source = local_input_identity(config.dataset_name) if local else {"path": None, "sha256": None}
         return {
             "model": model_identity(config.model_name_or_path, self.model, self.tokenizer),
-            "source": {**source, "name": config.source},
+            "source": {**source, "name": config.dataset_name},
         }
 
     def resume_table(self) -> ResumeTable:

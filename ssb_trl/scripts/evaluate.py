@@ -9,9 +9,9 @@ then the models and the decoding) is a flag and a YAML key.
 
     # offline: bundled SmolLM2 vs a trained adapter on held-out reasoning-gym questions
     ssb-trl evaluate --models base=bundled:smollm2-135m-instruct ssb=out/ssb \\
-        --source reasoning_gym:basic_arithmetic --source_seed 999 --num_questions 50
+        --dataset_name reasoning_gym:basic_arithmetic --source_seed 999 --num_questions 50
     # GPU users, online: MATH-500 pass@1 plus mean@4
-    ssb-trl evaluate --models Qwen/Qwen2.5-3B-Instruct out/qwen-ssb --source math500 \\
+    ssb-trl evaluate --models Qwen/Qwen2.5-3B-Instruct out/qwen-ssb --dataset_name math500 \\
         --num_samples 4 --max_new_tokens 4096 --batch_size 64
 """
 
@@ -30,11 +30,8 @@ _SOURCE_FORMS = (
     ".jsonl/.json/.parquet/.csv file or dataset folder (the route that works offline)"
 )
 RENAMED_FLAGS = {  # 0.1 flag -> what to write now (docs/CHANGES.md, "Renamed in 0.2")
-    "--benchmark": f"--source: {_SOURCE_FORMS}",
-    "--dataset_name": f"--source: {_SOURCE_FORMS}",
-    "--dataset_config": "--source_config_name",
-    "--dataset_split": "--source_split",
-    "--rg_task": "--source reasoning_gym:<task>",
+    "--benchmark": f"--dataset_name: {_SOURCE_FORMS}",
+    "--rg_task": "--dataset_name reasoning_gym:<task>",
     "--rg_config": "--task_config",
     "--rg_seed": "--source_seed",
     "--rg_size": "--num_questions",

@@ -41,7 +41,7 @@ class InspectArguments:
     dataset_name: str = field(
         metadata={"help": "Soft-label dataset: a directory written by `ssb-trl prepare`, or a Hub id."}
     )
-    split: str = field(default="train", metadata={"help": "Split to inspect (Hub datasets and DatasetDicts)."})
+    dataset_split: str = field(default="train", metadata={"help": "Split to inspect (Hub datasets and DatasetDicts)."})
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "Tokenizer to decode the example with; default: the teacher's."}
     )
@@ -208,7 +208,7 @@ def main(args: InspectArguments) -> dict[str, Any]:
     """
     tokenizer_name = args.tokenizer_name_or_path
     try:
-        dataset, metadata = load_soft_label_dataset(args.dataset_name, split=args.split)
+        dataset, metadata = load_soft_label_dataset(args.dataset_name, split=args.dataset_split)
         tokenizer_name = tokenizer_name or metadata.teacher_model
         try:
             tokenizer = load_tokenizer(tokenizer_name, require_chat_template=False)

@@ -7,7 +7,7 @@
 
 Every field of `ssb_trl.label.job.LabelConfig` is a flag and a YAML key. The input is TRL's prompt-completion
 format (conversational or plain strings); without a 'completion' column the teacher writes the completions
-(greedy by default; --generation_temperature for sampled ones). A stopped run resumes when started again with
+(greedy by default; --teacher_temperature for sampled ones). A stopped run resumes when started again with
 the same --output_dir: finished shards are kept.
 """
 

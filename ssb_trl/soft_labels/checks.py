@@ -105,7 +105,7 @@ def check_soft_label_columns(dataset, columns: tuple[str, str] = (TEACHER_TOPK_I
             "for every answer token, the teacher's top-K token ids and log-probs (the format: ssb_trl.soft_labels). "
             "From prompt/completion (or messages) data and any teacher of the student's tokenizer: `ssb-trl label "
             "--dataset_name your_data.jsonl --teacher_model_name_or_path TEACHER --output_dir DATA_DIR` (offline "
-            "distillation). From question/answer data, SSB: `ssb-trl prepare --source your_questions.jsonl "
+            "distillation). From question/answer data, SSB: `ssb-trl prepare --dataset_name your_questions.jsonl "
             "--model_name_or_path MODEL --output_dir DATA_DIR` (the model answers, is hinted, and becomes the "
             "teacher). Then ssb_trl.load_soft_label_dataset(DATA_DIR). In Python: "
             "ssb_trl.soft_labels.extract_topk_soft_labels(teacher, sequences, answer_starts, top_k, temperature) -> "

@@ -90,15 +90,15 @@ def parse_json_mapping(value: dict | str | None, name: str) -> dict | None:
 class QuestionSource:
     """Where questions come from and how their answers are graded (the fields are flags of both recipes)."""
 
-    source: str | None = field(
+    dataset_name: str | None = field(
         default=None,
         metadata={
             "help": "Questions: a Hub dataset name, a .jsonl/.json/.parquet/.csv file or a dataset folder, "
             f"'reasoning_gym:<task>', or a benchmark preset ({', '.join(BENCHMARK_PRESETS)})."
         },
     )
-    source_config_name: str | None = field(default=None, metadata={"help": "Hub dataset config, e.g. 'main'."})
-    source_split: str | None = field(
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset config, e.g. 'main'."})
+    dataset_split: str | None = field(
         default=None, metadata={"help": "Split to read (default: the preset's, else 'train'; a file is one split)."}
     )
     question_field: str | None = field(
@@ -138,10 +138,10 @@ class QuestionSource:
     def __post_init__(self) -> None:
         require_valid_numbers(self)  # every field of the config this source is part of, before any check
         self.task_config = parse_json_mapping(self.task_config, "task_config")
-        preset = BENCHMARK_PRESETS.get(self.source or "")
+        preset = BENCHMARK_PRESETS.get(self.dataset_name or "")
         if preset is not None:
-            self.source_config_name = self.source_config_name or preset.dataset_config
-        self.source_split = self.source_split or (preset.split if preset else "train")
+            self.dataset_config = self.dataset_config or preset.dataset_config
+        self.dataset_split = self.dataset_split or (preset.split if preset else "train")
         self.question_field = self.question_field or (preset.question_field if preset else "question")
         self.answer_field = self.answer_field or (preset.answer_field if preset else "answer")
         if self.num_questions is not None and self.num_questions < 1:
@@ -157,8 +157,8 @@ class QuestionSource:
     def reasoning_gym_task(self) -> str | None:
         """The task name of a ``reasoning_gym:<task>`` source, else None."""
         for prefix in REASONING_GYM_PREFIXES:
-            if (self.source or "").startswith(prefix):
-                return self.source[len(prefix) :].strip()
+            if (self.dataset_name or "").startswith(prefix):
+                return self.dataset_name[len(prefix) :].strip()
         return None
 
     def settings(self) -> dict[str, Any]:
@@ -167,22 +167,22 @@ class QuestionSource:
 
     def describe(self) -> dict[str, Any]:
         """The settings plus what the source is (``kind``) and a one-line description for reports."""
-        task, preset = self.reasoning_gym_task, BENCHMARK_PRESETS.get(self.source or "")
-        path = Path(self.source or "").expanduser()
+        task, preset = self.reasoning_gym_task, BENCHMARK_PRESETS.get(self.dataset_name or "")
+        path = Path(self.dataset_name or "").expanduser()
         if task is not None:
             kind, description = "reasoning-gym", f"reasoning-gym {task} (seed {self.source_seed})"
         elif preset is not None:
             kind = "benchmark preset"
-            if self.source_split == preset.split:
-                description = f"{preset.description}, Hub {preset.dataset_name} split {self.source_split}"
+            if self.dataset_split == preset.split:
+                description = f"{preset.description}, Hub {preset.dataset_name} split {self.dataset_split}"
             else:  # the preset's description names its own split: do not claim it for another
-                description = f"Hub {preset.dataset_name} split {self.source_split} (fields of preset {preset.name})"
+                description = f"Hub {preset.dataset_name} split {self.dataset_split} (fields of preset {preset.name})"
         elif path.is_file():
-            kind, description = "local file", f"local file {self.source}"
+            kind, description = "local file", f"local file {self.dataset_name}"
         elif path.is_dir():
-            kind, description = "local folder", f"local folder {self.source} (split {self.source_split})"
+            kind, description = "local folder", f"local folder {self.dataset_name} (split {self.dataset_split})"
         else:
-            kind, description = "Hub dataset", f"Hub dataset {self.source} (split {self.source_split})"
+            kind, description = "Hub dataset", f"Hub dataset {self.dataset_name} (split {self.dataset_split})"
         return {**self.settings(), "kind": kind, "description": description}
 
 
@@ -272,20 +272,20 @@ def _unknown_source_hint(source: str) -> str:
     )
     if hub_offline():
         hint += (
-            " (offline: copy the dataset as a file, e.g. --source questions.jsonl --question_field problem "
+            " (offline: copy the dataset as a file, e.g. --dataset_name questions.jsonl --question_field problem "
             "--answer_field answer)"
         )
     return hint + "."
 
 
 def _load_rows_as_examples(source: QuestionSource, report: dict[str, Any]) -> list[QAExample]:
-    preset = BENCHMARK_PRESETS.get(source.source)
-    location = preset.dataset_name if preset else source.source
+    preset = BENCHMARK_PRESETS.get(source.dataset_name)
+    location = preset.dataset_name if preset else source.dataset_name
     try:
         rows = load_rows(
             location,
-            split=source.source_split,
-            config_name=source.source_config_name,
+            split=source.dataset_split,
+            config_name=source.dataset_config,
             text_columns=[source.answer_field],
         )
     except ValueError as exc:
@@ -295,7 +295,7 @@ def _load_rows_as_examples(source: QuestionSource, report: dict[str, Any]) -> li
             raise ValueError(
                 f"{exc} Benchmark preset {preset.name!r} is the Hub dataset {preset.dataset_name!r}"
                 + (
-                    f"; offline, download it elsewhere and pass it as a local file: --source {preset.name}.jsonl "
+                    f"; offline, download it elsewhere and pass it as a local file: --dataset_name {preset.name}.jsonl "
                     f"--question_field {preset.question_field} --answer_field {preset.answer_field}"
                     if hub_offline()
                     else ""
@@ -303,13 +303,13 @@ def _load_rows_as_examples(source: QuestionSource, report: dict[str, Any]) -> li
                 + "."
             ) from exc
         raise ValueError(f"{exc}{_unknown_source_hint(location)}") from exc
-    split_label = "train" if Path(location).expanduser().is_file() else source.source_split
+    split_label = "train" if Path(location).expanduser().is_file() else source.dataset_split
     columns = list(rows.column_names)
     wanted = (source.question_field, source.answer_field, source.id_field)
     missing = [name for name in wanted if name and name not in columns]
     if missing:
         raise ValueError(
-            f"source {source.source!r} has no field(s) {missing}; its columns are {columns}. "
+            f"source {source.dataset_name!r} has no field(s) {missing}; its columns are {columns}. "
             "Set question_field/answer_field (and id_field) to the right column names"
         )
     report["rows_available"] = len(rows)
@@ -329,19 +329,19 @@ def _load_rows_as_examples(source: QuestionSource, report: dict[str, Any]) -> li
         example_id = str(row[source.id_field]) if source.id_field else f"{split_label}/{index}"
         examples.append(QAExample(id=example_id, question=str(question), answer=answer))
     if skipped:
-        logger.warning("Skipped %d rows of %s with an empty question or answer", skipped, source.source)
+        logger.warning("Skipped %d rows of %s with an empty question or answer", skipped, source.dataset_name)
     if too_long:
         logger.warning(
             "Skipped %d of %d questions of %s longer than max_question_chars=%d characters (longest: %d); "
             "raise --max_question_chars to keep them",
             too_long,
             len(rows),
-            source.source,
+            source.dataset_name,
             source.max_question_chars,
             longest,
         )
     report.update(rows_read=len(rows), skipped_empty=skipped, skipped_too_long=too_long)
-    check_gold_answers(examples, source.source)
+    check_gold_answers(examples, source.dataset_name)
     return examples
 
 
@@ -351,7 +351,7 @@ def load_questions(source: QuestionSource, report: dict[str, Any] | None = None)
     Raises with a clear message for an unknown source, missing fields, or a source that yields no usable
     example. ``report``, when given, receives the counts of rows read and skipped (empty, too long).
     """
-    if not source.source:
+    if not source.dataset_name:
         raise ValueError("no question source given; pass a Hub dataset name, a local file or 'reasoning_gym:<task>'")
     report = {} if report is None else report
     task = source.reasoning_gym_task
@@ -362,13 +362,13 @@ def load_questions(source: QuestionSource, report: dict[str, Any] | None = None)
         examples = _load_rows_as_examples(source, report)
     if not examples:
         raise ValueError(
-            f"source {source.source!r} yielded no questions (empty split, every row lacks a question/answer, or "
+            f"source {source.dataset_name!r} yielded no questions (empty split, every row lacks a question/answer, or "
             f"every question is longer than max_question_chars={source.max_question_chars})"
         )
     ids = [example.id for example in examples]
     if len(set(ids)) != len(ids):
         raise ValueError(
-            f"source {source.source!r} has duplicate ids (id_field={source.id_field!r}); ids must be unique"
+            f"source {source.dataset_name!r} has duplicate ids (id_field={source.id_field!r}); ids must be unique"
         )
-    logger.info("Loaded %d questions from %s", len(examples), source.source)
+    logger.info("Loaded %d questions from %s", len(examples), source.dataset_name)
     return examples

@@ -112,7 +112,7 @@ def test_data_preparation_through_vllm_resumes_without_regenerating(engine, bund
     questions generates only the new shard, and a lost shard is regenerated exactly as before."""
     model, tokenizer = bundled
     settings = {
-        "source": "reasoning_gym:basic_arithmetic",
+        "dataset_name": "reasoning_gym:basic_arithmetic",
         "task_config": '{"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}',
         "answer_fallbacks": True,
         "model_name_or_path": BUNDLED_MODEL,

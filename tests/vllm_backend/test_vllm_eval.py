@@ -35,7 +35,7 @@ def _greedy_texts(report: dict, label: str) -> list[str]:
 
 def test_vllm_evaluation_matches_transformers_for_base_and_adapter(adapter_dir: Path, tmp_path: Path) -> None:
     common = {
-        "source": "reasoning_gym:basic_arithmetic",
+        "dataset_name": "reasoning_gym:basic_arithmetic",
         "task_config": '{"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}',
         "answer_fallbacks": True,
         "num_questions": 12,

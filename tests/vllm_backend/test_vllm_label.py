@@ -26,7 +26,7 @@ def test_the_teacher_writes_completions_through_vllm(tmp_path: Path) -> None:
     data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": q}]}) + "\n" for q in questions))
     config = LabelConfig(
         dataset_name=str(data), teacher_model_name_or_path=BUNDLED_MODEL, generation_backend="vllm", dtype="float32",
-        vllm_gpu_memory_utilization=0.25, max_new_tokens=96, soft_label_top_k=8, shard_size=2,
+        vllm_gpu_memory_utilization=0.25, teacher_max_new_tokens=96, soft_label_top_k=8, shard_size=2,
         output_dir=str(tmp_path / "out"),
     )  # fmt: skip
     summary = label_dataset(config, model, tokenizer, show_progress=False)

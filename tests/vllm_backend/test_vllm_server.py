@@ -98,7 +98,7 @@ def test_api_root_accepts_the_usual_spellings() -> None:
 def test_server_samples_settings_and_seeds(server_url, bundled) -> None:
     model, tokenizer = bundled
     backend = make_backend(
-        EngineConfig(vllm_server_url=server_url),
+        EngineConfig(vllm_server_base_url=server_url),
         tokenizer=tokenizer,
         model_name_or_path=BUNDLED_MODEL,
         show_progress=False,
@@ -156,7 +156,7 @@ def test_the_models_end_of_turn_ids_stop_server_answers(server_url, bundled) -> 
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, extra]
     try:
         backend = make_backend(
-            EngineConfig(vllm_server_url=server_url),
+            EngineConfig(vllm_server_base_url=server_url),
             model=model,
             tokenizer=tokenizer,
             model_name_or_path=BUNDLED_MODEL,
@@ -173,12 +173,12 @@ def test_data_preparation_through_the_server(server_url, bundled, tmp_path: Path
     """Rollouts and teacher answers from the server, soft labels from the local model: a valid dataset."""
     model, tokenizer = bundled
     config = PrepConfig(
-        source="reasoning_gym:basic_arithmetic",
+        dataset_name="reasoning_gym:basic_arithmetic",
         task_config='{"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}',
         answer_fallbacks=True,
         num_questions=16,
         model_name_or_path=BUNDLED_MODEL,
-        vllm_server_url=server_url,
+        vllm_server_base_url=server_url,
         vllm_per_request_seeds=False,  # a CPU server: 16 x 4 requests run in several waves
         num_rollouts=4,
         rollout_max_new_tokens=96,
