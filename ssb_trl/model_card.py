@@ -39,6 +39,13 @@ SSB_PAPER = {
     "without Reinforcement Learning}, author={Mitra, Purbesh and Ulukus, Sennur}, journal={arXiv:2512.05105}, "
     "year={2025}}",
 }
+RFT_PAPER = {  # rejection-sampling fine-tuning: SFT on the model's own verified samples
+    "title": "Scaling Relationship on Learning Mathematical Reasoning with Large Language Models",
+    "id": "2308.01825",
+    "citation": "@article{yuan2023rft, title={Scaling Relationship on Learning Mathematical Reasoning with Large "
+    "Language Models}, author={Yuan, Zheng and Yuan, Hongyi and Li, Chengpeng and Dong, Guanting and Lu, Keming and "
+    "Tan, Chuanqi and Zhou, Chang and Zhou, Jingren}, journal={arXiv:2308.01825}, year={2023}}",
+}
 KD_PAPER = {  # the temperature-softened KL with the T^2 factor that the KD term is
     "title": "Distilling the Knowledge in a Neural Network",
     "id": "1503.02531",
@@ -70,8 +77,16 @@ def soft_label_origin(metadata: Any) -> str:
     return "unrecorded"
 
 
+def train_on(metadata: Any) -> str:
+    """What `ssb-trl prepare` wrote rows of (``PrepConfig.train_on``): teacher answers unless recorded otherwise."""
+    source = getattr(metadata, "source", None) or {}
+    return source.get("train_on", "teacher_answers")
+
+
 def card_identity(metadata: Any, kd_weight: float) -> CardIdentity:
     """The trainer name, paper and tags a run's card and model tags carry: SSB only for SSB data."""
+    if soft_label_origin(metadata) == "ssb" and train_on(metadata) == "correct_rollouts":
+        return CardIdentity("rejection-sampling fine-tuning (RFT)", RFT_PAPER, ("trl", "sft", "rft", "ssb-trl"), "RFT")
     if soft_label_origin(metadata) == "ssb":
         return SSB_CARD
     if kd_weight == 0:  # the soft labels never entered the loss: SFT on the teacher's answers
@@ -130,6 +145,20 @@ def _hint_gain_text(gain: dict[str, Any] | None) -> str:
 def _method_text(origin: str, metadata: Any) -> str:
     teacher = f"`{metadata.teacher_model}`" if metadata is not None else "an unrecorded teacher"
     source = (getattr(metadata, "source", None) or {}) if metadata is not None else {}
+    if origin == "ssb" and train_on(metadata) == "correct_rollouts":
+        return (
+            f"**Rejection-sampling fine-tuning.** The model ({teacher}) answered each training question several "
+            "times; its answers whose final answer was verified correct (and that ended their turn) are the training "
+            "rows, with no hint and no teacher."
+        )
+    if origin == "ssb" and train_on(metadata) == "rollouts":
+        return (
+            "**On-policy Semantic Soft Bootstrapping.** The model "
+            f"({teacher}) answered each training question several times; where the hint applied (format "
+            f"`{source.get('teacher_hint')}`, ssb-trl's `--teacher_hint`), every one of those answers, right, wrong "
+            "or cut short, is a training row, and the same model shown the hint gave its token distributions on the "
+            "student's own tokens. The student saw only the question and learned to match them."
+        )
     if origin == "ssb":
         return (
             "**Semantic Soft Bootstrapping.** The teacher "
@@ -173,8 +202,8 @@ def loss_text(settings: dict[str, Any]) -> str:
     kd, ce, beta, t = settings["kd_weight"], settings["ce_weight"], settings["beta"], settings["temperature"]
     if kd == 0:
         return (
-            f"cross-entropy on the teacher's answer tokens only (ce_weight = {ce}, kd_weight = 0): SFT on the "
-            "teacher's answers; the soft labels did not enter the loss."
+            f"cross-entropy on the rows' answer tokens only (ce_weight = {ce}, kd_weight = 0): supervised "
+            "fine-tuning on those answers; the soft labels did not enter the loss."
         )
     divergence = (
         "KL(teacher || student)"

@@ -32,6 +32,9 @@ from ssb_trl.tasks.prompts import (
 from ssb_trl.tasks.sources import QuestionSource
 from ssb_trl.validation import require_valid_numbers
 
+TRAIN_ON = ("teacher_answers", "rollouts", "correct_rollouts")
+"""What preparation's rows hold: the hinted teacher's answers (SSB), the student's rollouts under the hinted teacher's
+soft labels (on-policy SSB), or the student's verified rollouts (rejection-sampling fine-tuning)."""
 STAGES = (
     Stage("rollouts", "rollouts"),
     Stage("teacher", "teacher answers"),
@@ -56,6 +59,7 @@ RESUME_TABLE = ResumeTable(
         **dict.fromkeys(TEACHER_FIELDS, "teacher"),
         "hint_check_samples": "hint_check",
         **dict.fromkeys(SOFT_LABEL_FIELDS, ROWS_STAGE),
+        "train_on": ROWS_STAGE,  # the rollouts and any teacher answers stay; only the rows are redone
     },
     identities={"model": ("model", "rollouts"), "source": ("input", "rollouts")},
     # Compared by what they are (the identities) and question by question (the shards' digests) instead.
@@ -95,6 +99,19 @@ class PrepConfig(JobSettings, SoftLabelSettings, EngineConfig, QuestionSource):
     rollout_top_k: int = field(default=50, metadata={"help": "Rollout top-k (0: off)."})
     rollout_top_p: float = field(default=1.0, metadata={"help": "Rollout top-p."})
     rollout_max_new_tokens: int = field(default=1024, metadata={"help": "Longest rollout, in new tokens."})
+    # What the rows are
+    train_on: str = field(
+        default="teacher_answers",
+        metadata={
+            "help": "What the student trains on. teacher_answers: the hinted teacher's verified answers, with its "
+            "soft labels (SSB, the paper's method). rollouts: on-policy SSB: every rollout of each question the hint "
+            "applies to (right, wrong and cut short, as the student wrote them) with the hinted teacher's soft labels "
+            "on the student's tokens; no teacher answer is generated. correct_rollouts: rejection-sampling fine-tuning "
+            "(RFT): the student's own verified, finished rollouts of every question (exact repeats once), for "
+            "--kd_weight 0 --ce_weight 1; their soft labels are the student's own (no hint: one cheap forward pass). "
+            "Changing it reuses the rollouts (and teacher answers) and redoes only the rows."
+        },
+    )
     # Teacher (steps 3-5)
     teacher_hint: str = field(
         default=DEFAULT_HINT_FORMAT,
@@ -174,6 +191,7 @@ class PrepConfig(JobSettings, SoftLabelSettings, EngineConfig, QuestionSource):
             ),
             (self.teacher_retries >= 0, "teacher_retries must be >= 0"),
             (self.hint_check_samples >= 0, "hint_check_samples must be >= 0 (0 skips the hint check)"),
+            (self.train_on in TRAIN_ON, f"train_on must be one of {list(TRAIN_ON)}, got {self.train_on!r}"),
             (
                 self.generation_batch_size is None or self.generation_batch_size >= 1,
                 "generation_batch_size must be >= 1",
@@ -190,6 +208,11 @@ class PrepConfig(JobSettings, SoftLabelSettings, EngineConfig, QuestionSource):
         self.check_soft_label_settings()
         self.check_job_settings()
         self.rollout_sampling, self.teacher_sampling, self.hint_format  # noqa: B018 - validates them early
+
+    @property
+    def generates_teacher_answers(self) -> bool:
+        """Whether the teacher writes answers (and the hint check runs): only when the rows are its answers."""
+        return self.train_on == "teacher_answers"
 
     @property
     def rollout_sampling(self) -> Sampling:

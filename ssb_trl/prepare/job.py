@@ -12,6 +12,7 @@ in :meth:`PrepareJob.preflight`, before any file is written.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import asdict
 from typing import Any
 
@@ -19,12 +20,13 @@ import datasets
 from transformers import AutoConfig, GenerationConfig
 
 from ssb_trl.generation.base import GenerationBackend
+from ssb_trl.generation.sampling import derive_seed
 from ssb_trl.jobs.identity import local_input_identity, model_identity
 from ssb_trl.jobs.resume import ResumeTable
 from ssb_trl.jobs.rows import TextToLabel, soft_label_rows, with_end_of_turn
 from ssb_trl.jobs.runner import Job, RunContext, RunReport, run_job
 from ssb_trl.jobs.settings import ROWS_STAGE
-from ssb_trl.jobs.workdir import WorkDir
+from ssb_trl.jobs.workdir import WorkDir, read_jsonl
 from ssb_trl.models import (
     check_end_of_turn_token,
     check_model_available,
@@ -34,10 +36,10 @@ from ssb_trl.models import (
     resolve_model_path,
 )
 from ssb_trl.prepare.config import RESUME_TABLE, STAGES, PrepConfig
-from ssb_trl.prepare.stages import run_hint_check, run_rollouts, run_teacher, teacher_prompt
+from ssb_trl.prepare.stages import choose_hint, run_hint_check, run_rollouts, run_teacher, teacher_prompt
 from ssb_trl.prepare.summary import SUMMARY_FILENAME, PrepSummary, backends_used, summarize
 from ssb_trl.soft_labels.schema import SoftLabelMetadata, tokenizer_fingerprint
-from ssb_trl.tasks.prompts import PROMPT_TEMPLATE_VERSION, chat_prompt_ids, student_messages
+from ssb_trl.tasks.prompts import PROMPT_TEMPLATE_VERSION, chat_prompt_ids, student_messages, text_ids
 from ssb_trl.tasks.sources import BENCHMARK_PRESETS, QAExample, load_questions
 
 logger = logging.getLogger(__name__)
@@ -154,6 +156,9 @@ class PrepareJob(Job):
         )
 
     def _stages_to_generate(self) -> list[str]:
+        """The generated stages the rows need: the rollouts, and (only for teacher answers) the teacher and the check."""
+        if not self.config.generates_teacher_answers:
+            return ["rollouts"]
         return ["rollouts", "teacher", *(["hint_check"] if self.config.hint_check_samples else [])]
 
     def needs_backend(self, work: WorkDir, todo: list[int], shards: list[list[Any]]) -> bool:
@@ -175,24 +180,31 @@ class PrepareJob(Job):
             for stage in work.stage_names[1:]:  # made from other rollouts (the rollouts file was deleted)
                 work.remove(stage, shard)
         teacher = work.read_shard("teacher", shard, ids)
-        if teacher is None:
+        if teacher is None and config.generates_teacher_answers:
             records = run_teacher(backend, questions, rollouts, config)
             teacher = [{**r, "generated_by": backend.name} for r in records]
             work.write_shard("teacher", shard, teacher)
             done.append("teacher answers")
             for stage in ("hint_check", ROWS_STAGE):  # made from other teacher answers: redo them
                 work.remove(stage, shard)
-        if config.hint_check_samples and work.read_shard("hint_check", shard, ids) is None:
+        if (
+            config.generates_teacher_answers
+            and config.hint_check_samples
+            and work.read_shard("hint_check", shard, ids) is None
+        ):
             checks = run_hint_check(backend, questions, teacher, config)
             work.write_shard("hint_check", shard, [{**r, "generated_by": backend.name} for r in checks])
             done.append("hint check")
         if not work.shard_path(ROWS_STAGE, shard).is_dir():
-            texts = self._texts_to_label(run, questions, rollouts, teacher)
+            if config.train_on == "teacher_answers":
+                texts = self._teacher_answers(run, questions, rollouts, teacher)
+            else:
+                texts = self._rollouts(run, questions, rollouts)
             work.save_rows(shard, soft_label_rows(run.model, texts, config, run.show_progress))
             done.append("soft labels")
         logger.info("Shard %d: generated %s (%s)", shard, ", ".join(done), backend.name if backend else "no engine")
 
-    def _texts_to_label(
+    def _teacher_answers(
         self, run: RunContext, questions: list[QAExample], rollouts: list[dict], teacher: list[dict]
     ) -> list[TextToLabel]:
         """Each kept teacher answer: soft labels under the hinted prompt, stored under the student's."""
@@ -217,6 +229,55 @@ class PrepareJob(Job):
             )
         return texts
 
+    def _rollouts(self, run: RunContext, questions: list[QAExample], rollouts: list[dict]) -> list[TextToLabel]:
+        """The student's own rollouts as rows (``train_on`` rollouts or correct_rollouts), as the student wrote them.
+
+        on-policy SSB: every rollout of a question the hint applies to (:func:`ssb_trl.prepare.stages.choose_hint`,
+        the same choice the teacher stage makes), right, wrong or cut short, under the hinted teacher's soft labels:
+        the signal on the student's own mistakes is what offline SSB never gives. A cut rollout gets no end of turn
+        (the student did not stop there; its tokens still get the teacher's corrections). RFT: every question's
+        verified, finished rollouts, an exact repeat once, under the student's own soft labels (no hint).
+        """
+        config, tokenizer = self.config, run.tokenizer
+        on_policy = config.train_on == "rollouts"
+        texts = []
+        for question, record in zip(questions, rollouts):
+            prompt = student_messages(question.question, config.system_prompt)
+            student_ids = chat_prompt_ids(tokenizer, prompt)
+            if on_policy:
+                rng = random.Random(derive_seed(config.seed, question.id, "pair"))
+                hint = choose_hint(record["rollouts"], rng, config)
+                if hint is None:
+                    continue
+                teacher_ids = chat_prompt_ids(tokenizer, teacher_prompt(question, record["rollouts"], hint, config))
+                chosen = list(enumerate(record["rollouts"]))
+            else:
+                teacher_ids, seen, chosen = student_ids, set(), []
+                for index, rollout in enumerate(record["rollouts"]):
+                    if rollout["correct"] and rollout["finished"] and rollout["text"] not in seen:
+                        seen.add(rollout["text"])
+                        chosen.append((index, rollout))
+            for index, rollout in chosen:
+                ids = rollout.get("token_ids")
+                if ids is None:  # a folder written before rollouts kept their tokens: the text's own
+                    ids = text_ids(tokenizer, rollout["text"])
+                if rollout["finished"]:
+                    ids = with_end_of_turn(ids, run.end_of_turn, run.stop_ids)
+                if not ids:
+                    continue
+                texts.append(
+                    TextToLabel(
+                        id=f"{question.id}/rollout-{index}",
+                        answer=question.answer,
+                        prompt=prompt,
+                        completion=rollout["text"],
+                        student_prompt_ids=student_ids,
+                        teacher_prompt_ids=teacher_ids,
+                        completion_ids=list(ids),
+                    )
+                )
+        return texts
+
     # --------------------------------------------------------------------------------- the end (main process)
     def summarize(self, run: RunContext, dataset: datasets.Dataset, report: RunReport) -> PrepSummary:
         work, config = run.work, self.config
@@ -226,9 +287,26 @@ class PrepareJob(Job):
         summary.shards_generated, summary.shards_reused = report.generated, report.reused
         summary.generation_settings = report.generation_settings
         self.backends = sorted(backends_used(work, report.num_shards))
+        summary.train_on = config.train_on
+        summary.rows_by_kind = self._rows_by_kind(work, report.num_shards, dataset)
         if len(dataset) == 0:
             raise self._no_rows_error(work, summary)
         return summary
+
+    def _rows_by_kind(self, work: WorkDir, num_shards: int, dataset: datasets.Dataset) -> dict[str, int]:
+        """Rows by what their completion is: a right, wrong or cut-short rollout, or a teacher answer."""
+        if self.config.generates_teacher_answers:
+            return {"teacher answer": len(dataset)}
+        kinds = {}
+        for shard in range(num_shards):
+            for record in read_jsonl(work.shard_path("rollouts", shard)) or []:
+                for index, rollout in enumerate(record["rollouts"]):
+                    kind = "cut short" if not rollout["finished"] else "right" if rollout["correct"] else "wrong"
+                    kinds[f"{record['id']}/rollout-{index}"] = kind
+        counts = {"right": 0, "wrong": 0, "cut short": 0}
+        for row_id in dataset["id"]:
+            counts[kinds[row_id]] += 1
+        return counts
 
     def _no_rows_error(self, work: WorkDir, summary: PrepSummary) -> NoPairsError:
         logger.warning(
@@ -244,7 +322,13 @@ class PrepareJob(Job):
             f"rerun into the same --output_dir with a larger --num_questions (now {summary.questions}): the finished "
             "shards are kept and only the new questions are sampled"
         )
-        if summary.teacher_questions == 0:
+        if self.config.train_on == "correct_rollouts":
+            return NoPairsError(
+                f"no rollout was verified correct and finished, so RFT has nothing to train on: {figures}. To fix "
+                f"it, {more_questions}; an easier question set or more --num_rollouts need a new --output_dir. "
+                f"Rollouts are kept in {work.root}."
+            )
+        if summary.teacher_questions == 0 or not self.config.generates_teacher_answers:
             return NoPairsError(
                 f"no question yielded a pair (a correct and an incorrect rollout): {figures}. To fix it, {more_questions}"
                 ". Settings that change the rollouts themselves (--num_rollouts, a higher --rollout_temperature, "
@@ -260,6 +344,17 @@ class PrepareJob(Job):
     def metadata(self, run: RunContext, summary: PrepSummary) -> SoftLabelMetadata:
         config = self.config
         identities = run.work.read_settings().get("identities", {})
+        written = {  # who wrote the rows' completions, and whose soft labels they carry
+            "teacher_answers": {"teacher_sampling": asdict(config.teacher_sampling)},
+            # the hinted teacher's labels on the student's tokens: no sampling bounds those tokens in its top-K
+            "rollouts": {"completions_written_by": "the student", "soft_labels_from": "the hinted teacher"},
+            # the student's own labels on its own samples: its rollout sampling bounds them
+            "correct_rollouts": {
+                "completions_written_by": "the student",
+                "soft_labels_from": "the student, without a hint",
+                "teacher_sampling": asdict(config.rollout_sampling),
+            },
+        }[config.train_on]
         return SoftLabelMetadata(
             teacher_model=config.model_name_or_path,
             tokenizer_fingerprint=tokenizer_fingerprint(self.tokenizer),
@@ -271,7 +366,9 @@ class PrepareJob(Job):
                 "kind": self.command,
                 "seed": config.seed,
                 "rollout_sampling": asdict(config.rollout_sampling),
-                "teacher_sampling": asdict(config.teacher_sampling),
+                "train_on": config.train_on,
+                **written,
+                "rows_by_kind": summary.rows_by_kind,
                 "generation_backends": self.backends,
                 "model_fingerprint": identities.get("model"),
                 "source_fingerprint": identities.get("source"),

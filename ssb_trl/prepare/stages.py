@@ -36,6 +36,7 @@ def run_rollouts(backend: GenerationBackend, questions: list[QAExample], config:
             rollouts.append(
                 {
                     "text": sample.text,
+                    "token_ids": sample.token_ids,
                     "num_tokens": len(sample.token_ids),
                     "finished": sample.finished,
                     "answer": answer,

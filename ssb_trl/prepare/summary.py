@@ -28,6 +28,10 @@ class PrepSummary:
     teacher_attempts: int = 0
     teacher_kept: int = 0
     teacher_hint: str = ""
+    train_on: str = "teacher_answers"  # what the rows are (PrepConfig.train_on)
+    rows_by_kind: dict[str, int] = field(
+        default_factory=dict
+    )  # right / wrong / cut-short rollouts, or teacher answers
     hint_gain: dict[str, Any] | None = None  # HintGain.to_dict(), None when the check was skipped
     kept_steps_checked: int = 0  # kept answers that write out at least one 'a op b = c'
     kept_with_wrong_step: int = 0  # ... and at least one of them is wrong
@@ -57,6 +61,10 @@ class PrepSummary:
             ("rollouts without an answer / cut short", f"{self.rollouts_without_answer} / {self.rollouts_truncated}"),
             ("pairs (questions with a right and a wrong rollout)", f"{self.pairs}"),
             ("teacher hint", self.teacher_hint),
+            (
+                "rows (train_on " + self.train_on + ")",
+                ", ".join(f"{n} {kind}" for kind, n in self.rows_by_kind.items()),
+            ),
             ("teacher answers kept / attempts", f"{self.teacher_kept} / {self.teacher_attempts}"),
             ("teacher yield (questions asked with a kept answer)", f"{self.teacher_kept} / {self.teacher_questions}"),
             ("hint gain (hinted vs alone, same questions)", self.hint_gain_line()),
@@ -78,6 +86,8 @@ class PrepSummary:
 
     def hint_gain_line(self) -> str:
         if self.hint_gain is None:
+            if self.train_on != "teacher_answers":
+                return f"not measured (train_on {self.train_on}: the teacher writes no answer to compare)"
             return "not measured (hint_check_samples 0, or no question was asked)"
         gain = self.hint_gain
         return (

@@ -82,6 +82,24 @@ def _directory_bytes(path: str) -> int | None:
     return total
 
 
+def rows_are(metadata: SoftLabelMetadata) -> str:
+    """What the rows' completions are, as the metadata records it (the job that made them, and its mode)."""
+    source = metadata.source if isinstance(metadata.source, dict) else {}
+    if source.get("kind") == "ssb-trl label":
+        return f"completions labelled by `ssb-trl label` ({source.get('completions', 'unrecorded')})"
+    if "teacher_hint" not in source:
+        return "not recorded"
+    mode = source.get("train_on", "teacher_answers")
+    kinds = source.get("rows_by_kind") or {}
+    counts = f" ({', '.join(f'{n} {kind}' for kind, n in kinds.items())})" if kinds else ""
+    words = {
+        "teacher_answers": "the hinted teacher's answers (SSB)",
+        "rollouts": "the student's rollouts under the hinted teacher's soft labels (on-policy SSB)",
+        "correct_rollouts": "the student's verified rollouts (RFT)",
+    }
+    return f"{words.get(mode, mode)}, `ssb-trl prepare --train_on {mode}`{counts}"
+
+
 def soft_label_statistics(dataset: Dataset, metadata: SoftLabelMetadata, path: str) -> dict[str, Any]:
     """Rows, answer tokens, K, T, teacher, the mode, percentiles of the top-K mass, bytes per answer token, and for
     sampled soft labels the distinct drawn tokens per position (entries of probability >= 1 / (2N); padding is
@@ -107,6 +125,7 @@ def soft_label_statistics(dataset: Dataset, metadata: SoftLabelMetadata, path: s
         "top_k": metadata.top_k,
         "temperature": metadata.temperature,
         "teacher_model": metadata.teacher_model,
+        "rows_are": rows_are(metadata),
         "prompt_template_version": metadata.prompt_template_version,
         "logprob_dtype": metadata.logprob_dtype,
         "format": soft_label_format(dataset, metadata),
@@ -178,6 +197,7 @@ def render_statistics(stats: dict[str, Any]) -> str:
                 else []
             ),
             f"| teacher | {stats['teacher_model']} (prompts {stats['prompt_template_version']}) |",
+            f"| rows are | {stats['rows_are']} |",
             f"| {mass_name} p5 / p25 / p50 / p75 / p95 | "
             + " / ".join(f"{mass[p]:.3f}" for p in ("p5", "p25", "p50", "p75", "p95"))
             + " |",
