@@ -306,3 +306,66 @@ def test_label_shape_decodes_compact_soft_labels(tmp_path: Path) -> None:
     assert compact["own_token"] == pytest.approx(0.5, rel=0.04) and compact["top_k_mass"] == pytest.approx(
         0.75, rel=0.04
     )
+
+
+def test_hint_kl_classes_positions_and_compares_hinted_with_unhinted(tmp_path: Path, tokenizer) -> None:
+    """Stage 0 of experiment 3 on a real (digit-model) preparation: every text kind and position class is counted,
+    KL is >= 0, and the end of turn is its own class."""
+    sys.path.insert(0, str(ROOT / "recipes" / "experiment"))
+    import hint_kl
+    from test_pipeline import GOLDS, make_digit_model, small_config, write_questions
+
+    from ssb_trl.prepare import prepare_ssb_data
+
+    model = make_digit_model(tokenizer)
+    config = small_config(tmp_path, write_questions(tmp_path / "q.jsonl", GOLDS[:6]), teacher_hint="answer_only")
+    prepare_ssb_data(config, model=model, tokenizer=tokenizer, show_progress=False)
+    table = hint_kl.diagnose(Path(config.output_dir), model, tokenizer)
+    kinds = {row["kind"] for row in table["rows"]}
+    assert "teacher answer" in kinds and kinds & {"right rollout", "wrong rollout"}
+    assert all(row["mean_kl"] >= 0 and 0 <= row["hinted_top1_is_written"] <= 1 for row in table["rows"])
+    assert {"end of turn", "final answer"} <= {row["class"] for row in table["rows"]}
+    for kind in kinds:
+        shares = [row["share_of_kind_kl"] for row in table["rows"] if row["kind"] == kind]
+        assert abs(sum(shares) - 1) < 1e-6 or sum(shares) == 0
+    assert "| text | position |" in hint_kl.render(table)
+    ids = tokenizer("The answer is 7.", add_special_tokens=False)["input_ids"] + [2]
+    classes = hint_kl.position_classes(tokenizer, ids, "The answer is 7.", 2, fallbacks=True)
+    assert classes[-1] == "end of turn" and "final answer" in classes and classes[0] == "first tokens"
+
+
+def test_experiment3_picks_the_most_correct_learning_rate_and_the_smaller_on_a_tie(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "recipes" / "experiment"))
+    import lr_picks
+
+    from ssb_trl.stats import Accuracy
+
+    def write(label: str, correct: int, n: int = 200) -> None:
+        folder = tmp_path / label
+        folder.mkdir()
+        metrics = {"pass@1": Accuracy.from_counts("pass@1", correct, n).__dict__}
+        (folder / "results.json").write_text(json.dumps({"models": [{"metrics": metrics}]}))
+
+    for label, correct in [("a-lr0.0001-seed0", 40), ("a-lr0.0003-seed0", 52), ("a-lr0.001-seed0", 52),
+                           ("b-lr0.0003-seed0", 61), ("b-lr0.001-seed0", 58)]:  # fmt: skip
+        write(label, correct)
+    runs = lr_picks.validation_runs(tmp_path)
+    assert lr_picks.picks(runs) == {"a": 3e-4, "b": 3e-4}  # a: 52 = 52, the smaller wins; b: the most correct
+    assert "**picked**" in lr_picks.render(runs, lr_picks.picks(runs))
+
+
+def test_experiment3_reads_stage_times_and_training_dynamics() -> None:
+    sys.path.insert(0, str(ROOT / "recipes" / "experiment"))
+    import prep_times
+    import train_logs
+
+    log = (
+        "x INFO ssb_trl.prepare.job: Shard 0: generated rollouts (10.0 s), teacher answers (20.5 s), soft labels (1.5 s) (vllm)\n"
+        "x INFO ssb_trl.prepare.job: Shard 1: generated rollouts (12.0 s), soft labels (2.0 s) (vllm)\n"
+        "x INFO ssb_trl.prepare.job: Shard 1: generated rollouts (11.0 s), soft labels (2.5 s) (vllm)\n"  # a rerun
+    )
+    assert prep_times.stage_seconds(log) == {"rollouts": 21.0, "teacher answers": 20.5, "soft labels": 4.0}
+    history = [{"step": s, "loss": 1.0 / s, "kd_loss": 0.5, "grad_norm": float(s)} for s in range(1, 21)]
+    summary = train_logs.summarize(history + [{"train_runtime": 5.0}])
+    assert summary["loss"]["first"] == (1 + 0.5) / 2 and summary["grad_norm"]["last"] == 19.5
+    assert "ce_loss" not in summary and summary["kd_loss"]["min"] == 0.5

@@ -145,15 +145,38 @@ def suite_table(models: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pairs_table(models: dict[str, dict[str, Any]], pairs: list[str]) -> str:
+    """Named comparisons between arms ("a:b" = a - b), each seed-averaged over the arms' seeds (experiment 3's
+    primary comparisons)."""
+    arms: dict[str, list[dict[str, Any]]] = {}
+    for label, model in models.items():
+        arm, seed = arm_and_seed(label)
+        arms.setdefault(arm if seed is not None else label, []).append(model)
+    lines = ["| comparison | seeds | difference, pts [95% interval], p |", "| --- | --- | ---: |"]
+    for pair in pairs:
+        first, second = pair.split(":")
+        if first not in arms or second not in arms:
+            lines.append(f"| {first} - {second} | - | not evaluated yet |")
+            continue
+        seeds = f"{len(arms[first])} / {len(arms[second])}"
+        lines.append(f"| {first} - {second} | {seeds} | {seed_averaged_difference(arms[first], arms[second])} |")
+    return "\n".join(["", "Primary comparisons, seed-averaged:", "", *lines]) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("suites", nargs="+", type=Path, help="Suite folders holding <label>/results.json.")
     parser.add_argument("--output", type=Path, required=True, help="Markdown file to write (plots go beside it).")
+    parser.add_argument(
+        "--pairs", nargs="*", default=[], help="Arm comparisons A:B (A - B, seed-averaged) for the first suite."
+    )
     args = parser.parse_args()
     sections = []
     for suite in args.suites:
         models = load_models(suite)
         sections.append(suite_table(models))
+        if args.pairs and suite == args.suites[0]:
+            sections[-1] += pairs_table(models, args.pairs)
         bars = [(label, Accuracy(**m["metrics"]["pass@1"])) for label, m in models.items()]
         plot = args.output.with_name(f"{args.output.stem}_{suite.name}.png")
         plot_accuracy_bars(bars, plot, title=f"{suite.name}: greedy pass@1 (95% Wilson CI)")

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Experiment 3 of docs/experiment/DESIGN3.md: is SSB's null result a matter of who wrote the tokens, or of the
+# learning rate? Stage by stage; every stage resumes where it stopped.
+#   bash recipes/experiment/run3.sh data        # 1,024 training questions: rollouts, teacher answers, hint check
+#                                               # (train_on teacher_answers), then the same rollouts as on-policy SSB
+#                                               # and RFT rows (train_on rollouts / correct_rollouts: rows only)
+#   bash recipes/experiment/run3.sh diagnose    # stage 0: KL(hinted || unhinted) per token, by position and text kind
+#   bash recipes/experiment/run3.sh lr [ARM...] # seed 0 at every learning rate of the grid, each on validation
+#   bash recipes/experiment/run3.sh picks       # the written rule picks each arm's learning rate (before any test)
+#   bash recipes/experiment/run3.sh seeds [ARM...]  # seeds 1 and 2 at each arm's pick
+#   bash recipes/experiment/run3.sh test [ARM...]   # base and every arm's seeds on 300 test questions and products
+#   bash recipes/experiment/run3.sh report      # tables into docs/experiment/
+# ARM is on_policy, offline_t1, rft or sft (default: all four, in that order). Two jobs at once (one per core) can
+# split the arms: `run3.sh lr on_policy offline_t1` beside `run3.sh lr rft sft`. EXPERIMENT_MAX_STEPS,
+# EXPERIMENT_EVAL_QUESTIONS, EXPERIMENT3_VALIDATION_QUESTIONS and EXPERIMENT3_QUESTIONS shrink it for a smoke run. Run
+# it with the vLLM environment's python first on PATH (`make install-vllm`, then PATH="$PWD/.venv-vllm/bin:$PATH").
+# Outputs go to $EXPERIMENT3_DIR (default outputs/experiment3), the report to $EXPERIMENT_DOCS (default docs/experiment).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${EXPERIMENT3_DIR:-outputs/experiment3}
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PREP=recipes/experiment/configs/prep.yaml
+TRAIN=recipes/experiment/configs/train.yaml
+TASK='{"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}'
+PRODUCTS='{"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}'
+VALIDATION_SEED=777 TRAIN_SEED=42 TEST_SEED=1234 HINT_CHECK_SAMPLES=4
+QUESTIONS=${EXPERIMENT3_QUESTIONS:-1024}
+STEPS=${EXPERIMENT_MAX_STEPS:-273}  # experiment 2's step budget: 3 epochs of its 362 rows at batch 4
+EVAL_QUESTIONS=${EXPERIMENT_EVAL_QUESTIONS:-300} VALIDATION_QUESTIONS=${EXPERIMENT3_VALIDATION_QUESTIONS:-200}
+DOCS=${EXPERIMENT_DOCS:-docs/experiment}
+VLLM_MEMORY=${EXPERIMENT_VLLM_MEMORY:-0.3}  # two engines, one per core, must fit (as experiment 2)
+ALL_ARMS=(on_policy offline_t1 rft sft)
+declare -A DATA=([on_policy]=rollouts [offline_t1]=teacher_answers [rft]=correct_rollouts [sft]=teacher_answers)
+declare -A LOSS=(
+  [on_policy]="--kd_weight 1 --ce_weight 0 --temperature 1"
+  [offline_t1]="--kd_weight 1 --ce_weight 0 --temperature 1"
+  [rft]="--kd_weight 0 --ce_weight 1 --temperature 1"
+  [sft]="--kd_weight 0 --ce_weight 1 --temperature 1"
+)
+declare -A GRID=([on_policy]="1e-4 3e-4 1e-3" [offline_t1]="1e-4 3e-4 1e-3" [rft]="3e-4 1e-3" [sft]="3e-4 1e-3")
+stage() { echo; echo "=== [$(date +%H:%M:%S), ${SECONDS}s] $*"; }
+arms_or_all() { if [ $# -gt 0 ]; then echo "$@"; else echo "${ALL_ARMS[@]}"; fi; }
+
+prepare() {  # prepare MODE: the training data in $OUT/data/MODE, its log (with each shard's stage times) beside it
+  local mode=$1 dir="$OUT/data/$1"
+  mkdir -p "$OUT/logs"
+  stage "data: train_on $mode, $QUESTIONS training questions (seed $TRAIN_SEED)"
+  python recipes/prepare_ssb_data.py --config "$PREP" --task_config "$TASK" --source_seed "$TRAIN_SEED" \
+    --teacher_hint answer_only --hint_check_samples "$HINT_CHECK_SAMPLES" --soft_label_temperature 1 \
+    --num_questions "$QUESTIONS" --train_on "$mode" --output_dir "$dir" \
+    --vllm_gpu_memory_utilization "$VLLM_MEMORY" 2>&1 | tee -a "$OUT/logs/data_$mode.log"
+}
+
+data_stage() {
+  prepare teacher_answers
+  local mode
+  for mode in rollouts correct_rollouts; do  # the same rollouts (and questions): only the rows are redone
+    if [ ! -d "$OUT/data/$mode/ssb_work" ]; then
+      mkdir -p "$OUT/data/$mode/ssb_work"
+      for part in settings.json rollouts teacher hint_check; do
+        cp -r "$OUT/data/teacher_answers/ssb_work/$part" "$OUT/data/$mode/ssb_work/"
+      done
+    fi
+    prepare "$mode"
+  done
+}
+
+train_one() {  # train_one ARM LR SEED DIR
+  local arm=$1 lr=$2 seed=$3 dir=$4
+  if [ -f "$dir/adapter_model.safetensors" ]; then echo "$dir: done"; return; fi
+  stage "train: $arm, lr $lr, seed $seed -> $dir"
+  # shellcheck disable=SC2086 # the arm's flags are words
+  python recipes/train_ssb.py --config "$TRAIN" --dataset_name "$OUT/data/${DATA[$arm]}" --output_dir "$dir" \
+    --seed "$seed" --learning_rate "$lr" --max_steps "$STEPS" ${LOSS[$arm]}
+}
+
+evaluate_one() {  # evaluate_one FOLDER LABEL MODEL TASK TASK_CONFIG SEED QUESTIONS: greedy pass@1; done ones skipped
+  local dir="$1/$2"
+  if [ -f "$dir/results.json" ]; then echo "$2 in $1: done"; return; fi
+  stage "evaluate: $2 on $7 questions of $4 (seed $6) -> $dir"
+  python recipes/evaluate.py --dataset_name "reasoning_gym:$4" --task_config "$5" --source_seed "$6" \
+    --num_questions $((4 * $7)) --limit "$7" --unique_questions true --answer_fallbacks true --greedy true \
+    --num_samples 0 --max_new_tokens 160 --device cpu --dtype float32 --generation_backend vllm \
+    --vllm_gpu_memory_utilization "$VLLM_MEMORY" --exclude_questions_from "$OUT/data/teacher_answers" \
+    --output_dir "$dir" --models "$2=$3"
+}
+
+lr_stage() {
+  local arm lr
+  for arm in $(arms_or_all "$@"); do
+    for lr in ${GRID[$arm]}; do
+      train_one "$arm" "$lr" 0 "$OUT/train/$arm-lr$lr-seed0"
+      evaluate_one "$OUT/validation" "$arm-lr$lr-seed0" "$OUT/train/$arm-lr$lr-seed0" basic_arithmetic "$TASK" \
+        "$VALIDATION_SEED" "$VALIDATION_QUESTIONS"
+    done
+  done
+}
+
+picked() {  # picked ARM: its learning rate, from the recorded picks
+  python -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$OUT/picks.json" "$1"
+}
+
+picks_stage() {
+  python recipes/experiment/lr_picks.py "$OUT/validation" --json "$OUT/picks.json" --output "$DOCS/lr3_results.md"
+}
+
+seed_dir() {  # seed_dir ARM SEED: where that seed at the arm's pick is (seed 0 is the learning-rate run itself)
+  local lr; lr=$(picked "$1")
+  if [ "$2" = 0 ]; then echo "$OUT/train/$1-lr$lr-seed0"; else echo "$OUT/train/$1-seed$2"; fi
+}
+
+seeds_stage() {
+  [ -f "$OUT/picks.json" ] || { echo "no picks yet: run \`run3.sh picks\` first (DESIGN3.md)" >&2; exit 2; }
+  local arm seed
+  for arm in $(arms_or_all "$@"); do
+    for seed in 1 2; do train_one "$arm" "$(picked "$arm")" "$seed" "$(seed_dir "$arm" "$seed")"; done
+  done
+}
+
+test_stage() {
+  [ -f "$OUT/picks.json" ] || { echo "no picks yet: run \`run3.sh picks\` first (DESIGN3.md)" >&2; exit 2; }
+  local arm seed model
+  evaluate_one "$OUT/test" base bundled:smollm2-135m-instruct basic_arithmetic "$TASK" "$TEST_SEED" "$EVAL_QUESTIONS"
+  evaluate_one "$OUT/neighbour" base bundled:smollm2-135m-instruct products "$PRODUCTS" "$TEST_SEED" "$EVAL_QUESTIONS"
+  for arm in $(arms_or_all "$@"); do
+    for seed in 0 1 2; do
+      model=$(seed_dir "$arm" "$seed")
+      if [ ! -f "$model/adapter_model.safetensors" ]; then echo "$arm seed $seed: not trained yet"; continue; fi
+      evaluate_one "$OUT/test" "$arm-seed$seed" "$model" basic_arithmetic "$TASK" "$TEST_SEED" "$EVAL_QUESTIONS"
+      evaluate_one "$OUT/neighbour" "$arm-seed$seed" "$model" products "$PRODUCTS" "$TEST_SEED" "$EVAL_QUESTIONS"
+    done
+  done
+}
+
+report_stage() {
+  [ -f "$OUT/picks.json" ] && picks_stage
+  if [ -d "$OUT/test" ]; then
+    python recipes/experiment/analyze.py "$OUT/test" "$OUT/neighbour" --output "$DOCS/test3_results.md" \
+      --pairs on_policy:offline_t1 on_policy:sft rft:sft
+  fi
+  python recipes/experiment/train_logs.py "$OUT/train" --output "$DOCS/train3_logs.md"
+  python recipes/experiment/prep_times.py "$OUT/logs" --output "$DOCS/prep3_times.md"
+}
+
+case "${1:-}" in
+  data) data_stage ;;
+  diagnose) python recipes/experiment/hint_kl.py "$OUT/data/teacher_answers" --output "$DOCS/diagnostic3_results.md" ;;
+  lr) shift; lr_stage "$@" ;;
+  picks) picks_stage ;;
+  seeds) shift; seeds_stage "$@" ;;
+  test) shift; test_stage "$@" ;;
+  report) report_stage ;;
+  *) echo "usage: $0 data|diagnose|lr [ARM...]|picks|seeds [ARM...]|test [ARM...]|report" >&2; exit 2 ;;
+esac
