@@ -16,6 +16,7 @@ from ssb_trl.jobs.settings import ROWS_STAGE, JobSettings, SoftLabelSettings
 from ssb_trl.jobs.workdir import Stage
 from ssb_trl.validation import require_valid_numbers
 
+TRUNCATED_COMPLETIONS = ("keep", "drop")
 STAGES = (Stage("completions", "completions the teacher generated"), Stage(ROWS_STAGE, "soft-label rows"))
 COMPLETION_FIELDS = frozenset(
     {
@@ -50,6 +51,7 @@ RESUME_TABLE = ResumeTable(
             "student_model_name_or_path",
         }
     ),
+    defaults={"truncated_completions": "drop"},  # what a run recorded before the setting existed did
 )
 """Which stage of a labelling run each setting feeds (see :mod:`ssb_trl.jobs.resume`)."""
 
@@ -63,9 +65,12 @@ class LabelConfig(JobSettings, SoftLabelSettings, EngineConfig):
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "Prompt/completion dataset: a .jsonl/.json/.parquet/.csv file, a folder of them, a folder written "
-            "by save_to_disk, or a Hub dataset id. Columns: 'prompt' (messages or a string), 'completion' (one "
-            "assistant message or a string; absent: the teacher writes it), optional 'teacher_prompt', 'id'."
+            "help": "Dataset in TRL's prompt-completion or conversational format: a .jsonl/.json/.parquet/.csv file, "
+            "a folder of them, a folder written by save_to_disk, or a Hub dataset id. Columns: 'prompt' (messages or "
+            "a string) and 'completion' (one assistant message or a string; absent: the teacher writes it), or "
+            "'messages' (a conversation: its last assistant message is the completion; a conversation ending with a "
+            "user message is completed by the teacher); optional 'teacher_prompt', 'id', 'answer'. A prompt ending "
+            "with an assistant message is continued, as in TRL."
         },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset config name."})
@@ -103,7 +108,20 @@ class LabelConfig(JobSettings, SoftLabelSettings, EngineConfig):
     teacher_top_p: float = field(default=1.0, metadata={"help": "Top-p of generated completions."})
     teacher_max_new_tokens: int = field(
         default=1024,
-        metadata={"help": "Longest generated completion; completions cut at this length are dropped (with a count)."},
+        metadata={
+            "help": "Longest generated completion; what happens to one cut at this length: truncated_completions."
+        },
+    )
+    truncated_completions: str = field(
+        default="keep",
+        metadata={
+            "help": "What to do with a generated completion cut at teacher_max_new_tokens. keep (default): store it "
+            "as far as the teacher wrote it, without an end-of-turn token, so the student learns every token the "
+            "teacher wrote and is never taught to stop at the cut; each soft label is still the teacher's own "
+            "distribution, its end of turn included. Dropping them loses data and favours short answers (the long "
+            "ones are the ones cut). drop: keep only completions the teacher finished. Both are counted in the "
+            "summary. Changing it redoes only the soft labels."
+        },
     )
     seed: int = field(default=42, metadata={"help": "Seed of sampled completions (each row seeded by its id)."})
     max_length: int | None = field(
@@ -134,6 +152,10 @@ class LabelConfig(JobSettings, SoftLabelSettings, EngineConfig):
             (bool(self.teacher_model_name_or_path), "no teacher: set --teacher_model_name_or_path"),
             (self.num_rows is None or self.num_rows >= 1, "num_rows must be >= 1 (or unset for all rows)"),
             (self.max_length is None or self.max_length >= 2, "max_length must be >= 2 (or None for no limit)"),
+            (
+                self.truncated_completions in TRUNCATED_COMPLETIONS,
+                f"truncated_completions must be one of {list(TRUNCATED_COMPLETIONS)}, got {self.truncated_completions!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

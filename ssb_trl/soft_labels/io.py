@@ -18,7 +18,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-from ssb_trl.soft_labels.checks import validate_soft_label_dataset
+from ssb_trl.soft_labels.checks import check_soft_label_columns, validate_soft_label_dataset
 from ssb_trl.soft_labels.codec import LOGPROB_CODE_DTYPE, SOFT_LABEL_MODES, encode_soft_labels, is_compact
 from ssb_trl.soft_labels.schema import (
     COMPLETION_MASK,
@@ -233,6 +233,7 @@ def load_soft_label_dataset(
         dataset = _load_single_file(path, name_or_path)
         metadata_path = path.parent / METADATA_FILENAME
         if not metadata_path.is_file():
+            check_soft_label_columns(dataset)  # plain SFT data (prompt/completion, messages): say how to label it
             raise SoftLabelError(
                 f"{name_or_path!r} has no soft-label metadata: there is no {METADATA_FILENAME} in its folder "
                 f"({str(path.parent)!r}). Copy the {METADATA_FILENAME} written with the data (by `ssb-trl prepare` or "
@@ -248,6 +249,7 @@ def load_soft_label_dataset(
         dataset = load_rows(name_or_path, split=split, config_name=config)
         metadata_path = _metadata_file(name_or_path, config)
         if metadata_path is None:
+            check_soft_label_columns(dataset)  # plain SFT data (prompt/completion, messages): say how to label it
             where = f"neither {config}/{METADATA_FILENAME} nor {METADATA_FILENAME}" if config else METADATA_FILENAME
             raise SoftLabelError(
                 f"{name_or_path!r} has no soft-label metadata ({where}). Make it with data preparation "
