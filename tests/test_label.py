@@ -387,7 +387,10 @@ def test_label_is_a_launched_command_with_flags_and_yaml(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_split_the_shards_and_match_one(tmp_path, tokenizer_dir) -> None:
+@pytest.mark.parametrize("launch", ["config_file", "num_processes_only"])
+def test_two_processes_split_the_shards_and_match_one(tmp_path, tokenizer_dir, launch) -> None:
+    """With an accelerate config of two CPU processes, or `--num_processes 2` alone on a CPU (it ran one process
+    without a word: accelerate's single-process launcher)."""
     teacher_dir = tmp_path / "teacher"
     make_tiny_model(seed=5, hidden_size=16).save_pretrained(teacher_dir)
     load_tokenizer(tokenizer_dir).save_pretrained(teacher_dir)
@@ -403,9 +406,10 @@ def test_two_processes_split_the_shards_and_match_one(tmp_path, tokenizer_dir) -
     )
     command = [
         sys.executable, "-m", "ssb_trl", "label", "--config", str(yaml_file), "--output_dir", str(tmp_path / "two"),
-        "--config_file", str(accelerate_config), "--num_processes", "2",
+        *(["--config_file", str(accelerate_config)] if launch == "config_file" else []), "--num_processes", "2",
     ]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "CUDA_VISIBLE_DEVICES": "", "HF_HOME": str(tmp_path / "hf")}  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Process 0/2: 2 of its 2 shards" in result.stderr and "Process 1/2: 2 of its 2 shards" in result.stderr

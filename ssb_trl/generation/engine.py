@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -27,6 +27,9 @@ GENERATION_BACKENDS = ("auto", "transformers", "vllm", "vllm_server")
 @dataclass
 class EngineConfig:
     """How answers are generated (the settings shared by data preparation and evaluation)."""
+
+    model_flag: ClassVar[str] = "--model_name_or_path"
+    """The flag that names the local model the server must serve (a command's config sets its own)."""
 
     generation_backend: str = field(
         default="auto",
@@ -194,4 +197,5 @@ def make_backend(
         per_request_seeds=True if config.vllm_per_request_seeds is None else config.vllm_per_request_seeds,
         max_concurrency=config.vllm_server_max_concurrency,
         show_progress=show_progress,
+        model_flag=config.model_flag,
     )

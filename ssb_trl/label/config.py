@@ -8,6 +8,7 @@ are generated + the fields every job shares (:mod:`ssb_trl.jobs.settings`: outpu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ssb_trl.generation.engine import EngineConfig
 from ssb_trl.generation.sampling import Sampling
@@ -17,6 +18,8 @@ from ssb_trl.jobs.workdir import Stage
 from ssb_trl.validation import require_valid_numbers
 
 TRUNCATED_COMPLETIONS = ("keep", "drop")
+TEACHER_FLAG = "--teacher_model_name_or_path"
+"""The flag of the model this command runs (named where a message points at it, e.g. a server serving another)."""
 STAGES = (Stage("completions", "completions the teacher generated"), Stage(ROWS_STAGE, "soft-label rows"))
 COMPLETION_FIELDS = frozenset(
     {
@@ -61,6 +64,8 @@ class LabelConfig(JobSettings, SoftLabelSettings, EngineConfig):
     """Every setting of ``ssb-trl label``: the input dataset, the teacher (and optionally the student it is for),
     how missing completions are generated, the soft labels, and the run's folder."""
 
+    model_flag: ClassVar[str] = TEACHER_FLAG
+
     # Input
     dataset_name: str | None = field(
         default=None,
@@ -85,8 +90,8 @@ class LabelConfig(JobSettings, SoftLabelSettings, EngineConfig):
         default=None,
         metadata={
             "help": "The student the labels are for (optional): its tokenizer must be the teacher's (same "
-            "vocabulary; checked before any work) and its chat template renders the student's prompt. Default: the "
-            "teacher's tokenizer."
+            "vocabulary and chat template: the rows are rendered with the student's template and end with the "
+            "teacher's end of turn; checked before any work). Default: the teacher's tokenizer."
         },
     )
     teacher_system_prompt: str | None = field(

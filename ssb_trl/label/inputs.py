@@ -17,6 +17,7 @@ the completion.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,6 +140,21 @@ def _with_system_prompt(messages: Messages, system_prompt: str | None) -> Messag
     return [{"role": "system", "content": system_prompt}, *rest] if system_prompt else list(rest)
 
 
+def _answer_text(value: Any, row_id: str) -> str:
+    """An 'answer' kept as text: a string as it is, a number as written (a JSON file's numbers are read as their
+    text by :func:`~ssb_trl.storage.load_rows`; Parquet's and the Hub's ints and floats as ``str`` writes them)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(
+        f"row {row_id!r}: 'answer' is {value!r}; ssb-trl label keeps an 'answer' column as text (a string or a "
+        "number). Turn it into text, or rename the column to drop it from the labelled rows"
+    )
+
+
 def _check_columns(dataset: datasets.Dataset, config: LabelConfig) -> None:
     columns = list(dataset.column_names)
     if MESSAGES in columns and (PROMPT in columns or COMPLETION in columns):
@@ -193,9 +209,8 @@ def read_examples(dataset: datasets.Dataset, config: LabelConfig) -> list[LabelE
                 f"message, 'teacher_prompt' with a {teacher_prompt[-1]['role']!r} one. The soft labels must be taken "
                 "on the completion in the place the student reads it: end both the same way"
             )
-        answer = row.get(ANSWER)
         examples.append(
-            LabelExample(row_id, prompt, teacher_prompt, completion, answer if isinstance(answer, str) else "")
+            LabelExample(row_id, prompt, teacher_prompt, completion, _answer_text(row.get(ANSWER), row_id))
         )
     if empty:
         raise ValueError(
@@ -214,7 +229,9 @@ def read_examples(dataset: datasets.Dataset, config: LabelConfig) -> list[LabelE
 
 def load_examples(config: LabelConfig) -> list[LabelExample]:
     """Load and check the input rows (``num_rows`` first ones)."""
-    dataset = load_rows(config.dataset_name, split=config.dataset_split, config_name=config.dataset_config)
+    dataset = load_rows(
+        config.dataset_name, split=config.dataset_split, config_name=config.dataset_config, text_columns=[ID, ANSWER]
+    )
     if config.num_rows is not None:
         dataset = dataset.select(range(min(config.num_rows, len(dataset))))
     return read_examples(dataset, config)
@@ -288,7 +305,8 @@ def tokenize_examples(
 
 
 def check_student_tokenizer(teacher_tokenizer: Any, student_tokenizer: Any, teacher: str, student: str) -> None:
-    """Refuse a student whose tokenizer is not the teacher's: the stored ids would mean other tokens to it."""
+    """Refuse a student whose tokenizer is not the teacher's: the stored ids would mean other tokens to it, and another
+    chat template would frame the student's prompt otherwise than the teacher's completion (its end of turn)."""
     teacher_print, student_print = tokenizer_fingerprint(teacher_tokenizer), tokenizer_fingerprint(student_tokenizer)
     if teacher_print != student_print:
         raise ValueError(
@@ -296,4 +314,16 @@ def check_student_tokenizer(teacher_tokenizer: Any, student_tokenizer: Any, teac
             f"teacher: {teacher_print}): soft labels are teacher token ids, which would be other tokens (or none) "
             "for this student, and `ssb-trl train` would refuse the dataset. Pick a teacher and a student of one "
             "model family with the same vocabulary (e.g. Qwen2.5-7B-Instruct -> Qwen2.5-0.5B-Instruct)."
+        )
+    templates = [
+        getattr(tokenizer, "chat_template", None) or None for tokenizer in (teacher_tokenizer, student_tokenizer)
+    ]
+    if templates[0] != templates[1]:
+        digests = [hashlib.sha256((t or "").encode()).hexdigest()[:12] if t else "none" for t in templates]
+        raise ValueError(
+            f"the student {student!r} has the vocabulary of the teacher {teacher!r} but another chat template "
+            f"(student: {digests[1]}, teacher: {digests[0]}, sha256 of the template): the rows would put the "
+            "student's prompt in one template and the teacher's completion, ending with the teacher's end of turn, "
+            "in another. Give the student the teacher's chat template (tokenizer.chat_template, then "
+            "save_pretrained), or drop --student_model_name_or_path to render the rows with the teacher's"
         )

@@ -174,14 +174,6 @@ class PrepConfig(JobSettings, SoftLabelSettings, EngineConfig, QuestionSource):
             ),
             (self.teacher_retries >= 0, "teacher_retries must be >= 0"),
             (self.hint_check_samples >= 0, "hint_check_samples must be >= 0 (0 skips the hint check)"),
-            (
-                self.generation_batch_size is None or self.generation_batch_size >= 1,
-                "generation_batch_size must be >= 1",
-            ),
-            (
-                self.generation_max_batch_tokens is None or self.generation_max_batch_tokens >= 1,
-                "generation_max_batch_tokens must be >= 1 (or unset: no limit)",
-            ),
         ]
         for ok, message in checks:
             if not ok:
