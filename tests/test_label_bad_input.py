@@ -1,4 +1,4 @@
-"""`ssb-trl label`'s bad input (issue 30): each is one line naming what is wrong
+"""`ssb-trl label`'s bad input (issue 30) and papercuts (issue 29 item 9): each is one line naming what is wrong
 and the fix, before any work where it can be known then, and no work lost. Real SmolLM2 tokenizer, tiny real
 models, the digit model of test_pipeline.py, and the fake `vllm serve` of test_server_answers.py.
 """
@@ -6,6 +6,7 @@ models, the digit model of test_pipeline.py, and the fake `vllm serve` of test_s
 from __future__ import annotations
 
 import argparse
+import re
 
 import numpy as np
 import pytest
@@ -19,6 +20,8 @@ from ssb_trl.label.config import LabelConfig
 from ssb_trl.label.job import LabelJob, label_dataset
 from ssb_trl.models import BUNDLED_MODEL, load_tokenizer
 from ssb_trl.prepare import PrepConfig, prepare_ssb_data
+from ssb_trl.scripts.inspect_data import soft_label_statistics
+from ssb_trl.scripts.label import make_parser
 from ssb_trl.soft_labels.checks import check_sampled_tokens_in_top_k
 from ssb_trl.soft_labels.io import load_soft_label_dataset
 from ssb_trl.soft_labels.schema import SoftLabelMetadata
@@ -166,3 +169,28 @@ def test_num_processes_on_a_cpu_runs_that_many_processes(command, tmp_path, caps
     single.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nnum_processes: 2\n")
     assert launch("--config_file", str(single)).multi_gpu is True
     assert command in cli.SHARDED_COMMANDS
+
+
+# ------------------------------------------------------------------------------------------- papercuts (issue 29)
+
+
+def test_label_help_names_only_flags_label_has() -> None:
+    """It named --model_name_or_path (in --vllm_server_model's help), a flag of prepare."""
+    parser = make_parser(prog="ssb-trl label")
+    flags = {option for action in parser._actions for option in action.option_strings}
+    text = re.sub(r"(--[a-z_]+)-\s+", r"\1", " ".join(parser.format_help().split()))  # undo argparse's wrapping
+    named = {flag for flag in re.findall(r"--[a-z][a-z0-9_]*(?![a-z0-9_-])", text)}
+    assert named <= flags, named - flags
+    assert "--teacher_model_name_or_path" in parser.format_help().split("--vllm_server_model")[-1]
+
+
+def test_label_summary_and_inspect_report_the_same_bytes_per_answer_token(tmp_path, tiny) -> None:  # noqa: F811
+    """The summary counted the data-*.arrow files, inspect every file of the folder (its JSON metadata too)."""
+    model, tokenizer = tiny
+    summary = label_dataset(config(tmp_path, write_rows(tmp_path / "in.jsonl", ROWS)), model, tokenizer,
+                            show_progress=False)  # fmt: skip
+    dataset, metadata = load_soft_label_dataset(str(tmp_path / "out"))
+    stats = soft_label_statistics(dataset, metadata, str(tmp_path / "out"))
+    assert stats["answer_tokens"] == summary.answer_tokens
+    assert stats["bytes_per_answer_token"]["on_disk"] == pytest.approx(summary.bytes_per_answer_token)
+    assert summary.dataset_bytes == sum(path.stat().st_size for path in (tmp_path / "out").glob("data-*.arrow"))

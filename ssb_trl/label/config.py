@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ssb_trl.generation.engine import EngineConfig
+from ssb_trl.generation.engine import EngineConfig, served_model_help
 from ssb_trl.generation.sampling import Sampling
 from ssb_trl.jobs.resume import ResumeTable
 from ssb_trl.jobs.settings import ROWS_STAGE, JobSettings, SoftLabelSettings
@@ -147,6 +147,7 @@ class LabelConfig(JobSettings, SoftLabelSettings, EngineConfig):
     shard_size: int = field(
         default=64, metadata={"help": "Rows per shard: the unit of persistence, resumption and multi-process split."}
     )
+    vllm_server_model: str | None = field(default=None, metadata={"help": served_model_help(TEACHER_FLAG)})
     # Output
     output_dir: str = field(default="labelled_data", metadata={"help": "Where the dataset and the work files go."})
 
