@@ -26,6 +26,7 @@ from ssb_trl.errors import DEBUG_ENV, ERROR_FILE_ENV, error_line, launched_error
 from ssb_trl.scripts.common import COMMANDS, configure_logging, parse_settings, run_script
 
 LAUNCHED_COMMANDS = ("prepare", "label", "train")
+SHARDED_COMMANDS = ("prepare", "label")  # the offline jobs: their processes split the shards
 
 
 _OWN_ACCELERATE_CONFIGS = ("zero3_offload",)  # shipped by ssb-trl: TRL ships the others (trl/accelerate_configs)
@@ -64,6 +65,32 @@ def _launch_args(unknown: list[str]) -> list[str]:
     if i + 1 >= len(unknown):
         raise SystemExit("--accelerate_config needs a value: a YAML path or a shipped config name")
     return ["--config_file", accelerate_config_path(unknown[i + 1])] + unknown[:i] + unknown[i + 2 :]
+
+
+def _processes_on_cpu(prog: str, namespace: argparse.Namespace) -> None:
+    """``--num_processes N`` for the jobs that split shards (prepare, label) on a machine without a GPU: N CPU
+    processes over gloo, launched as ``--accelerate_config multi_gpu`` launches them (accelerate alone would run one
+    process without a word). Where there are GPUs, or the launch names a distributed mode, accelerate decides."""
+    import torch
+    from accelerate.commands.config import default_config_file, load_config_from_file
+    from accelerate.utils import DistributedType
+
+    modes = ("multi_gpu", "use_deepspeed", "use_fsdp", "tpu", "use_megatron_lm")
+    if torch.cuda.is_available() or any(getattr(namespace, mode, False) for mode in modes):
+        return
+    processes, config_file = namespace.num_processes, namespace.config_file
+    if config_file is None and os.path.isfile(default_config_file) and not namespace.cpu:
+        config_file = default_config_file  # accelerate reads the user's default config (`accelerate config`)
+    if config_file is not None:
+        config = load_config_from_file(config_file)
+        if getattr(config, "distributed_type", DistributedType.NO) != DistributedType.NO:
+            return
+        processes = processes or getattr(config, "num_processes", None)
+    if processes is None or processes < 2:
+        return
+    namespace.multi_gpu, namespace.cpu = True, False
+    print(f"{prog}: {processes} processes on the CPU (torchrun over gloo, as with --accelerate_config multi_gpu)",
+          file=sys.stderr)  # fmt: skip
 
 
 def _without(args: list[str], subsequence: list[str]) -> list[str]:
@@ -129,6 +156,8 @@ def launch_script(command: str, parser: Any, args: list[str]) -> int:
     launch_args = _launch_args(config_unknown + cli_unknown)
     script = str(importlib.resources.files("ssb_trl.scripts").joinpath(f"{COMMANDS[command][0]}.py"))
     namespace = launch_command_parser().parse_args(launch_args + [script] + _without(args, cli_unknown))
+    if command in SHARDED_COMMANDS:
+        _processes_on_cpu(parser.prog, namespace)
     with tempfile.TemporaryDirectory(prefix="ssb-trl-") as tmp:
         code, fallback = _launch(namespace, os.path.join(tmp, "errors.jsonl"))
         messages = launched_errors(os.path.join(tmp, "errors.jsonl"))

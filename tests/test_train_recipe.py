@@ -122,7 +122,9 @@ def test_plain_dataset_is_refused_before_training(workdir, tmp_path):
     from datasets import Dataset
 
     Dataset.from_list([{"prompt": "q", "completion": "a"}]).save_to_disk(tmp_path / "plain")
-    with pytest.raises(ValueError, match="no soft-label metadata"):
+    with pytest.raises(
+        ValueError, match=r"lacks the soft-label column.* \(it has \['prompt', 'completion'\]\).*`ssb-trl label"
+    ):
         train_ssb.main(*parse(_flags(workdir, tmp_path / "o", dataset_name=tmp_path / "plain"))[:3])
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -24,9 +24,22 @@ logger = logging.getLogger(__name__)
 GENERATION_BACKENDS = ("auto", "transformers", "vllm", "vllm_server")
 
 
+def served_model_help(model_flag: str) -> str:
+    """The help of ``--vllm_server_model``, naming the flag of the local model in the command that has it."""
+    return (
+        f"The served model's name (its id in the server's /v1/models) when it differs from {model_flag}, e.g. "
+        "`vllm serve /models/my-sft --served-model-name sft` on another machine: you vouch that it has the same "
+        f"weights. Default: the served model must be {model_flag} (same name, same local folder, same Hub id, or a "
+        "folder named after the Hub id's model name)."
+    )
+
+
 @dataclass
 class EngineConfig:
     """How answers are generated (the settings shared by data preparation and evaluation)."""
+
+    model_flag: ClassVar[str] = "--model_name_or_path"
+    """The flag that names the local model the server must serve (a command's config sets its own)."""
 
     generation_backend: str = field(
         default="auto",
@@ -70,15 +83,7 @@ class EngineConfig:
     vllm_server_max_concurrency: int = field(
         default=64, metadata={"help": "Requests in flight at once to the server (each asks for all its samples)."}
     )
-    vllm_server_model: str | None = field(
-        default=None,
-        metadata={
-            "help": "The served model's name (its id in the server's /v1/models) when it differs from "
-            "--model_name_or_path, e.g. `vllm serve /models/my-sft --served-model-name sft` on another machine: "
-            "you vouch that it has the same weights. Default: the served model must be --model_name_or_path (same "
-            "name, same local folder, same Hub id, or a folder named after the Hub id's model name)."
-        },
-    )
+    vllm_server_model: str | None = field(default=None, metadata={"help": served_model_help("--model_name_or_path")})
     vllm_server_timeout: float = field(
         default=600.0,
         metadata={
@@ -194,4 +199,5 @@ def make_backend(
         per_request_seeds=True if config.vllm_per_request_seeds is None else config.vllm_per_request_seeds,
         max_concurrency=config.vllm_server_max_concurrency,
         show_progress=show_progress,
+        model_flag=config.model_flag,
     )

@@ -129,6 +129,7 @@ class OpenAIServerBackend(GenerationBackend):
         max_concurrency: int = 64,
         timeout: float = 600.0,
         show_progress: bool = True,
+        model_flag: str = "--model_name_or_path",
     ):
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
@@ -145,6 +146,7 @@ class OpenAIServerBackend(GenerationBackend):
         self.max_concurrency = max_concurrency
         self.timeout = float(timeout)
         self.show_progress = show_progress
+        self.model_flag = model_flag  # the command's flag for the local model, named in the refusals
         # Ids the local model can embed: the soft-label stage runs it on every answer.
         self.vocab_size = max(int(vocab_size or 0), len(tokenizer))
         # The model's generation config may list more end-of-turn ids than the tokenizer (Qwen's <|endoftext|>);
@@ -234,7 +236,7 @@ class OpenAIServerBackend(GenerationBackend):
         if not matches:
             raise ValueError(
                 f"the server at {self.root} serves {listing}, not the configured model {model_name_or_path!r} "
-                "(--model_name_or_path, which computes the soft labels): serve that model, or, if the served model "
+                f"({self.model_flag}, which computes the soft labels): serve that model, or, if the served model "
                 "has the same weights under another name, pass --vllm_server_model NAME"
             )
         raise ValueError(
@@ -260,7 +262,7 @@ class OpenAIServerBackend(GenerationBackend):
         if theirs != ours:
             raise ValueError(
                 f"the server's model {self.model!r} tokenizes text differently from the local tokenizer "
-                f"({theirs} vs {ours}): serve the same model as --model_name_or_path"
+                f"({theirs} vs {ours}): serve the same model as {self.model_flag}"
             )
 
     # -- generation ------------------------------------------------------------------------------------

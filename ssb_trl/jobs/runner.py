@@ -30,9 +30,10 @@ from ssb_trl.jobs.resume import ResumeTable, check_claimed, claim, upgrade_setti
 from ssb_trl.jobs.rows import end_of_turn_id
 from ssb_trl.jobs.settings import ROWS_STAGE, field_defaults, fingerprint
 from ssb_trl.jobs.workdir import Stage, WorkDir
-from ssb_trl.soft_labels.io import push_soft_label_dataset_to_hub, save_soft_label_dataset
+from ssb_trl.models import resolve_device
+from ssb_trl.soft_labels.io import push_soft_label_dataset_to_hub, save_soft_label_dataset, saved_dataset_bytes
 from ssb_trl.soft_labels.schema import COMPLETION_MASK, SoftLabelMetadata, features
-from ssb_trl.storage import check_writable_dir, write_json, write_text
+from ssb_trl.storage import check_writable_dir, require_hub_access, write_json, write_text
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +164,10 @@ def distributed_state(config: Any) -> Any:
 def run_job(job: Job, show_progress: bool = True) -> Any:
     """Run (or resume) ``job``; returns its summary on every process (its counts are global)."""
     config = job.config
+    if getattr(config, "device", None):  # a GPU this machine lacks: refused before any file exists
+        resolve_device(config.device)
+    if config.push_to_hub:  # an upload that would fail after the whole run: refused before it starts
+        require_hub_access("--push_to_hub", "the dataset stays in --output_dir either way")
     state = distributed_state(config)
     work = job.work_dir(config.output_dir)
     if state.is_main_process:  # the others would race with the main process creating the run's files
@@ -311,7 +316,7 @@ def _finalize(job: Job, run: RunContext, report: RunReport) -> Any:
     save_soft_label_dataset(dataset, str(staging), metadata)
     work.publish(staging)
     summary.answer_tokens = int(sum(sum(mask) for mask in dataset[COMPLETION_MASK]))
-    summary.dataset_bytes = sum(path.stat().st_size for path in work.output_dir.glob("data-*.arrow"))
+    summary.dataset_bytes = saved_dataset_bytes(work.output_dir) or 0
     summary.bytes_per_answer_token = summary.dataset_bytes / max(summary.answer_tokens, 1)
     write_json(work.output_dir / job.summary_filename, summary.to_dict())
     write_text(work.done_path, "done\n")

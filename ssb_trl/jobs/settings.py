@@ -131,6 +131,10 @@ class JobSettings:
         """Refuse settings that cannot run (called from the job configs' ``__post_init__``)."""
         if getattr(self, "shard_size", 1) < 1:
             raise ValueError("shard_size must be >= 1")
+        for name in ("generation_batch_size", "generation_max_batch_tokens"):  # the engine's limits, in every job
+            value = getattr(self, name, None)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or unset for the default), got {value}")
         if self.push_to_hub and not self.hub_dataset_id:
             raise ValueError("--push_to_hub needs --hub_dataset_id")
 

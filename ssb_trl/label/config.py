@@ -8,14 +8,18 @@ are generated + the fields every job shares (:mod:`ssb_trl.jobs.settings`: outpu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from ssb_trl.generation.engine import EngineConfig
+from ssb_trl.generation.engine import EngineConfig, served_model_help
 from ssb_trl.generation.sampling import Sampling
 from ssb_trl.jobs.resume import ResumeTable
 from ssb_trl.jobs.settings import ROWS_STAGE, JobSettings, SoftLabelSettings
 from ssb_trl.jobs.workdir import Stage
 from ssb_trl.validation import require_valid_numbers
 
+TRUNCATED_COMPLETIONS = ("keep", "drop")
+TEACHER_FLAG = "--teacher_model_name_or_path"
+"""The flag of the model this command runs (named where a message points at it, e.g. a server serving another)."""
 STAGES = (Stage("completions", "completions the teacher generated"), Stage(ROWS_STAGE, "soft-label rows"))
 COMPLETION_FIELDS = frozenset(
     {
@@ -50,6 +54,7 @@ RESUME_TABLE = ResumeTable(
             "student_model_name_or_path",
         }
     ),
+    defaults={"truncated_completions": "drop"},  # what a run recorded before the setting existed did
 )
 """Which stage of a labelling run each setting feeds (see :mod:`ssb_trl.jobs.resume`)."""
 
@@ -59,13 +64,18 @@ class LabelConfig(JobSettings, SoftLabelSettings, EngineConfig):
     """Every setting of ``ssb-trl label``: the input dataset, the teacher (and optionally the student it is for),
     how missing completions are generated, the soft labels, and the run's folder."""
 
+    model_flag: ClassVar[str] = TEACHER_FLAG
+
     # Input
     dataset_name: str | None = field(
         default=None,
         metadata={
-            "help": "Prompt/completion dataset: a .jsonl/.json/.parquet/.csv file, a folder of them, a folder written "
-            "by save_to_disk, or a Hub dataset id. Columns: 'prompt' (messages or a string), 'completion' (one "
-            "assistant message or a string; absent: the teacher writes it), optional 'teacher_prompt', 'id'."
+            "help": "Dataset in TRL's prompt-completion or conversational format: a .jsonl/.json/.parquet/.csv file, "
+            "a folder of them, a folder written by save_to_disk, or a Hub dataset id. Columns: 'prompt' (messages or "
+            "a string) and 'completion' (one assistant message or a string; absent: the teacher writes it), or "
+            "'messages' (a conversation: its last assistant message is the completion; a conversation ending with a "
+            "user message is completed by the teacher); optional 'teacher_prompt', 'id', 'answer'. A prompt ending "
+            "with an assistant message is continued, as in TRL."
         },
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset config name."})
@@ -80,8 +90,8 @@ class LabelConfig(JobSettings, SoftLabelSettings, EngineConfig):
         default=None,
         metadata={
             "help": "The student the labels are for (optional): its tokenizer must be the teacher's (same "
-            "vocabulary; checked before any work) and its chat template renders the student's prompt. Default: the "
-            "teacher's tokenizer."
+            "vocabulary and chat template: the rows are rendered with the student's template and end with the "
+            "teacher's end of turn; checked before any work). Default: the teacher's tokenizer."
         },
     )
     teacher_system_prompt: str | None = field(
@@ -103,7 +113,20 @@ class LabelConfig(JobSettings, SoftLabelSettings, EngineConfig):
     teacher_top_p: float = field(default=1.0, metadata={"help": "Top-p of generated completions."})
     teacher_max_new_tokens: int = field(
         default=1024,
-        metadata={"help": "Longest generated completion; completions cut at this length are dropped (with a count)."},
+        metadata={
+            "help": "Longest generated completion; what happens to one cut at this length: truncated_completions."
+        },
+    )
+    truncated_completions: str = field(
+        default="keep",
+        metadata={
+            "help": "What to do with a generated completion cut at teacher_max_new_tokens. keep (default): store it "
+            "as far as the teacher wrote it, without an end-of-turn token, so the student learns every token the "
+            "teacher wrote and is never taught to stop at the cut; each soft label is still the teacher's own "
+            "distribution, its end of turn included. Dropping them loses data and favours short answers (the long "
+            "ones are the ones cut). drop: keep only completions the teacher finished. Both are counted in the "
+            "summary. Changing it redoes only the soft labels."
+        },
     )
     seed: int = field(default=42, metadata={"help": "Seed of sampled completions (each row seeded by its id)."})
     max_length: int | None = field(
@@ -124,6 +147,7 @@ class LabelConfig(JobSettings, SoftLabelSettings, EngineConfig):
     shard_size: int = field(
         default=64, metadata={"help": "Rows per shard: the unit of persistence, resumption and multi-process split."}
     )
+    vllm_server_model: str | None = field(default=None, metadata={"help": served_model_help(TEACHER_FLAG)})
     # Output
     output_dir: str = field(default="labelled_data", metadata={"help": "Where the dataset and the work files go."})
 
@@ -134,6 +158,10 @@ class LabelConfig(JobSettings, SoftLabelSettings, EngineConfig):
             (bool(self.teacher_model_name_or_path), "no teacher: set --teacher_model_name_or_path"),
             (self.num_rows is None or self.num_rows >= 1, "num_rows must be >= 1 (or unset for all rows)"),
             (self.max_length is None or self.max_length >= 2, "max_length must be >= 2 (or None for no limit)"),
+            (
+                self.truncated_completions in TRUNCATED_COMPLETIONS,
+                f"truncated_completions must be one of {list(TRUNCATED_COMPLETIONS)}, got {self.truncated_completions!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,14 +1,23 @@
-"""The input of ``ssb-trl label``: TRL's prompt-completion rows, read, checked and tokenized.
+"""The input of ``ssb-trl label``: TRL's conversational and prompt-completion rows, read, checked and tokenized.
 
-Conversational rows (``prompt``: a list of messages, ``completion``: one assistant message) or plain strings
-(wrapped as one user and one assistant message, since soft labels are taken under a chat template); without a
-``completion`` column the teacher writes the completions. The teacher may see another prompt than the student (a
+Accepted, as TRL's SFTTrainer takes them (``trl.data_utils``):
+
+* prompt-completion rows: ``prompt`` a list of messages (or a string: one user message), ``completion`` one
+  assistant message (or a string); without a ``completion`` column the teacher writes every completion;
+* conversational language-modeling rows: ``messages``, a conversation. Its last message, when it is the
+  assistant's, is the completion and the turns before it the prompt; a conversation that ends with a user or tool
+  message is a prompt whose completion the teacher writes (as for prompt-only rows), so one dataset may mix both.
+
+As in TRL, a prompt whose last message is the assistant's is continued (``continue_final_message``): the completion
+goes on from that message's text; after a user or tool message it starts a new assistant turn; any other last role
+is refused (TRL: "Invalid role in the last message"). The teacher may see another prompt than the student (a
 ``teacher_prompt`` column, or ``--teacher_system_prompt``); each row's ``input_ids`` are the *student's* prompt plus
 the completion.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,14 +27,20 @@ from ssb_trl.jobs.rows import end_of_turn_id
 from ssb_trl.label.config import LabelConfig
 from ssb_trl.soft_labels.schema import ANSWER, COMPLETION, ID, PROMPT, tokenizer_fingerprint
 from ssb_trl.storage import load_rows
-from ssb_trl.tasks.prompts import Messages, chat_prompt_ids, completion_text_ids
+from ssb_trl.tasks.prompts import Messages, chat_prompt_ids, completion_text_ids, continues_final_message
 
 TEACHER_PROMPT = "teacher_prompt"
+MESSAGES = "messages"
+LAST_ROLES = ("user", "tool", "assistant")
+"""The roles TRL takes for a prompt's last message: after user and tool a new assistant turn starts; an assistant
+message is continued."""
 FORMATS_ACCEPTED = (
     "TRL's prompt-completion format: a 'prompt' column (a list of chat messages {'role', 'content'}, or a string) "
-    "and a 'completion' column (a list with one assistant message, or a string); without 'completion', the teacher "
-    "writes the completions. An optional 'teacher_prompt' column (same form as 'prompt') is what the teacher sees "
-    "instead of the student's prompt; optional 'id' and 'answer' columns are kept"
+    "and a 'completion' column (a list with one assistant message, or a string; without it, the teacher writes the "
+    "completions); or TRL's conversational format: a 'messages' column (a conversation whose last assistant "
+    "message is the completion; a conversation ending with a user message is completed by the teacher). An optional "
+    "'teacher_prompt' column (same form as 'prompt') is what the teacher sees instead of the student's prompt; "
+    "optional 'id' and 'answer' columns are kept"
 )
 
 
@@ -70,6 +85,17 @@ def _messages(value: Any, column: str, row_id: str) -> Messages:
     )
 
 
+def _check_last_role(messages: Messages, column: str, row_id: str) -> None:
+    """TRL's rule for a prompt's last message (``Invalid role in the last message``), said with the row."""
+    role = messages[-1]["role"]
+    if role not in LAST_ROLES:
+        raise ValueError(
+            f"row {row_id!r}: the last message of its {column!r} has the role {role!r}; a prompt must end with a "
+            "'user' or 'tool' message (the completion starts a new assistant turn) or an 'assistant' message (the "
+            "completion continues it), as in TRL. Fix that message's role"
+        )
+
+
 def _completion_text(value: Any, row_id: str) -> str | None:
     """A completion's text (one assistant message, or a string); None for an empty one (refused by the caller)."""
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
@@ -92,6 +118,20 @@ def _completion_text(value: Any, row_id: str) -> str | None:
     return value
 
 
+def _split_conversation(value: Any, row_id: str) -> tuple[Messages, str | None]:
+    """A ``messages`` row as (prompt, completion): its last assistant message is the completion; a conversation
+    ending otherwise is all prompt (the teacher writes the completion). An empty last assistant message is ``""``."""
+    conversation = _messages(value, MESSAGES, row_id)
+    if conversation[-1]["role"] != "assistant":
+        return conversation, None
+    if len(conversation) == 1:
+        raise ValueError(
+            f"row {row_id!r}: 'messages' holds only an assistant message; the completion needs a prompt before it "
+            "(a user message at least)"
+        )
+    return conversation[:-1], conversation[-1]["content"]
+
+
 def _with_system_prompt(messages: Messages, system_prompt: str | None) -> Messages:
     """The teacher's copy of a prompt: ``system_prompt`` replaces the prompt's system message (or is put first)."""
     if system_prompt is None:
@@ -100,50 +140,83 @@ def _with_system_prompt(messages: Messages, system_prompt: str | None) -> Messag
     return [{"role": "system", "content": system_prompt}, *rest] if system_prompt else list(rest)
 
 
-def read_examples(dataset: datasets.Dataset, config: LabelConfig) -> list[LabelExample]:
-    """The input rows as :class:`LabelExample`, or a ``ValueError`` naming the column, row and accepted formats."""
+def _answer_text(value: Any, row_id: str) -> str:
+    """An 'answer' kept as text: a string as it is, a number as written (a JSON file's numbers are read as their
+    text by :func:`~ssb_trl.storage.load_rows`; Parquet's and the Hub's ints and floats as ``str`` writes them)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(
+        f"row {row_id!r}: 'answer' is {value!r}; ssb-trl label keeps an 'answer' column as text (a string or a "
+        "number). Turn it into text, or rename the column to drop it from the labelled rows"
+    )
+
+
+def _check_columns(dataset: datasets.Dataset, config: LabelConfig) -> None:
     columns = list(dataset.column_names)
-    if PROMPT not in columns:
-        hint = (
-            " It has a 'messages' column (TRL's conversational language-modeling format): split each conversation "
-            "into 'prompt' (the turns before the last assistant message) and 'completion' (that message)."
-            if "messages" in columns
-            else ""
-        )
+    if MESSAGES in columns and (PROMPT in columns or COMPLETION in columns):
         raise ValueError(
-            f"dataset {config.dataset_name!r} has no 'prompt' column; its columns are {columns}. ssb-trl label reads "
-            f"{FORMATS_ACCEPTED}.{hint}"
+            f"dataset {config.dataset_name!r} has a 'messages' column and {[c for c in (PROMPT, COMPLETION) if c in columns]}:"
+            " the prompt and completion would be ambiguous. Keep either 'messages' (a conversation) or "
+            "'prompt'/'completion'"
+        )
+    if PROMPT not in columns and MESSAGES not in columns:
+        raise ValueError(
+            f"dataset {config.dataset_name!r} has neither a 'prompt' nor a 'messages' column; its columns are "
+            f"{columns}. ssb-trl label reads {FORMATS_ACCEPTED}."
         )
     if len(dataset) == 0:
         raise ValueError(f"dataset {config.dataset_name!r} (split {config.dataset_split!r}) has no rows")
-    has_completion, has_teacher_prompt = COMPLETION in columns, TEACHER_PROMPT in columns
-    if has_teacher_prompt and config.teacher_system_prompt is not None:
+    if TEACHER_PROMPT in columns and config.teacher_system_prompt is not None:
         raise ValueError(
             "both a 'teacher_prompt' column and --teacher_system_prompt are given; the teacher's prompt would be "
             "ambiguous. Put the system message into 'teacher_prompt', or drop the column"
         )
+
+
+def read_examples(dataset: datasets.Dataset, config: LabelConfig) -> list[LabelExample]:
+    """The input rows as :class:`LabelExample`, or a ``ValueError`` naming the column, row and accepted formats."""
+    _check_columns(dataset, config)
+    columns = list(dataset.column_names)
+    conversational, has_completion = MESSAGES in columns, COMPLETION in columns
     examples, empty = [], []
     for index, row in enumerate(dataset):
         row_id = str(row[ID]) if ID in columns and row[ID] is not None else f"{config.dataset_split}/{index}"
-        prompt = _messages(row[PROMPT], PROMPT, row_id)
-        teacher_value = row[TEACHER_PROMPT] if has_teacher_prompt else None
+        if conversational:
+            prompt, completion = _split_conversation(row[MESSAGES], row_id)
+            if completion is not None and not completion.strip():
+                empty.append(row_id)
+        else:
+            prompt = _messages(row[PROMPT], PROMPT, row_id)
+            completion = _completion_text(row[COMPLETION], row_id) if has_completion else None
+            if has_completion and completion is None:
+                empty.append(row_id)
+        _check_last_role(prompt, "messages" if conversational else PROMPT, row_id)
+        teacher_value = row.get(TEACHER_PROMPT)
         teacher_prompt = (
             _messages(teacher_value, TEACHER_PROMPT, row_id)
             if teacher_value is not None
             else _with_system_prompt(prompt, config.teacher_system_prompt)
         )
-        completion = _completion_text(row[COMPLETION], row_id) if has_completion else None
-        if has_completion and completion is None:
-            empty.append(row_id)
-        answer = row.get(ANSWER)
+        _check_last_role(teacher_prompt, TEACHER_PROMPT, row_id)
+        if continues_final_message(prompt) != continues_final_message(teacher_prompt):
+            raise ValueError(
+                f"row {row_id!r}: one of its prompts ends with an assistant message (the completion continues it) and "
+                f"the other does not (the completion starts a new turn): 'prompt' ends with a {prompt[-1]['role']!r} "
+                f"message, 'teacher_prompt' with a {teacher_prompt[-1]['role']!r} one. The soft labels must be taken "
+                "on the completion in the place the student reads it: end both the same way"
+            )
         examples.append(
-            LabelExample(row_id, prompt, teacher_prompt, completion, answer if isinstance(answer, str) else "")
+            LabelExample(row_id, prompt, teacher_prompt, completion, _answer_text(row.get(ANSWER), row_id))
         )
     if empty:
         raise ValueError(
             f"{len(empty)} row(s) of {config.dataset_name!r} have an empty completion (first: {empty[:5]}): there is "
-            "no answer token to take soft labels on. Drop those rows, or drop the 'completion' column to have the "
-            "teacher write every completion."
+            "no answer token to take soft labels on. Drop those rows, or drop their completion (the 'completion' "
+            "column, or the empty last assistant message) to have the teacher write it."
         )
     ids = [example.id for example in examples]
     if len(set(ids)) != len(ids):
@@ -156,7 +229,9 @@ def read_examples(dataset: datasets.Dataset, config: LabelConfig) -> list[LabelE
 
 def load_examples(config: LabelConfig) -> list[LabelExample]:
     """Load and check the input rows (``num_rows`` first ones)."""
-    dataset = load_rows(config.dataset_name, split=config.dataset_split, config_name=config.dataset_config)
+    dataset = load_rows(
+        config.dataset_name, split=config.dataset_split, config_name=config.dataset_config, text_columns=[ID, ANSWER]
+    )
     if config.num_rows is not None:
         dataset = dataset.select(range(min(config.num_rows, len(dataset))))
     return read_examples(dataset, config)
@@ -230,7 +305,8 @@ def tokenize_examples(
 
 
 def check_student_tokenizer(teacher_tokenizer: Any, student_tokenizer: Any, teacher: str, student: str) -> None:
-    """Refuse a student whose tokenizer is not the teacher's: the stored ids would mean other tokens to it."""
+    """Refuse a student whose tokenizer is not the teacher's: the stored ids would mean other tokens to it, and another
+    chat template would frame the student's prompt otherwise than the teacher's completion (its end of turn)."""
     teacher_print, student_print = tokenizer_fingerprint(teacher_tokenizer), tokenizer_fingerprint(student_tokenizer)
     if teacher_print != student_print:
         raise ValueError(
@@ -238,4 +314,16 @@ def check_student_tokenizer(teacher_tokenizer: Any, student_tokenizer: Any, teac
             f"teacher: {teacher_print}): soft labels are teacher token ids, which would be other tokens (or none) "
             "for this student, and `ssb-trl train` would refuse the dataset. Pick a teacher and a student of one "
             "model family with the same vocabulary (e.g. Qwen2.5-7B-Instruct -> Qwen2.5-0.5B-Instruct)."
+        )
+    templates = [
+        getattr(tokenizer, "chat_template", None) or None for tokenizer in (teacher_tokenizer, student_tokenizer)
+    ]
+    if templates[0] != templates[1]:
+        digests = [hashlib.sha256((t or "").encode()).hexdigest()[:12] if t else "none" for t in templates]
+        raise ValueError(
+            f"the student {student!r} has the vocabulary of the teacher {teacher!r} but another chat template "
+            f"(student: {digests[1]}, teacher: {digests[0]}, sha256 of the template): the rows would put the "
+            "student's prompt in one template and the teacher's completion, ending with the teacher's end of turn, "
+            "in another. Give the student the teacher's chat template (tokenizer.chat_template, then "
+            "save_pretrained), or drop --student_model_name_or_path to render the rows with the teacher's"
         )

@@ -39,14 +39,19 @@ SUMMARY_FILENAME = "label_summary.json"
 
 @dataclass
 class LabelSummary:
-    """What a labelling run wrote (``label_summary.json``)."""
+    """What a labelling run wrote (``label_summary.json``), and what became of each completion the teacher wrote:
+    cut at teacher_max_new_tokens (kept without an end of turn, or dropped, per truncated_completions), empty, or
+    too long for max_length."""
 
     output_dir: str = ""
     rows_in: int = 0
     rows_written: int = 0
     answer_tokens: int = 0
     completions_generated: int = 0
-    dropped_unfinished: int = 0
+    completions_cut: int = 0
+    cut_kept: int = 0
+    dropped_cut: int = 0
+    dropped_empty: int = 0
     dropped_too_long: int = 0
     shards_done: list[int] = field(default_factory=list)
     shards_reused: list[int] = field(default_factory=list)
@@ -150,72 +155,111 @@ class LabelJob(Job):
 
     def process_shard(self, run: RunContext, shard: int, examples: list[LabelExample]) -> None:
         tokens, config, work = self._shard_tokens(shard), self.config, run.work
-        texts = []
+        records: list[dict] = []
         if any(token.completion is None for token in tokens):
-            records = work.read_shard("completions", shard, [e.id for e in examples])
-            if records is None:
-                records = self._generate(run, examples)
+            records = work.read_shard("completions", shard, [e.id for e in examples]) or []
+            if not records:
+                records = self._generate(run, examples, tokens)
                 work.write_shard("completions", shard, records)
-            for example, token, record in zip(examples, tokens, records):
-                if not record["finished"] or not record["text"].strip():
-                    continue  # cut at teacher_max_new_tokens (it would teach not to stop) or empty: counted in the summary
-                ids = with_end_of_turn(record["token_ids"], run.end_of_turn, run.stop_ids)
-                if config.max_length is not None and len(token.student_prompt) + len(ids) > config.max_length:
-                    continue
-                texts.append(self._text(example, token.student_prompt, token.teacher_prompt, record["text"], ids))
-        else:
-            texts = [
-                self._text(e, t.student_prompt, t.teacher_prompt, e.completion, t.completion)
-                for e, t in zip(examples, tokens)
-            ]
+        texts = []
+        for index, (example, token) in enumerate(zip(examples, tokens)):
+            text, ids = example.completion, token.completion
+            if ids is None:
+                text, ids = records[index]["text"], self._generated_ids(run, token, records[index])
+                if ids is None:
+                    continue  # dropped: counted in the summary
+            texts.append(TextToLabel(example.id, example.answer, example.prompt, text, token.student_prompt,
+                                     token.teacher_prompt, ids))  # fmt: skip
         work.save_rows(shard, soft_label_rows(run.model, texts, config, run.show_progress))
         logger.info("Shard %d: %d rows labelled", shard, len(texts))
 
-    @staticmethod
-    def _text(example: LabelExample, student: list[int], teacher: list[int], text: str, ids: list[int]) -> TextToLabel:
-        return TextToLabel(example.id, example.answer, example.prompt, text, student, teacher, ids)
+    def _generated_ids(self, run: RunContext, token: Any, record: dict) -> list[int] | None:
+        """A generated completion's tokens as stored, or None when it is dropped: empty, cut at
+        teacher_max_new_tokens with ``truncated_completions=drop``, or too long for max_length. A finished one ends
+        with its end of turn; a cut one that is kept has none (it would teach the student to stop there)."""
+        config = self.config
+        if not record["text"].strip():
+            return None
+        if record["finished"]:
+            ids = with_end_of_turn(record["token_ids"], run.end_of_turn, run.stop_ids)
+        elif config.truncated_completions == "keep":
+            ids = [int(i) for i in record["token_ids"]]
+        else:
+            return None
+        if config.max_length is not None and len(token.student_prompt) + len(ids) > config.max_length:
+            return None
+        return ids
 
-    def _generate(self, run: RunContext, examples: list[LabelExample]) -> list[dict]:
-        """The teacher's completions of one shard's prompts (seeded per row id), as JSON-able records."""
+    def _generate(self, run: RunContext, examples: list[LabelExample], tokens: list[Any]) -> list[dict]:
+        """The teacher's completions of the shard's rows that have none (seeded per row id), as JSON-able records;
+        rows that came with their completion get a record saying so, so the file holds one record per row."""
         config, backend = self.config, run.backend
-        seeds = [derive_seed(config.seed, example.id, "label") for example in examples]
-        outputs = backend.generate([e.teacher_prompt for e in examples], config.teacher_sampling, seed=seeds)
-        return [
-            {"id": e.id, "text": samples[0].text, "token_ids": samples[0].token_ids,
-             "finished": samples[0].finished, "generated_by": backend.name}
-            for e, samples in zip(examples, outputs)
-        ]  # fmt: skip
+        missing = [e for e, t in zip(examples, tokens) if t.completion is None]
+        seeds = [derive_seed(config.seed, example.id, "label") for example in missing]
+        outputs = backend.generate([e.teacher_prompt for e in missing], config.teacher_sampling, seed=seeds)
+        generated = {
+            e.id: {"id": e.id, "text": samples[0].text, "token_ids": samples[0].token_ids,
+                   "finished": samples[0].finished, "generated_by": backend.name}
+            for e, samples in zip(missing, outputs)
+        }  # fmt: skip
+        return [generated.get(e.id, {"id": e.id, "given": True}) for e in examples]
 
     # --------------------------------------------------------------------------------- the end (main process)
     def summarize(self, run: RunContext, dataset: datasets.Dataset, report: RunReport) -> LabelSummary:
         config, work = self.config, run.work
         to_generate = sum(token.completion is None for token in self.tokens)
-        unfinished = 0
-        if to_generate:
-            for shard in range(report.num_shards):
-                records = read_jsonl(work.shard_path("completions", shard))
-                unfinished += sum(not r["finished"] or not r["text"].strip() for r in records or [])
-        dropped = len(self.inputs) - len(dataset)
+        kept = set(dataset["id"]) if len(dataset) else set()
+        counts = dict.fromkeys(("cut", "cut_kept", "dropped_cut", "empty", "long"), 0)
+        for shard in range(report.num_shards if to_generate else 0):
+            for record in read_jsonl(work.shard_path("completions", shard)) or []:
+                if record.get("given"):
+                    continue
+                cut = not record["finished"]
+                counts["cut"] += cut
+                if not record["text"].strip():
+                    counts["empty"] += 1
+                elif record["id"] in kept:
+                    counts["cut_kept"] += cut
+                elif cut and config.truncated_completions == "drop":
+                    counts["dropped_cut"] += 1
+                else:
+                    counts["long"] += 1
+        drops = (
+            f"{counts['dropped_cut']} cut at teacher_max_new_tokens={config.teacher_max_new_tokens} "
+            f"(--truncated_completions drop), {counts['empty']} empty, {counts['long']} longer than "
+            f"max_length={config.max_length}"
+        )
         if len(dataset) == 0:
-            raise ValueError(
-                f"no row was labelled: the teacher's {to_generate} completions were all cut at teacher_max_new_tokens="
-                f"{config.teacher_max_new_tokens}, empty, or longer than max_length={config.max_length}. Rerun with a larger "
-                "--teacher_max_new_tokens (and --max_length) into a new --output_dir (this one keeps the cut completions, "
-                f"which a rerun here would reuse: {str(work.root)!r}), or give the completions in a 'completion' column."
+            keep = (
+                "rerun here with --truncated_completions keep (the completions on disk are reused), or "
+                if counts["dropped_cut"]
+                else ""
             )
-        if dropped:
+            raise ValueError(
+                f"no row was labelled: of the teacher's {to_generate} completions, {drops}. To keep rows, {keep}rerun "
+                "with a larger --teacher_max_new_tokens (and --max_length) into a new --output_dir (this one keeps the "
+                f"completions, which a rerun here would reuse: {str(work.root)!r}), or give the completions in a "
+                "'completion' column."
+            )
+        if len(self.inputs) - len(dataset):
+            logger.warning("%d of %d generated completions were dropped: %s. Raise those settings to keep them.",
+                           len(self.inputs) - len(dataset), to_generate, drops)  # fmt: skip
+        if counts["cut_kept"]:
             logger.warning(
-                "%d of %d generated completions were dropped: %d cut at teacher_max_new_tokens=%d (or empty), %d longer than "
-                "max_length=%s. Raise those settings to keep them.",
-                dropped, to_generate, unfinished, config.teacher_max_new_tokens, dropped - unfinished, config.max_length,
+                "%d of %d generated completions were cut at teacher_max_new_tokens=%d and kept without an end of turn "
+                "(--truncated_completions keep); raise --teacher_max_new_tokens to have them finished",
+                counts["cut_kept"], to_generate, config.teacher_max_new_tokens,
             )  # fmt: skip
         return LabelSummary(
             output_dir=str(work.output_dir),
             rows_in=len(self.inputs),
             rows_written=len(dataset),
             completions_generated=to_generate,
-            dropped_unfinished=unfinished,
-            dropped_too_long=dropped - unfinished,
+            completions_cut=counts["cut"],
+            cut_kept=counts["cut_kept"],
+            dropped_cut=counts["dropped_cut"],
+            dropped_empty=counts["empty"],
+            dropped_too_long=counts["long"],
             shards_done=report.generated,
             shards_reused=report.reused,
         )
@@ -244,6 +288,8 @@ class LabelJob(Job):
         if generated:  # the train-time check that answers are the teacher's samples relies on these
             source["teacher_sampling"] = asdict(config.teacher_sampling)
             source["seed"] = config.seed
+            source["truncated_completions"] = config.truncated_completions
+            source["completions_cut_kept"] = summary.cut_kept
         return SoftLabelMetadata(
             teacher_model=config.teacher_model_name_or_path,
             tokenizer_fingerprint=tokenizer_fingerprint(self.tokenizer),

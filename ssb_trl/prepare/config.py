@@ -192,14 +192,6 @@ class PrepConfig(JobSettings, SoftLabelSettings, EngineConfig, QuestionSource):
             (self.teacher_retries >= 0, "teacher_retries must be >= 0"),
             (self.hint_check_samples >= 0, "hint_check_samples must be >= 0 (0 skips the hint check)"),
             (self.train_on in TRAIN_ON, f"train_on must be one of {list(TRAIN_ON)}, got {self.train_on!r}"),
-            (
-                self.generation_batch_size is None or self.generation_batch_size >= 1,
-                "generation_batch_size must be >= 1",
-            ),
-            (
-                self.generation_max_batch_tokens is None or self.generation_max_batch_tokens >= 1,
-                "generation_max_batch_tokens must be >= 1 (or unset: no limit)",
-            ),
         ]
         for ok, message in checks:
             if not ok:

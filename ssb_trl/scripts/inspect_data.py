@@ -16,7 +16,6 @@ the contract is reported with the row and the fix, and the command exits with st
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +30,8 @@ from ssb_trl.models import load_tokenizer
 from ssb_trl.scripts.common import configure_logging, run_script
 from ssb_trl.soft_labels.checks import validate_soft_label_dataset
 from ssb_trl.soft_labels.codec import LOGPROB_CODE_DTYPE, decode_logprobs
-from ssb_trl.soft_labels.io import load_soft_label_dataset
+from ssb_trl.soft_labels.io import load_soft_label_dataset, saved_dataset_bytes
 from ssb_trl.soft_labels.schema import SoftLabelError, SoftLabelMetadata, tokenizer_fingerprint
-from ssb_trl.storage import WORK_DIRNAME
 
 
 @dataclass
@@ -69,19 +67,6 @@ def soft_label_format(dataset: Dataset, metadata: SoftLabelMetadata) -> str:
     return f"{kind} (format version {metadata.format_version}: {ids_type} ids, {metadata.logprob_dtype} log-probs)"
 
 
-def _directory_bytes(path: str) -> int | None:
-    """The dataset's files in a folder; a preparation's or labelling run's work folder (shard copies) is not
-    part of what `load_from_disk` reads or `push_to_hub` uploads."""
-    if not os.path.isdir(path):
-        return None
-    total = 0
-    for root, folders, files in os.walk(path):
-        if os.path.samefile(root, path) and WORK_DIRNAME in folders:
-            folders.remove(WORK_DIRNAME)
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
-    return total
-
-
 def rows_are(metadata: SoftLabelMetadata) -> str:
     """What the rows' completions are, as the metadata records it (the job that made them, and its mode)."""
     source = metadata.source if isinstance(metadata.source, dict) else {}
@@ -111,7 +96,7 @@ def soft_label_statistics(dataset: Dataset, metadata: SoftLabelMetadata, path: s
     mass = np.exp(logprobs).sum(-1)
     answer_lengths = np.array([len(ids) for ids in dataset["teacher_topk_ids"]])
     n_tokens = int(answer_lengths.sum())
-    on_disk = _directory_bytes(path)
+    on_disk = saved_dataset_bytes(path)  # the data files, as the label and prepare summaries count them
     distinct = None
     if metadata.sampled:
         per_position = (np.exp(logprobs) >= 0.5 / metadata.soft_label_draws).sum(-1)
@@ -173,7 +158,7 @@ def render_example(
 def render_statistics(stats: dict[str, Any]) -> str:
     mass = stats["top_k_mass_percentiles"]
     size = stats["bytes_per_answer_token"]
-    on_disk = "n/a (not a local directory)" if size["on_disk"] is None else f"{size['on_disk']:.0f}"
+    on_disk = "n/a (not a local dataset)" if size["on_disk"] is None else f"{size['on_disk']:.0f}"
     lengths = stats["answer_tokens_per_row"]
     distinct = stats["distinct_tokens_per_position"]
     mass_name = "stored mass (sampled: 1 up to rounding)" if distinct else "top-K mass"

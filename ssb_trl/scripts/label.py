@@ -5,10 +5,10 @@
     ssb-trl label --config my_label.yaml --num_processes 8          # via accelerate launch, shards split
     ssb-trl train --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --dataset_name labelled --output_dir student
 
-Every field of `ssb_trl.label.job.LabelConfig` is a flag and a YAML key. The input is TRL's prompt-completion
-format (conversational or plain strings); without a 'completion' column the teacher writes the completions
-(greedy by default; --teacher_temperature for sampled ones). A stopped run resumes when started again with
-the same --output_dir: finished shards are kept.
+Every field of `ssb_trl.label.config.LabelConfig` is a flag and a YAML key. The input is TRL's prompt-completion
+format (conversational or plain strings) or its conversational `messages` format (the last assistant message is the
+completion); without a completion the teacher writes it (greedy by default; --teacher_temperature for sampled ones).
+A stopped run resumes when started again with the same --output_dir: finished shards are kept.
 """
 
 from __future__ import annotations

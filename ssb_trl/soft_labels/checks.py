@@ -373,9 +373,10 @@ def check_sampled_tokens_in_top_k(
         f"{answer_tokens[token]}); the soft labels do not belong to this answer: shifted by a token, or taken on "
         "another sequence or with another model",
         "Soft-label row j must be the teacher's distribution over answer token j, read from the logits at position "
-        "prompt_length + j - 1, as ssb_trl.soft_labels.extract_topk_soft_labels returns it. Rebuild the soft labels (`ssb-trl "
-        "prepare` does this), or, if the teacher's sampling settings in the dataset's ssb_metadata.json (source."
-        "teacher_sampling) are wrong, correct them.",
+        "prompt_length + j - 1, as ssb_trl.soft_labels.extract_topk_soft_labels returns it. Rebuild the soft labels "
+        f"with the model that wrote the answers (`{metadata.source.get('kind') or 'ssb-trl prepare'}` does this), "
+        "or, if the teacher's sampling settings in the dataset's ssb_metadata.json (source.teacher_sampling) are "
+        "wrong, correct them.",
     )
 
 

@@ -18,7 +18,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-from ssb_trl.soft_labels.checks import validate_soft_label_dataset
+from ssb_trl.soft_labels.checks import check_soft_label_columns, validate_soft_label_dataset
 from ssb_trl.soft_labels.codec import LOGPROB_CODE_DTYPE, SOFT_LABEL_MODES, encode_soft_labels, is_compact
 from ssb_trl.soft_labels.schema import (
     COMPLETION_MASK,
@@ -36,6 +36,35 @@ logger = logging.getLogger(__name__)
 
 SOFT_LABEL_FILE_SUFFIXES = (".arrow", ".parquet", ".jsonl", ".json")
 """Single files `load_soft_label_dataset` reads (with `ssb_metadata.json` in the same folder)."""
+
+_NOT_ROWS = frozenset({METADATA_FILENAME, "dataset_info.json", "state.json", "dataset_dict.json"})
+
+
+def saved_dataset_bytes(name_or_path: str | os.PathLike[str]) -> int | None:
+    """Bytes on disk of a local dataset's rows: the data files a loader reads (the ones a ``save_to_disk`` folder's
+    ``state.json`` lists; in another folder its data files; or the one file), without its few-KB metadata files, a
+    run's work folder or its summary. The one measure of "bytes per answer token" that the ``ssb-trl
+    label|prepare`` summaries and ``ssb-trl inspect`` report. None for what is not local (a Hub id)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path.stat().st_size
+    if not path.is_dir():
+        return None
+    if (path / "state.json").is_file():
+        try:
+            state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+            files = [path / entry["filename"] for entry in state["_data_files"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            files = list(path.glob("data-*.arrow"))
+        return sum(file.stat().st_size for file in files if file.is_file())
+    total = 0
+    for file in path.rglob("*"):
+        parts = file.relative_to(path).parts
+        if parts[0] == WORK_DIRNAME or any(part.startswith(".") for part in parts) or file.name in _NOT_ROWS:
+            continue
+        if file.is_file() and file.suffix.lower() in (*SOFT_LABEL_FILE_SUFFIXES, ".csv"):
+            total += file.stat().st_size
+    return total
 
 
 @contextmanager
@@ -233,6 +262,7 @@ def load_soft_label_dataset(
         dataset = _load_single_file(path, name_or_path)
         metadata_path = path.parent / METADATA_FILENAME
         if not metadata_path.is_file():
+            check_soft_label_columns(dataset)  # plain SFT data (prompt/completion, messages): say how to label it
             raise SoftLabelError(
                 f"{name_or_path!r} has no soft-label metadata: there is no {METADATA_FILENAME} in its folder "
                 f"({str(path.parent)!r}). Copy the {METADATA_FILENAME} written with the data (by `ssb-trl prepare` or "
@@ -248,6 +278,7 @@ def load_soft_label_dataset(
         dataset = load_rows(name_or_path, split=split, config_name=config)
         metadata_path = _metadata_file(name_or_path, config)
         if metadata_path is None:
+            check_soft_label_columns(dataset)  # plain SFT data (prompt/completion, messages): say how to label it
             where = f"neither {config}/{METADATA_FILENAME} nor {METADATA_FILENAME}" if config else METADATA_FILENAME
             raise SoftLabelError(
                 f"{name_or_path!r} has no soft-label metadata ({where}). Make it with data preparation "

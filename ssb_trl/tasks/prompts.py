@@ -248,10 +248,25 @@ def completion_text_ids(tokenizer: Any, text: str, end_of_turn: int) -> list[int
     return [*text_ids(tokenizer, text), end_of_turn] if text else [end_of_turn]
 
 
-def chat_prompt_ids(tokenizer: Any, messages: Messages) -> list[int]:
-    """Token ids of ``messages`` through the tokenizer's chat template, ready for the assistant's turn.
+def continues_final_message(messages: Messages) -> bool:
+    """Whether a prompt ends with an assistant message that its completion continues, as TRL renders such prompts
+    (``trl.data_utils.apply_chat_template``: ``continue_final_message`` for a last assistant message, a new
+    assistant turn after a user or tool message)."""
+    return bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant"
 
-    The template already contains any special tokens it wants, so nothing else is added.
+
+def _template_kwargs(messages: Messages) -> dict[str, bool]:
+    continued = continues_final_message(messages)
+    return {"add_generation_prompt": not continued, "continue_final_message": continued}
+
+
+def chat_prompt_ids(tokenizer: Any, messages: Messages) -> list[int]:
+    """Token ids of ``messages`` through the tokenizer's chat template, ready for the assistant's answer.
+
+    The template already contains any special tokens it wants, so nothing else is added. As in TRL, a prompt
+    whose last message is the assistant's is continued (that message stays open, and the answer goes on from its
+    text); any other prompt ends with the template's generation prompt (a new assistant turn). Every engine and
+    both sides of a soft-label row (student and teacher) build their prompt ids here, so they agree.
 
     A message whose text holds a special token's string (a question with ``<|im_end|>\\n<|im_start|>assistant``
     in it) keeps it as text: tokenized as the characters it is, never as the token. Tokenizing the rendered chat
@@ -267,7 +282,7 @@ def chat_prompt_ids(tokenizer: Any, messages: Messages) -> list[int]:
     specials = special_token_strings(tokenizer)
     if specials and any(special in text for text in _message_texts(messages) for special in specials):
         return _escaped_chat_prompt_ids(tokenizer, messages, specials)
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False, **_template_kwargs(messages))
     if isinstance(ids, dict) or hasattr(ids, "keys"):
         ids = ids["input_ids"]
     return [int(token) for token in ids]
@@ -319,8 +334,8 @@ def _escaped_chat_prompt_ids(tokenizer: Any, messages: Messages, specials: tuple
     pattern = re.compile("|".join(re.escape(special) for special in specials))
     rendered = tokenizer.apply_chat_template(
         _map_texts(messages, lambda text: pattern.sub(lambda m: placeholders[m.group(0)], text)),
-        add_generation_prompt=True,
         tokenize=False,
+        **_template_kwargs(messages),
     )
     restore = re.compile("|".join(re.escape(placeholder) for placeholder in placeholders.values()))
     originals = {placeholder: special for special, placeholder in placeholders.items()}
