@@ -80,7 +80,7 @@ def test_setting_errors_stop_before_anything_is_written(tmp_path: Path, tokenize
         prepare_ssb_data(
             small_config(tmp_path, questions, rollout_max_new_tokens=100_000), model=model, tokenizer=tokenizer
         )
-    with pytest.raises(ValueError, match=r"cannot load model '.*no-such-model'.*Nothing was written"):
+    with pytest.raises(ValueError, match=r"cannot load the model '.*no-such-model'.*Nothing was written"):
         prepare_ssb_data(small_config(tmp_path, questions, model_name_or_path=str(tmp_path / "no-such-model")))
     assert not work.root.exists()
     # The corrected run in the same folder is a new run, not a refused one.

@@ -23,6 +23,7 @@ import datasets
 import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
+from transformers import AutoConfig
 
 from ssb_trl.generation.base import eos_token_ids
 from ssb_trl.jobs.identity import shard_digests
@@ -30,7 +31,7 @@ from ssb_trl.jobs.resume import ResumeTable, check_claimed, claim, upgrade_setti
 from ssb_trl.jobs.rows import end_of_turn_id
 from ssb_trl.jobs.settings import ROWS_STAGE, field_defaults, fingerprint
 from ssb_trl.jobs.workdir import Stage, WorkDir
-from ssb_trl.models import resolve_device
+from ssb_trl.models import check_model_available, load_tokenizer, resolve_device, resolve_model_path
 from ssb_trl.soft_labels.io import push_soft_label_dataset_to_hub, save_soft_label_dataset, saved_dataset_bytes
 from ssb_trl.soft_labels.schema import COMPLETION_MASK, SoftLabelMetadata, features
 from ssb_trl.storage import check_writable_dir, require_hub_access, write_json, write_text
@@ -88,6 +89,35 @@ class Job(ABC):
     def preflight(self, main_process: bool) -> None:
         """Check everything that can fail before any work (models, tokenizers, lengths) and load the inputs
         (``self.inputs``, each with an ``id``); set ``self.tokenizer``."""
+
+    def check_model(self, name: str, flag: str, tokenizer_name: str | None = None) -> tuple[Any, int | None]:
+        """Before any file is written: the model's config loads (``self.model``'s when given), and so does its
+        tokenizer (set as ``self.tokenizer``), K (or N) fits its vocabulary. Returns (model config, its context
+        window or None). ``flag`` is the command's model flag, named in the refusal."""
+        if self.model is not None:
+            model_config = self.model.config
+        else:
+            try:
+                check_model_available(name)
+                model_config = AutoConfig.from_pretrained(resolve_model_path(name))
+            except Exception as exc:  # any loading failure: re-raised with what to fix
+                raise ValueError(
+                    f"cannot load the model {name!r} ({type(exc).__name__}: {exc}). Nothing was written; pass a local "
+                    f"model folder, 'bundled:smollm2-135m-instruct', or a Hub id (in the local cache when offline) as "
+                    f"--{flag}"
+                ) from exc
+        if self.tokenizer is None:
+            try:
+                self.tokenizer = load_tokenizer(tokenizer_name or name)
+            except Exception as exc:
+                raise ValueError(
+                    f"cannot load the tokenizer {tokenizer_name or name!r} ({type(exc).__name__}: {exc}). Nothing was "
+                    f"written; fix --{flag}" + (" (or --tokenizer_name_or_path)" if tokenizer_name else "")
+                ) from exc
+        text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+        self.config.check_vocabulary(getattr(text_config, "vocab_size", None) or len(self.tokenizer), name)
+        context = getattr(text_config, "max_position_embeddings", None)
+        return model_config, context if isinstance(context, int) else None
 
     @abstractmethod
     def input_record(self, item: Any) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import datasets
-from transformers import AutoConfig
 
 from ssb_trl.generation.sampling import derive_seed
 from ssb_trl.jobs.identity import local_input_identity, model_identity, tokenizer_digest
@@ -25,7 +24,7 @@ from ssb_trl.jobs.runner import Job, RunContext, RunReport, run_job
 from ssb_trl.jobs.workdir import WorkDir, read_jsonl
 from ssb_trl.label.config import RESUME_TABLE, STAGES, LabelConfig
 from ssb_trl.label.inputs import LabelExample, check_student_tokenizer, load_examples, tokenize_examples
-from ssb_trl.models import check_model_available, load_model_and_tokenizer, load_tokenizer, resolve_model_path
+from ssb_trl.models import load_model_and_tokenizer, load_tokenizer
 from ssb_trl.soft_labels.schema import SoftLabelMetadata, tokenizer_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -81,20 +80,7 @@ class LabelJob(Job):
         """The teacher loads, K fits its vocabulary, the student shares its tokenizer, every row fits; then the
         rows are read and tokenized (``self.inputs``, ``self.tokens``)."""
         config, name = self.config, self.config.teacher_model_name_or_path
-        if self.model is not None:
-            model_config = self.model.config
-        else:
-            try:
-                check_model_available(name)
-                model_config = AutoConfig.from_pretrained(resolve_model_path(name))
-            except Exception as exc:
-                raise ValueError(
-                    f"cannot load the teacher {name!r} ({type(exc).__name__}: {exc}). Nothing was written; pass a "
-                    "local model folder, 'bundled:smollm2-135m-instruct', or a Hub id (in the local cache when "
-                    "offline) as --teacher_model_name_or_path"
-                ) from exc
-        if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(name)
+        _, context = self.check_model(name, "teacher_model_name_or_path")
         self.student_tokenizer = self.tokenizer
         if config.student_model_name_or_path:
             try:
@@ -105,13 +91,8 @@ class LabelJob(Job):
                     f"({type(exc).__name__}: {exc}); fix --student_model_name_or_path"
                 ) from exc
             check_student_tokenizer(self.tokenizer, self.student_tokenizer, name, config.student_model_name_or_path)
-        text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-        config.check_vocabulary(getattr(text_config, "vocab_size", None) or len(self.tokenizer), name)
-        context = getattr(text_config, "max_position_embeddings", None)
         self.inputs = self.given_examples if self.given_examples is not None else load_examples(config)
-        self.tokens = tokenize_examples(
-            self.inputs, self.tokenizer, self.student_tokenizer, config, context if isinstance(context, int) else None
-        )
+        self.tokens = tokenize_examples(self.inputs, self.tokenizer, self.student_tokenizer, config, context)
         if any(token.completion is None for token in self.tokens):
             config.check_backend_available()
 

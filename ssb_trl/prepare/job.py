@@ -18,7 +18,7 @@ from dataclasses import asdict
 from typing import Any
 
 import datasets
-from transformers import AutoConfig, GenerationConfig
+from transformers import GenerationConfig
 
 from ssb_trl.generation.base import GenerationBackend
 from ssb_trl.generation.sampling import derive_seed
@@ -30,9 +30,7 @@ from ssb_trl.jobs.settings import ROWS_STAGE
 from ssb_trl.jobs.workdir import WorkDir, read_jsonl
 from ssb_trl.models import (
     check_end_of_turn_token,
-    check_model_available,
     load_model_and_tokenizer,
-    load_tokenizer,
     model_eos_ids,
     resolve_model_path,
 )
@@ -74,36 +72,13 @@ class PrepareJob(Job):
         self.inputs = self.given_questions if self.given_questions is not None else load_questions(config)
         config.check_backend_available()
         name = config.model_name_or_path
-        if self.model is not None:
-            model_config = self.model.config
-        else:
-            try:
-                check_model_available(name)
-                model_config = AutoConfig.from_pretrained(resolve_model_path(name))
-            except Exception as exc:  # any loading failure: re-raised with what to fix
-                raise ValueError(
-                    f"cannot load model {name!r} ({type(exc).__name__}: {exc}). Nothing was written; pass an existing "
-                    "local model directory, 'bundled:smollm2-135m-instruct', or a Hub id with network access (or in "
-                    "the local cache) as --model_name_or_path"
-                ) from exc
-        if self.tokenizer is None:
-            tokenizer_name = config.tokenizer_name_or_path or name
-            try:
-                self.tokenizer = load_tokenizer(tokenizer_name)
-            except Exception as exc:
-                raise ValueError(
-                    f"cannot load the tokenizer {tokenizer_name!r} ({type(exc).__name__}: {exc}). Nothing was "
-                    "written; fix --tokenizer_name_or_path (or --model_name_or_path)"
-                ) from exc
+        model_config, context = self.check_model(name, "model_name_or_path", config.tokenizer_name_or_path)
         check_end_of_turn_token(self.tokenizer, self._generation_eos_ids(model_config), name)
-        text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
-        config.check_vocabulary(getattr(text_config, "vocab_size", None) or len(self.tokenizer), name)
-        context = getattr(text_config, "max_position_embeddings", None)
         for flag, value in (
             ("rollout_max_new_tokens", config.rollout_max_new_tokens),
             ("teacher_max_new_tokens", config.teacher_max_new_tokens),
         ):
-            if isinstance(context, int) and value > context:
+            if context is not None and value > context:
                 raise ValueError(
                     f"{flag}={value} is more than {name!r} can hold: its context window is {context} positions, "
                     f"prompt included. Pass --{flag} below {context}. Nothing was written."
