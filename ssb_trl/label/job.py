@@ -136,7 +136,10 @@ class LabelJob(Job):
         return self.config.teacher_model_name_or_path
 
     def load_model(self, device: str | None) -> tuple[Any, Any]:
-        return load_model_and_tokenizer(self.config.teacher_model_name_or_path, dtype=self.config.dtype, device=device)
+        config = self.config
+        return load_model_and_tokenizer(
+            config.teacher_model_name_or_path, dtype=config.dtype, device=device, device_map=config.teacher_device_map
+        )
 
     def _shard_tokens(self, shard: int) -> list[Any]:
         size = self.config.shard_size
@@ -168,7 +171,7 @@ class LabelJob(Job):
                 self._text(e, t.student_prompt, t.teacher_prompt, e.completion, t.completion)
                 for e, t in zip(examples, tokens)
             ]
-        work.save_rows(shard, soft_label_rows(run.model, texts, config, run.show_progress))
+        work.save_rows(shard, soft_label_rows(run.model, texts, config, run.show_progress, run.scorer))
         logger.info("Shard %d: %d rows labelled", shard, len(texts))
 
     @staticmethod

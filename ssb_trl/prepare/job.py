@@ -151,6 +151,7 @@ class PrepareJob(Job):
             dtype=config.dtype,
             device=device,
             tokenizer_name_or_path=config.tokenizer_name_or_path,
+            device_map=config.teacher_device_map,
         )
 
     def _stages_to_generate(self) -> list[str]:
@@ -188,7 +189,7 @@ class PrepareJob(Job):
             done.append("hint check")
         if not work.shard_path(ROWS_STAGE, shard).is_dir():
             texts = self._texts_to_label(run, questions, rollouts, teacher)
-            work.save_rows(shard, soft_label_rows(run.model, texts, config, run.show_progress))
+            work.save_rows(shard, soft_label_rows(run.model, texts, config, run.show_progress, run.scorer))
             done.append("soft labels")
         logger.info("Shard %d: generated %s (%s)", shard, ", ".join(done), backend.name if backend else "no engine")
 
