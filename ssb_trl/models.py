@@ -378,11 +378,13 @@ def load_model_and_tokenizer(
     revision: str | None = None,
     trust_remote_code: bool = False,
     require_chat_template: bool = True,
+    device_map: str | dict[str, Any] | None = None,
     **model_kwargs: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer for SSB: Hub name, local path, or :data:`BUNDLED_MODEL`.
 
-    The model is put in eval mode on ``device`` (default: CUDA when available, else CPU); the tokenizer
+    The model is put in eval mode on ``device`` (default: CUDA when available, else CPU), or placed by
+    ``device_map`` (``"auto"``: spread over the GPUs by accelerate; untested here, no GPU); the tokenizer
     is checked for a chat template (SSB prompts are always chat-templated) and gets a pad token if it
     lacks one. Padding side is left to the caller (generation pads left, training right).
     """
@@ -404,10 +406,13 @@ def load_model_and_tokenizer(
         trust_remote_code=trust_remote_code,
         require_chat_template=require_chat_template,
     )
+    if device_map is not None:
+        model_kwargs["device_map"] = device_map
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=resolved_dtype, revision=revision, trust_remote_code=trust_remote_code, **model_kwargs
     )
-    model.to(torch_device)
+    if device_map is None:
+        model.to(torch_device)
     model.eval()
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

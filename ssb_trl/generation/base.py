@@ -21,7 +21,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from transformers import GenerationConfig
+
 from ssb_trl.generation.sampling import Sampling, derive_seed
+from ssb_trl.models import resolve_model_path
 from ssb_trl.tasks.prompts import Messages
 
 logger = logging.getLogger(__name__)
@@ -50,9 +53,21 @@ def prompt_seeds(seed: int | Sequence[int], num_prompts: int) -> list[int]:
     return seeds
 
 
-def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """All ids that end a turn: the model's generation-config eos id(s) plus the tokenizer's eos token."""
-    return eos_ids_of(getattr(getattr(model, "generation_config", None), "eos_token_id", None), tokenizer)
+def eos_token_ids(model: Any, tokenizer: Any, model_name_or_path: str | None = None) -> list[int]:
+    """All ids that end a turn: the model's generation-config eos id(s) plus the tokenizer's eos token. Without a
+    loaded ``model`` (a teacher that only vLLM runs), its generation config is read from ``model_name_or_path``."""
+    generation_config = getattr(model, "generation_config", None)
+    if model is None and model_name_or_path is not None:
+        generation_config = generation_config_of(resolve_model_path(model_name_or_path))
+    return eos_ids_of(getattr(generation_config, "eos_token_id", None), tokenizer)
+
+
+def generation_config_of(path: str) -> GenerationConfig | None:
+    """The generation config in a model folder (or Hub id), None when it has none."""
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except OSError:
+        return None
 
 
 def eos_ids_of(config_eos: int | list[int] | None, tokenizer: Any) -> list[int]:

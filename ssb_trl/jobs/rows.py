@@ -58,30 +58,35 @@ class TextToLabel:
 
 
 def soft_label_rows(
-    model: Any, texts: list[TextToLabel], config: Any, show_progress: bool = False
+    model: Any, texts: list[TextToLabel], config: Any, show_progress: bool = False, scorer: Any = None
 ) -> datasets.Dataset:
     """The rows of one shard. ``config`` holds the soft-label settings (:class:`~ssb_trl.jobs.settings.
-    SoftLabelSettings`) and the run's ``seed``; a non-finite or unstorable log-prob is refused naming its row."""
-    vocab_size = model.get_output_embeddings().weight.shape[0]
+    SoftLabelSettings`) and the run's ``seed``; a non-finite or unstorable log-prob is refused naming its row.
+    The soft labels come from ``scorer`` when one is given (a vLLM engine or server:
+    :class:`~ssb_trl.generation.scoring.PromptLogprobScorer`), else from a teacher-forced pass of ``model``."""
+    vocab_size = scorer.vocab_size if scorer is not None else model.get_output_embeddings().weight.shape[0]
     row_features = features(config.logprob_dtype, vocab_size=vocab_size, top_k=config.soft_label_entries)
     columns: dict[str, list[Any]] = {name: [] for name in row_features}
     if not texts:
         return datasets.Dataset.from_dict(columns, features=row_features)
     sampled = config.soft_label_mode == "sampled"
-    labels = extract_soft_labels(
-        model,
-        [t.teacher_prompt_ids + t.completion_ids for t in texts],
-        [len(t.teacher_prompt_ids) for t in texts],
-        mode=config.soft_label_mode,
-        top_k=config.soft_label_top_k,
-        num_draws=config.soft_label_draws if sampled else None,
-        seeds=[derive_seed(config.seed, t.id, "soft_labels") for t in texts] if sampled else None,
-        temperature=config.soft_label_temperature,
-        batch_size=config.soft_label_batch_size,
-        logprob_dtype=config.logprob_dtype,
-        show_progress=show_progress,
-        row_ids=[t.id for t in texts],
-    )
+    sequences = [t.teacher_prompt_ids + t.completion_ids for t in texts]
+    answer_starts = [len(t.teacher_prompt_ids) for t in texts]
+    settings: dict[str, Any] = {
+        "mode": config.soft_label_mode,
+        "top_k": config.soft_label_top_k,
+        "num_draws": config.soft_label_draws if sampled else None,
+        "seeds": [derive_seed(config.seed, t.id, "soft_labels") for t in texts] if sampled else None,
+        "temperature": config.soft_label_temperature,
+        "batch_size": config.soft_label_batch_size,
+        "logprob_dtype": config.logprob_dtype,
+        "show_progress": show_progress,
+        "row_ids": [t.id for t in texts],
+    }
+    if scorer is not None:
+        labels = scorer.soft_labels(sequences, answer_starts, **settings)
+    else:
+        labels = extract_soft_labels(model, sequences, answer_starts, **settings)
     for text, (top_ids, top_logprobs) in zip(texts, labels):
         columns[ID].append(text.id)
         columns[ANSWER].append(text.answer)

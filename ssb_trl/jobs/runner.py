@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig
 
 from ssb_trl.generation.base import eos_token_ids
+from ssb_trl.generation.vllm_engine import require_vllm
 from ssb_trl.jobs.identity import shard_digests
 from ssb_trl.jobs.resume import ResumeTable, check_claimed, claim, upgrade_settings
 from ssb_trl.jobs.rows import end_of_turn_id
@@ -48,6 +49,8 @@ class RunContext:
     model: Any = None
     tokenizer: Any = None
     backend: Any = None
+    scorer: Any = None
+    """A vLLM engine or server that computes the soft labels (``--soft_label_backend``); None: the loaded model."""
     end_of_turn: int = 0
     stop_ids: list[int] = field(default_factory=list)
     show_progress: bool = False
@@ -203,6 +206,8 @@ def run_job(job: Job, show_progress: bool = True) -> Any:
     if state.is_main_process:  # the others would race with the main process creating the run's files
         work.check_usable()
     job.preflight(main_process=state.is_main_process)
+    if getattr(config, "soft_label_backend", "transformers") == "vllm":
+        require_vllm("--soft_label_backend vllm", "--soft_label_backend transformers")  # before any file is written
     check_writable_dir(config.output_dir, "output_dir")
     records = [job.input_record(item) for item in job.inputs]
     settings = {
@@ -253,17 +258,29 @@ def _run(job: Job, state: Any, work: WorkDir, settings: dict[str, Any], show_pro
     run = RunContext(work, state, job.model, job.tokenizer, job.backend, show_progress=show_progress)
     backend_kind, backend_reason = config.resolve_backend()
     generating = bool(todo) and job.needs_backend(work, todo, shards)
-    if generating and backend_kind == "vllm" and state.num_processes > 1:
+    scoring = getattr(config, "soft_label_backend", "transformers")
+    if todo and state.num_processes > 1 and ((generating and backend_kind == "vllm") or scoring == "vllm"):
         raise ValueError(
             f"a local vLLM engine per process ({state.num_processes} processes) is not supported: for many GPUs "
             "start one server (`vllm serve MODEL --data-parallel-size N`) and pass --vllm_server_base_url; see the README"
         )
+    device_map = getattr(config, "teacher_device_map", None)
+    if (
+        todo
+        and device_map is not None
+        and (state.num_processes > 1 or (generating and backend_kind == "transformers"))
+    ):
+        raise ValueError(
+            f"--teacher_device_map {device_map} spreads one teacher over the GPUs: run one process, and generate "
+            "through vLLM (--generation_backend vllm, or a server), not the transformers backend"
+        )
     own_backend = generating and run.backend is None
     if todo:
-        if run.model is None:
+        # A teacher scored and generated through vLLM is never loaded here: it may not fit one device.
+        if run.model is None and (scoring == "transformers" or (generating and backend_kind == "transformers")):
             device = config.device or (str(state.device) if state.num_processes > 1 else None)
             run.model, run.tokenizer = job.load_model(device)
-        if state.num_processes > 1 and run.model.device.type == "cpu":
+        if state.num_processes > 1 and run.model is not None and run.model.device.type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // state.num_processes))
         inner_progress = show_progress and state.is_local_main_process
         if own_backend:
@@ -279,25 +296,42 @@ def _run(job: Job, state: Any, work: WorkDir, settings: dict[str, Any], show_pro
                 max_batch_tokens=config.generation_max_batch_tokens,
                 show_progress=inner_progress,
             )
-        run.show_progress = inner_progress
-        run.end_of_turn = end_of_turn_id(run.tokenizer)
-        run.stop_ids = eos_token_ids(run.model, run.tokenizer)  # the generation engines stop at these
-        logger.info(
-            "Process %d/%d: %d of its %d shards to do (%d %s in %d shards in all; generation: %s)",
-            state.process_index,
-            state.num_processes,
-            len(todo),
-            len(mine),
-            len(inputs),
-            job.input_noun,
-            num_shards,
-            f"{run.backend.name}, {backend_reason}" if run.backend is not None else "none",
-        )
-        bar = tqdm(todo, desc=f"Shards (process {state.process_index})", unit="shard", disable=not show_progress)
         try:
+            if scoring != "transformers":
+                from ssb_trl.generation.engine import make_scorer
+
+                run.scorer = make_scorer(
+                    config,
+                    scoring,
+                    backend=run.backend,
+                    model=run.model,
+                    tokenizer=run.tokenizer,
+                    model_name_or_path=job.model_name(),
+                    dtype=config.dtype,
+                    show_progress=inner_progress,
+                )
+            run.show_progress = inner_progress
+            run.end_of_turn = end_of_turn_id(run.tokenizer)
+            # The generation engines stop at these (read from the model's files when it is not loaded).
+            run.stop_ids = eos_token_ids(run.model, run.tokenizer, job.model_name())
+            logger.info(
+                "Process %d/%d: %d of its %d shards to do (%d %s in %d shards in all; generation: %s; soft labels: %s)",
+                state.process_index,
+                state.num_processes,
+                len(todo),
+                len(mine),
+                len(inputs),
+                job.input_noun,
+                num_shards,
+                f"{run.backend.name}, {backend_reason}" if run.backend is not None else "none",
+                run.scorer.name if run.scorer is not None else "transformers",
+            )
+            bar = tqdm(todo, desc=f"Shards (process {state.process_index})", unit="shard", disable=not show_progress)
             for shard in bar:
                 job.process_shard(run, shard, shards[shard])
         finally:
+            if run.scorer is not None:
+                run.scorer.close()  # an engine it started; the generation engine is closed below
             if own_backend:
                 run.backend.close()
     state.wait_for_everyone()
@@ -340,6 +374,10 @@ def _finalize(job: Job, run: RunContext, report: RunReport) -> Any:
         dataset = datasets.Dataset.from_dict({name: [] for name in row_features}, features=row_features)
     summary = job.summarize(run, dataset, report)
     metadata = job.metadata(run, summary)
+    # What computed this run's soft labels (finished shards reused from an earlier run may have had another engine:
+    # the same distribution, to float rounding).
+    scorer = run.scorer.name if run.scorer is not None else getattr(config, "soft_label_backend", "transformers")
+    metadata.source.setdefault("soft_label_backend", scorer)
     staging = work.root / "final.tmp"
     if staging.exists():
         shutil.rmtree(staging)

@@ -12,6 +12,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from ssb_trl.generation.engine import EngineConfig
+from ssb_trl.generation.scoring import scoring_refusal
 from ssb_trl.soft_labels.codec import LOGPROB_DTYPES, SOFT_LABEL_MODES
 
 RUNTIME_ONLY_FIELDS = frozenset(
@@ -21,6 +22,8 @@ RUNTIME_ONLY_FIELDS = frozenset(
         "generation_batch_size",
         "generation_max_batch_tokens",
         "soft_label_batch_size",
+        "soft_label_backend",
+        "teacher_device_map",
         *(f.name for f in fields(EngineConfig)),
         "push_to_hub",
         "hub_dataset_id",
@@ -28,7 +31,8 @@ RUNTIME_ONLY_FIELDS = frozenset(
     }
 )
 """Settings that change how fast a run goes, or where it is published, not what it writes: a resumed run may change
-them. The engine is one: finished shards are kept whichever engine made them (each records the engine that did)."""
+them. The engines are: finished shards are kept whichever engine made them (each records the engine that
+generated it); the soft labels are the same distribution whichever engine computes them, to float rounding."""
 
 ROWS_STAGE = "rows"
 """The last stage of every job: the shard's soft-label rows (a saved dataset)."""
@@ -76,6 +80,25 @@ class SoftLabelSettings:
         },
     )
     soft_label_batch_size: int = field(default=8, metadata={"help": "Sequences per teacher-forced pass."})
+    soft_label_backend: str = field(
+        default="transformers",
+        metadata={
+            "help": "What computes the soft labels. transformers: a teacher-forced pass of the loaded model, on one "
+            "device (or sharded with --teacher_device_map auto). vllm: a local vLLM engine's prompt log-probs, the "
+            "generation engine when that is one (no second copy of the teacher; --vllm_tensor_parallel_size shards "
+            "it over GPUs), exact at any --soft_label_temperature. vllm_server: the server at "
+            "--vllm_server_base_url (started with --max-logprobs >= K), at --soft_label_temperature 1 only. Both "
+            "vLLM ones store top-K soft labels (no --soft_label_mode sampled)."
+        },
+    )
+    teacher_device_map: str | None = field(
+        default=None,
+        metadata={
+            "help": "Load the transformers teacher with this device_map ('auto': its layers spread over the visible "
+            "GPUs, for a teacher bigger than one) for the soft-label pass; generation then goes through vLLM. "
+            "One process only. Untested here (no GPU)."
+        },
+    )
 
     @property
     def soft_label_entries(self) -> int:
@@ -107,6 +130,18 @@ class SoftLabelSettings:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        refusal = scoring_refusal(self.soft_label_backend, self.soft_label_mode, self.soft_label_temperature)
+        if refusal:
+            raise ValueError(refusal)
+        if self.soft_label_backend == "vllm_server" and not getattr(self, "vllm_server_base_url", None):
+            raise ValueError(
+                "--soft_label_backend vllm_server needs --vllm_server_base_url (e.g. http://127.0.0.1:8000)"
+            )
+        if self.teacher_device_map is not None and self.soft_label_backend != "transformers":
+            raise ValueError(
+                f"--teacher_device_map places the transformers teacher, but --soft_label_backend is "
+                f"{self.soft_label_backend!r}: drop one of them (vLLM shards with --vllm_tensor_parallel_size)"
+            )
 
     def check_vocabulary(self, vocab_size: int, model: str) -> None:
         """K (or N) must fit the teacher's vocabulary: checked before any file is written."""

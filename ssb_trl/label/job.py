@@ -122,7 +122,10 @@ class LabelJob(Job):
         return self.config.teacher_model_name_or_path
 
     def load_model(self, device: str | None) -> tuple[Any, Any]:
-        return load_model_and_tokenizer(self.config.teacher_model_name_or_path, dtype=self.config.dtype, device=device)
+        config = self.config
+        return load_model_and_tokenizer(
+            config.teacher_model_name_or_path, dtype=config.dtype, device=device, device_map=config.teacher_device_map
+        )
 
     def _shard_tokens(self, shard: int) -> list[Any]:
         size = self.config.shard_size
@@ -151,7 +154,7 @@ class LabelJob(Job):
                     continue  # dropped: counted in the summary
             texts.append(TextToLabel(example.id, example.answer, example.prompt, text, token.student_prompt,
                                      token.teacher_prompt, ids))  # fmt: skip
-        work.save_rows(shard, soft_label_rows(run.model, texts, config, run.show_progress))
+        work.save_rows(shard, soft_label_rows(run.model, texts, config, run.show_progress, run.scorer))
         logger.info("Shard %d: %d rows labelled", shard, len(texts))
 
     def _generated_ids(self, run: RunContext, token: Any, record: dict) -> list[int] | None:

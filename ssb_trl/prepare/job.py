@@ -129,6 +129,7 @@ class PrepareJob(Job):
             dtype=config.dtype,
             device=device,
             tokenizer_name_or_path=config.tokenizer_name_or_path,
+            device_map=config.teacher_device_map,
         )
 
     def _stages_to_generate(self) -> list[str]:
@@ -182,7 +183,7 @@ class PrepareJob(Job):
                 texts = self._teacher_answers(run, questions, rollouts, teacher)
             else:
                 texts = self._rollouts(run, questions, rollouts)
-            work.save_rows(shard, soft_label_rows(run.model, texts, config, run.show_progress))
+            work.save_rows(shard, soft_label_rows(run.model, texts, config, run.show_progress, run.scorer))
             finished("soft labels")
         logger.info("Shard %d: generated %s (%s)", shard, ", ".join(done), backend.name if backend else "no engine")
 

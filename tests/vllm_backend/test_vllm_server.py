@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -17,15 +18,20 @@ pytest.importorskip(
     "vllm", reason="vLLM is not installed in this environment; `make test` runs tests/vllm_backend in its own"
 )
 
-from ssb_trl.generation.engine import EngineConfig, make_backend  # noqa: E402
+from test_vllm_scoring import assert_same_soft_labels  # noqa: E402
+
+from ssb_trl.generation.engine import EngineConfig, make_backend, make_scorer  # noqa: E402
 from ssb_trl.generation.sampling import Sampling  # noqa: E402
 from ssb_trl.generation.server import OpenAIServerBackend, api_root  # noqa: E402
 from ssb_trl.generation.transformers_engine import TransformersBackend  # noqa: E402
+from ssb_trl.label.config import LabelConfig  # noqa: E402
+from ssb_trl.label.job import LabelJob, label_dataset  # noqa: E402
 from ssb_trl.models import BUNDLED_MODEL, load_model_and_tokenizer, resolve_model_path  # noqa: E402
 from ssb_trl.prepare import PrepConfig, prepare_ssb_data  # noqa: E402
 from ssb_trl.soft_labels.checks import validate_soft_label_dataset  # noqa: E402
 from ssb_trl.soft_labels.io import load_soft_label_dataset  # noqa: E402
-from ssb_trl.tasks.prompts import student_messages  # noqa: E402
+from ssb_trl.soft_labels.teacher import extract_soft_labels  # noqa: E402
+from ssb_trl.tasks.prompts import chat_prompt_ids, student_messages  # noqa: E402
 
 STARTUP_LIMIT_S = 420
 PROMPTS = [student_messages(f"Calculate {a} + {a % 5 + 2}.") for a in range(1, 9)]
@@ -56,6 +62,7 @@ def server_url(tmp_path_factory):
         "--gpu-memory-utilization=0.2",
         "--generation-config=vllm",
         "--seed=0",
+        "--max-logprobs=64",  # soft labels with K <= 64 (test_server_scores_like_the_transformers_teacher)
     ]
     with open(log, "w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -198,3 +205,42 @@ def test_data_preparation_through_the_server(server_url, bundled, tmp_path: Path
     # The dataset names the model that answered (the served folder), next to the local teacher it matched.
     assert metadata.source["generation_backends"] == [f"vllm_server:{resolve_model_path(BUNDLED_MODEL)}"]
     assert metadata.teacher_model == BUNDLED_MODEL
+
+
+def test_server_scores_like_the_transformers_teacher(server_url, bundled) -> None:
+    """`--soft_label_backend vllm_server`: the server's prompt log-probs (vLLM's `prompt_logprobs`) are the
+    transformers teacher's top-K at T = 1, within test_vllm_scoring.py's tolerances; what it cannot do is refused."""
+    model, tokenizer = bundled
+    scorer = make_scorer(EngineConfig(vllm_server_base_url=server_url), "vllm_server", tokenizer=tokenizer,
+                         model_name_or_path=BUNDLED_MODEL, show_progress=False)  # fmt: skip
+    assert scorer.own and scorer.vocab_size == 49152
+    sequences = [
+        chat_prompt_ids(tokenizer, p) + tokenizer(f"{i} + 2 = {i + 2}.")["input_ids"] for i, p in enumerate(PROMPTS)
+    ]
+    starts = [len(chat_prompt_ids(tokenizer, p)) for p in PROMPTS]
+    settings = {"top_k": 64, "temperature": 1.0, "logprob_dtype": "float32"}
+    ours = scorer.soft_labels(sequences, starts, **settings)
+    assert_same_soft_labels(ours, extract_soft_labels(model, sequences, starts, show_progress=False, **settings))
+    with pytest.raises(
+        ValueError, match=r"fewer than the 65 prompt log-probs .* `vllm serve \.\.\. --max-logprobs 65`"
+    ):
+        scorer.soft_labels(sequences[:1], starts[:1], top_k=65, temperature=1.0)
+    with pytest.raises(ValueError, match=r"scores at T = 1 only .* pass --soft_label_temperature 1"):
+        scorer.soft_labels(sequences[:1], starts[:1], top_k=8, temperature=2.0)
+
+
+def test_label_through_the_server_loads_no_teacher(server_url, tmp_path: Path, monkeypatch) -> None:
+    """A teacher only the server runs: it writes the completions and scores them; nothing loads it here."""
+    monkeypatch.setattr(LabelJob, "load_model", lambda *a: pytest.fail("the transformers teacher was loaded"))
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[:4]))
+    config = LabelConfig(
+        dataset_name=str(data), teacher_model_name_or_path=BUNDLED_MODEL, vllm_server_base_url=server_url,
+        soft_label_backend="vllm_server", soft_label_temperature=1.0, soft_label_top_k=16, teacher_max_new_tokens=64,
+        shard_size=2, output_dir=str(tmp_path / "out"),
+    )  # fmt: skip
+    summary = label_dataset(config, show_progress=False)
+    assert summary.rows_written >= 2
+    dataset, metadata = load_soft_label_dataset(config.output_dir)  # saving checked the answers are in the top-K
+    assert metadata.source["soft_label_backend"] == f"vllm_server:{resolve_model_path(BUNDLED_MODEL)}"
+    assert metadata.temperature == 1.0 and len(dataset[0]["teacher_topk_ids"][0]) == 16
