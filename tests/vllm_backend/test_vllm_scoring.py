@@ -140,8 +140,9 @@ def test_label_generates_and_scores_with_one_engine_and_no_transformers_teacher(
     monkeypatch.setattr(LabelJob, "load_model", lambda *a: pytest.fail("the transformers teacher was loaded"))
     common = {"teacher_model_name_or_path": BUNDLED_MODEL, "dtype": "float32", "soft_label_top_k": K,
               "teacher_max_new_tokens": 64, "shard_size": 2}  # fmt: skip
+    # Cut completions dropped: a kept cut one has no end of turn, which the given-completion reference would add.
     config = LabelConfig(dataset_name=str(data), generation_backend="vllm", soft_label_backend="vllm",
-                         output_dir=str(tmp_path / "vllm"), **common)  # fmt: skip
+                         truncated_completions="drop", output_dir=str(tmp_path / "vllm"), **common)  # fmt: skip
     summary = label_dataset(config, tokenizer=tokenizer, backend=engine, show_progress=False)
     assert summary.rows_written >= 2
     ours, metadata = load_soft_label_dataset(config.output_dir)  # saving checked each answer token is in the top-K
