@@ -10,11 +10,17 @@
 #   bash recipes/experiment/run3.sh seeds [ARM...]  # seeds 1 and 2 at each arm's pick
 #   bash recipes/experiment/run3.sh test [ARM...]   # base and every arm's seeds on 300 test questions and products
 #   bash recipes/experiment/run3.sh report      # tables into docs/experiment/
+#   bash recipes/experiment/run3.sh save        # the small state (generations, logs, results) into $STATE, to commit
+#   bash recipes/experiment/run3.sh restore     # that state back into $OUT: a new machine goes on where it stopped
 # ARM is on_policy, offline_t1, rft or sft (default: all four, in that order). Two jobs at once (one per core) can
 # split the arms: `run3.sh lr on_policy offline_t1` beside `run3.sh lr rft sft`. EXPERIMENT_MAX_STEPS,
 # EXPERIMENT_EVAL_QUESTIONS, EXPERIMENT3_VALIDATION_QUESTIONS and EXPERIMENT3_QUESTIONS shrink it for a smoke run. Run
 # it with the vLLM environment's python first on PATH (`make install-vllm`, then PATH="$PWD/.venv-vllm/bin:$PATH").
 # Outputs go to $EXPERIMENT3_DIR (default outputs/experiment3), the report to $EXPERIMENT_DOCS (default docs/experiment).
+# The experiment outlives one machine through `save` / `restore`: the rollouts, teacher answers and hint checks (the
+# costly generations; the soft labels are forward passes, redone in minutes), every run's training log and every
+# evaluation's results.json, a few MB in $STATE (default docs/experiment/state3). Weights are not kept: a run whose
+# evaluation is recorded is done; one trained but not yet evaluated is trained again (same seed, same data).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${EXPERIMENT3_DIR:-outputs/experiment3}
@@ -28,6 +34,7 @@ QUESTIONS=${EXPERIMENT3_QUESTIONS:-1024}
 STEPS=${EXPERIMENT_MAX_STEPS:-273}  # experiment 2's step budget: 3 epochs of its 362 rows at batch 4
 EVAL_QUESTIONS=${EXPERIMENT_EVAL_QUESTIONS:-300} VALIDATION_QUESTIONS=${EXPERIMENT3_VALIDATION_QUESTIONS:-200}
 DOCS=${EXPERIMENT_DOCS:-docs/experiment}
+STATE=${EXPERIMENT3_STATE:-$DOCS/state3}
 VLLM_MEMORY=${EXPERIMENT_VLLM_MEMORY:-0.3}  # two engines, one per core, must fit (as experiment 2)
 ALL_ARMS=(on_policy offline_t1 rft sft)
 declare -A DATA=([on_policy]=rollouts [offline_t1]=teacher_answers [rft]=correct_rollouts [sft]=teacher_answers)
@@ -89,6 +96,7 @@ lr_stage() {
   local arm lr
   for arm in $(arms_or_all "$@"); do
     for lr in ${GRID[$arm]}; do
+      if [ -f "$OUT/validation/$arm-lr$lr-seed0/results.json" ]; then echo "$arm lr $lr: done"; continue; fi
       train_one "$arm" "$lr" 0 "$OUT/train/$arm-lr$lr-seed0"
       evaluate_one "$OUT/validation" "$arm-lr$lr-seed0" "$OUT/train/$arm-lr$lr-seed0" basic_arithmetic "$TASK" \
         "$VALIDATION_SEED" "$VALIDATION_QUESTIONS"
@@ -109,11 +117,18 @@ seed_dir() {  # seed_dir ARM SEED: where that seed at the arm's pick is (seed 0 
   if [ "$2" = 0 ]; then echo "$OUT/train/$1-lr$lr-seed0"; else echo "$OUT/train/$1-seed$2"; fi
 }
 
+tested() {  # tested ARM SEED: both test suites recorded for that run
+  [ -f "$OUT/test/$1-seed$2/results.json" ] && [ -f "$OUT/neighbour/$1-seed$2/results.json" ]
+}
+
 seeds_stage() {
   [ -f "$OUT/picks.json" ] || { echo "no picks yet: run \`run3.sh picks\` first (DESIGN3.md)" >&2; exit 2; }
   local arm seed
   for arm in $(arms_or_all "$@"); do
-    for seed in 1 2; do train_one "$arm" "$(picked "$arm")" "$seed" "$(seed_dir "$arm" "$seed")"; done
+    for seed in 1 2; do
+      if tested "$arm" "$seed"; then echo "$arm seed $seed: tested"; continue; fi
+      train_one "$arm" "$(picked "$arm")" "$seed" "$(seed_dir "$arm" "$seed")"
+    done
   done
 }
 
@@ -124,8 +139,9 @@ test_stage() {
   evaluate_one "$OUT/neighbour" base bundled:smollm2-135m-instruct products "$PRODUCTS" "$TEST_SEED" "$EVAL_QUESTIONS"
   for arm in $(arms_or_all "$@"); do
     for seed in 0 1 2; do
+      if tested "$arm" "$seed"; then echo "$arm seed $seed: tested"; continue; fi
       model=$(seed_dir "$arm" "$seed")
-      if [ ! -f "$model/adapter_model.safetensors" ]; then echo "$arm seed $seed: not trained yet"; continue; fi
+      train_one "$arm" "$(picked "$arm")" "$seed" "$model"  # a no-op when its weights are here
       evaluate_one "$OUT/test" "$arm-seed$seed" "$model" basic_arithmetic "$TASK" "$TEST_SEED" "$EVAL_QUESTIONS"
       evaluate_one "$OUT/neighbour" "$arm-seed$seed" "$model" products "$PRODUCTS" "$TEST_SEED" "$EVAL_QUESTIONS"
     done
@@ -142,6 +158,39 @@ report_stage() {
   python recipes/experiment/prep_times.py "$OUT/logs" --output "$DOCS/prep3_times.md"
 }
 
+save_stage() {  # the small state into $STATE (the generations packed once, when the data stage has finished)
+  local work="data/teacher_answers/ssb_work" logs=() file
+  [ -d "$OUT/$work" ] || { echo "no data yet in $OUT: run \`run3.sh data\` first" >&2; exit 2; }
+  mkdir -p "$STATE"
+  if [ -f "$OUT/data/correct_rollouts/ssb_metadata.json" ] && [ ! -f "$STATE/generations.tar.xz" ]; then
+    for file in "$OUT"/logs/data_*.log; do logs+=("logs/$(basename "$file")"); done
+    tar -C "$OUT" -cJf "$STATE/generations.tar.xz" "$work/settings.json" "$work/rollouts" "$work/teacher" \
+      "$work/hint_check" "${logs[@]}"
+  fi
+  (cd "$OUT" && find . -path ./data -prune -o \( -name trainer_state.json -o -name results.json -o -name picks.json \
+    -o -name 'diagnostic*.json' \) -print) | while read -r file; do
+    mkdir -p "$STATE/$(dirname "$file")" && cp "$OUT/$file" "$STATE/$file"
+  done
+  du -sh "$STATE"
+}
+
+restore_stage() {  # $STATE back into $OUT, never over a file that is there
+  [ -d "$STATE" ] || { echo "nothing saved in $STATE" >&2; exit 2; }
+  mkdir -p "$OUT"
+  if [ -f "$STATE/generations.tar.xz" ] && [ ! -d "$OUT/data/teacher_answers/ssb_work" ]; then
+    tar -C "$OUT" -xJf "$STATE/generations.tar.xz"
+    local mode part
+    for mode in rollouts correct_rollouts; do  # as data_stage lays them out; only the rows are redone
+      mkdir -p "$OUT/data/$mode/ssb_work"
+      for part in settings.json rollouts teacher hint_check; do
+        cp -r "$OUT/data/teacher_answers/ssb_work/$part" "$OUT/data/$mode/ssb_work/"
+      done
+    done
+  fi
+  cp -rn "$STATE"/. "$OUT"/ && rm -f "$OUT/generations.tar.xz"
+  echo "restored $STATE into $OUT: now run \`run3.sh data\` (it redoes only the soft labels), then the next stage"
+}
+
 case "${1:-}" in
   data) data_stage ;;
   diagnose) python recipes/experiment/hint_kl.py "$OUT/data/teacher_answers" --output "$DOCS/diagnostic3_results.md" ;;
@@ -150,5 +199,7 @@ case "${1:-}" in
   seeds) shift; seeds_stage "$@" ;;
   test) shift; test_stage "$@" ;;
   report) report_stage ;;
-  *) echo "usage: $0 data|diagnose|lr [ARM...]|picks|seeds [ARM...]|test [ARM...]|report" >&2; exit 2 ;;
+  save) save_stage ;;
+  restore) restore_stage ;;
+  *) echo "usage: $0 data|diagnose|lr [ARM...]|picks|seeds [ARM...]|test [ARM...]|report|save|restore" >&2; exit 2 ;;
 esac
