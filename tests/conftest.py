@@ -1,4 +1,5 @@
-"""Shared fixtures: the real SmolLM2 tokenizer (from the bundled GGUF) and tiny random models."""
+"""Shared fixtures: the real SmolLM2 tokenizer (from the bundled GGUF), tiny random models (also as a saved model
+folder and as `ssb-trl label`'s teacher) and a fake `vllm serve`. Shared plain helpers are in helpers.py."""
 
 from __future__ import annotations
 
@@ -7,13 +8,20 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+import json  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+from typing import Any  # noqa: E402
 
-from ssb_trl import SoftLabelMetadata, tokenizer_fingerprint  # noqa: E402
-from ssb_trl.models import bundled_gguf_path  # noqa: E402
-from ssb_trl.soft_labels import extract_topk_soft_labels  # noqa: E402
+import pytest  # noqa: E402
+
+# Importing a model class makes transformers put a new module object in sys.modules: import one before ssb_trl, so
+# that ssb_trl.models and the tests (which monkeypatch transformers.__version__) hold the same `transformers`.
+from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: E402, F401
+
+from ssb_trl.models import bundled_gguf_path, load_tokenizer  # noqa: E402
+from tests.helpers import FakeVLLM, make_tiny_model  # noqa: E402
 
 
 def _bundled_gguf() -> tuple[str, str]:
@@ -36,93 +44,63 @@ def tokenizer(tokenizer_dir):
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-def make_tiny_model(
-    seed: int = 0,
-    hidden_size: int = 32,
-    num_layers: int = 2,
-    vocab_size: int = 49152,
-    initializer_range: float = 0.02,
-    tie_word_embeddings: bool = True,
-):
-    """A random Llama-shaped model with SmolLM2's vocabulary: fast, real transformers code."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=tie_word_embeddings,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        initializer_range=initializer_range,
-    )
-    return LlamaForCausalLM(config)
-
-
 @pytest.fixture()
 def tiny_model_factory():
     return make_tiny_model
 
 
-def build_soft_label_dataset(teacher, tokenizer, n_rows: int = 8, top_k: int = 16, temperature: float = 2.0, seed=0):
-    """A real soft-label dataset: chat-templated prompts, answers, and top-K labels from `teacher`.
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: str) -> str:
+    """A tiny random Llama saved as a full model folder with SmolLM2's tokenizer (evaluation runs in seconds)."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny-full"
+    make_tiny_model(seed=0).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
+    return str(path)
 
-    The teacher sees a longer (hinted) prompt than the student, like SSB; answers are short texts.
-    """
-    from datasets import Dataset
 
-    rng = torch.Generator().manual_seed(seed)
-    rows, teacher_seqs, starts = [], [], []
-    for _ in range(n_rows):
-        a, b = (int(x) for x in torch.randint(1, 9, (2,), generator=rng))
-        question = f"What is {a} + {b}?"
-        answer = (
-            f"We add {a} and {b}." + " Step." * int(torch.randint(0, 4, (1,), generator=rng)) + f" \\boxed{{{a + b}}}"
-        )
-        student = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
-        hinted = tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"{question} Hint: a student answered {a + b}."}], add_generation_prompt=True
-        )
-        if not isinstance(student, list):
-            student, hinted = student["input_ids"], hinted["input_ids"]
-        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [
-            tokenizer.convert_tokens_to_ids("<|im_end|>")
-        ]
-        teacher_seqs.append(hinted + answer_ids)
-        starts.append(len(hinted))
-        rows.append(
-            {
-                "prompt": [{"role": "user", "content": question}],
-                "completion": [{"role": "assistant", "content": answer}],
-                "input_ids": student + answer_ids,
-                "completion_mask": [0] * len(student) + [1] * len(answer_ids),
-            }
-        )
-    labels = extract_topk_soft_labels(
-        teacher,
-        teacher_seqs,
-        starts,
-        top_k=top_k,
-        temperature=temperature,
-        batch_size=4,
-        logprob_dtype="float32",
-        show_progress=False,
-    )
-    for row, (ids, logprobs) in zip(rows, labels):
-        row["teacher_topk_ids"] = ids.tolist()
-        row["teacher_topk_logprobs"] = logprobs.tolist()
-    metadata = SoftLabelMetadata(
-        teacher_model="tiny-random-teacher",
-        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
-        top_k=top_k,
-        temperature=temperature,
-        prompt_template_version="test",
-        logprob_dtype="float32",
-    )
-    dataset = Dataset.from_list(rows)
-    dataset.info.description = metadata.to_description()
-    return dataset, metadata
+@pytest.fixture()
+def tiny(tokenizer_dir):
+    """`ssb-trl label`'s tiny teacher and its tokenizer."""
+    return make_tiny_model(seed=3, hidden_size=16).eval(), load_tokenizer(tokenizer_dir)
+
+
+@pytest.fixture()
+def fake_server(tokenizer) -> Iterator[tuple[str, FakeVLLM]]:
+    """A fake `vllm serve` on 127.0.0.1 (``http.server`` in a thread): its URL and what it answers (`FakeVLLM`)."""
+    behaviour = FakeVLLM(tokenizer)
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self, payload: dict[str, Any] | None) -> None:
+            status, body = behaviour.answer(self.path, payload)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up (the timeout test): expected
+                pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self._reply(None)
+
+        def do_POST(self) -> None:  # noqa: N802
+            length = int(self.headers.get("Content-Length", 0))
+            payload = json.loads(self.rfile.read(length))
+            if behaviour.not_http and self.path == "/v1/completions":
+                self.wfile.write(b"SSH-2.0-OpenSSH_9.6\r\n")
+                return
+            self._reply(payload)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", behaviour
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -3,7 +3,7 @@
 The README shows three starts: SSB from question/answer pairs (`ssb-trl prepare` -> `train` -> `evaluate`), offline
 distillation (`ssb-trl label` -> `train`), and SSBTrainer in Python. Each test takes its block from the README and runs
 it. The two shell blocks name `bundled:smollm2-135m-instruct`; their tests put a tiny model of SmolLM2's tokenizer in
-its place (the digit model of `test_pipeline.py`, which answers a digit and ends its turn), so that they take seconds:
+its place (the digit model of `tests/helpers.py`, which answers a digit and ends its turn), so that they take seconds:
 the commands, flags and files are the README's, the model is not the point. The SSB block reads the demo's question
 files under `benchmarks/data/`; its test runs in a folder that holds questions the digit model can answer at those
 paths (the folder stands in for the clone's root). The Python block runs as written with the bundled model, on a
@@ -21,12 +21,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import build_soft_label_dataset, make_tiny_model
-from test_pipeline import make_digit_model
 
 from ssb_trl import save_soft_label_dataset
 from ssb_trl.deprecations import FLAG_RENAMES, VALUE_RENAMES
 from ssb_trl.models import BUNDLED_MODEL
+from tests.helpers import build_soft_label_dataset, make_digit_model, make_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
