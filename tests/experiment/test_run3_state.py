@@ -8,7 +8,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-RUN3 = Path(__file__).resolve().parents[1] / "recipes" / "experiment" / "run3.sh"
+RUN3 = Path(__file__).resolve().parents[2] / "recipes" / "experiment" / "run3.sh"
 
 
 def _run3(stage: str, out: Path, state: Path) -> subprocess.CompletedProcess:
