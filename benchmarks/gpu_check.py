@@ -48,7 +48,7 @@ PROFILES = {
             questions=8,
             eval_questions=4,
             shard_size=8,
-            prep=dict(rollout_max_new_tokens=128, teacher_max_new_tokens=128, hint_check_samples=1),
+            prep=dict(rollout_max_new_tokens=64, teacher_max_new_tokens=64, hint_check_samples=1),
             train=["--max_steps", "2"],
             eval=["--max_new_tokens", "48"],
         ),
