@@ -42,8 +42,11 @@ format:
 	$(PYTHON) -m ruff check --fix .
 	$(PYTHON) -m ruff format .
 
+# The suite on PYTEST_WORKERS processes (pytest-xdist), one torch thread each so the workers do not fight over cores;
+# the test files that launch several processes take turns (tests/conftest.py, one_launch_at_a_time).
+PYTEST_WORKERS ?= 2
 test: install lint
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q -p no:cacheprovider tests
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) tests
 	$(MAKE) test-vllm PYTHON=$(PYTHON) VLLM_VENV=$(VLLM_VENV)
 
 test-vllm: install-vllm

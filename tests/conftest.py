@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import json  # noqa: E402
+import tempfile  # noqa: E402
 import threading  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
@@ -22,6 +23,21 @@ from transformers import AutoTokenizer, LlamaForCausalLM  # noqa: E402, F401
 
 from ssb_trl.models import bundled_gguf_path, load_tokenizer  # noqa: E402
 from tests.helpers import FakeVLLM, make_tiny_model  # noqa: E402
+
+
+@pytest.fixture
+def one_launch_at_a_time() -> Iterator[None]:
+    """Under pytest-xdist (`make test` runs `-n 2`), the test files that launch several processes hold one lock per
+    test run, so two launches never race for torch.distributed's default port (29500) or oversubscribe the cores.
+    (xdist's `--dist loadgroup` would do it, but did not group anything with xdist 3.8 here.)"""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run is None:
+        yield
+        return
+    from filelock import FileLock
+
+    with FileLock(os.path.join(tempfile.gettempdir(), f"ssb-trl-tests-{run}.lock")):
+        yield
 
 
 def _bundled_gguf() -> tuple[str, str]:

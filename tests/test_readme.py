@@ -27,6 +27,10 @@ from ssb_trl.deprecations import FLAG_RENAMES, VALUE_RENAMES
 from ssb_trl.models import BUNDLED_MODEL
 from tests.helpers import build_soft_label_dataset, make_digit_model, make_tiny_model
 
+# Tests here launch several processes on torch.distributed's default port: under pytest-xdist they take turns.
+pytestmark = pytest.mark.usefixtures("one_launch_at_a_time")
+
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 DOCS = [README, *sorted((REPO / "docs").glob("*.md"))]

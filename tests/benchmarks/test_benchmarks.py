@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+# Tests here launch several processes on torch.distributed's default port: under pytest-xdist they take turns.
+pytestmark = pytest.mark.usefixtures("one_launch_at_a_time")
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

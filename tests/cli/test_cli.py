@@ -13,6 +13,10 @@ from ssb_trl import cli
 from ssb_trl.soft_labels.io import save_soft_label_dataset
 from tests.helpers import build_soft_label_dataset, make_tiny_model
 
+# Tests here launch several processes on torch.distributed's default port: under pytest-xdist they take turns.
+pytestmark = pytest.mark.usefixtures("one_launch_at_a_time")
+
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -16,6 +16,10 @@ from ssb_trl.errors import ERROR_FILE_ENV
 from ssb_trl.scripts import inspect_data, train
 from ssb_trl.scripts.common import command_of, parse_settings
 
+# Tests here launch several processes on torch.distributed's default port: under pytest-xdist they take turns.
+pytestmark = pytest.mark.usefixtures("one_launch_at_a_time")
+
+
 PROG = "ssb-trl train"
 OLD_ACCELERATE_CONFIGS = {
     "ddp": "multi_gpu",

@@ -17,6 +17,10 @@ from ssb_trl.cli import _exit_code, _signal_name
 from ssb_trl.scripts.common import run_script
 from ssb_trl.scripts.evaluate import make_parser as make_eval_parser
 
+# Tests here launch several processes on torch.distributed's default port: under pytest-xdist they take turns.
+pytestmark = pytest.mark.usefixtures("one_launch_at_a_time")
+
+
 ROOT = Path(__file__).resolve().parents[2]
 HINT = "(SSB_TRL_DEBUG=1 shows the traceback)"
 

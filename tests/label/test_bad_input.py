@@ -25,6 +25,10 @@ from ssb_trl.soft_labels.schema import SoftLabelMetadata
 from tests.helpers import GOLDS, ROWS, make_digit_model, small_config, user, write_questions, write_rows
 from tests.helpers import label_config as config
 
+# Tests here launch several processes on torch.distributed's default port: under pytest-xdist they take turns.
+pytestmark = pytest.mark.usefixtures("one_launch_at_a_time")
+
+
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without a GPU")
 
 

@@ -41,6 +41,10 @@ from tests.helpers import (
 )
 from tests.helpers import label_config as config
 
+# Tests here launch several processes on torch.distributed's default port: under pytest-xdist they take turns.
+pytestmark = pytest.mark.usefixtures("one_launch_at_a_time")
+
+
 REPO = Path(__file__).resolve().parents[2]
 T, K = LABEL_TEMPERATURE, LABEL_TOP_K  # the soft-label settings of helpers.label_config
 

@@ -31,6 +31,10 @@ from ssb_trl.soft_labels.io import load_soft_label_dataset
 from ssb_trl.tasks.prompts import chat_prompt_ids, student_messages
 from tests.helpers import DIGITS, EOS, GOLDS, make_digit_model, small_config, write_questions
 
+# Tests here launch several processes on torch.distributed's default port: under pytest-xdist they take turns.
+pytestmark = pytest.mark.usefixtures("one_launch_at_a_time")
+
+
 REPO = Path(__file__).resolve().parents[2]
 
 

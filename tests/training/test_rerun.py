@@ -15,6 +15,9 @@ from ssb_trl.scripts import train as train_ssb
 from ssb_trl.soft_labels.io import save_soft_label_dataset
 from tests.helpers import build_soft_label_dataset, make_tiny_model
 
+# Tests here launch several processes on torch.distributed's default port: under pytest-xdist they take turns.
+pytestmark = pytest.mark.usefixtures("one_launch_at_a_time")
+
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, tokenizer_dir):
