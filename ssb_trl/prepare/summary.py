@@ -47,6 +47,11 @@ class PrepSummary:
     generation_settings: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def rows(self) -> int:
+        """Rows in the dataset: teacher answers, or rollouts with --train_on rollouts / correct_rollouts."""
+        return sum(self.rows_by_kind.values())
+
+    @property
     def rollout_accuracy(self) -> float:
         return self.rollouts_correct / self.rollouts if self.rollouts else 0.0
 

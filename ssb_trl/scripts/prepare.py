@@ -21,7 +21,7 @@ from ssb_trl.scripts.common import configure_logging, run_script
 def main(prep_config: PrepConfig) -> PrepSummary:
     """Run the (resumable, multi-process) preparation; the summary table is logged."""
     summary = prepare_ssb_data(prep_config)
-    print(f"SSB dataset written to {summary.output_dir} ({summary.teacher_kept} rows)")
+    print(f"SSB dataset written to {summary.output_dir} ({summary.rows} rows)")
     return summary
 
 

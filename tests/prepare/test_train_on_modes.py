@@ -33,6 +33,7 @@ def test_switching_mode_reuses_the_rollouts_and_redoes_only_the_rows(tmp_path: P
     out = tmp_path / "out"
     ssb = prepare_ssb_data(small_config(tmp_path, questions), model=model, tokenizer=tokenizer, show_progress=False)
     assert ssb.train_on == "teacher_answers" and ssb.rows_by_kind == {"teacher answer": ssb.teacher_kept}
+    assert ssb.rows == ssb.teacher_kept  # what `ssb-trl prepare` reports as written
     rollouts, teacher = _stamps(out, "rollouts"), _stamps(out, "teacher")
     records = [json.loads(line) for p in sorted((out / "ssb_work" / "rollouts").glob("*.jsonl")) for line in p.open()]
     pairs = [r for r in records if any(x["correct"] for x in r["rollouts"]) and any(
@@ -43,7 +44,7 @@ def test_switching_mode_reuses_the_rollouts_and_redoes_only_the_rows(tmp_path: P
     )
     assert _stamps(out, "rollouts") == rollouts and _stamps(out, "teacher") == teacher  # reused, not redone
     dataset, metadata = load_soft_label_dataset(str(out))
-    assert len(dataset) == 4 * len(pairs) == sum(on_policy.rows_by_kind.values())  # every rollout of each pair
+    assert len(dataset) == 4 * len(pairs) == on_policy.rows  # every rollout of each pair
     assert on_policy.rows_by_kind["right"] > 0 and on_policy.rows_by_kind["wrong"] > 0
     assert metadata.source["train_on"] == "rollouts" and metadata.source["completions_written_by"] == "the student"
     assert "teacher_sampling" not in metadata.source  # no sampling bounds the student's tokens in the teacher's top-K
@@ -63,7 +64,7 @@ def test_switching_mode_reuses_the_rollouts_and_redoes_only_the_rows(tmp_path: P
     assert _stamps(out, "rollouts") == rollouts
     dataset, metadata = load_soft_label_dataset(str(out))
     right = {(r["id"], x["text"]) for r in records for x in r["rollouts"] if x["correct"] and x["finished"]}
-    assert len(dataset) == len(right) == rft.rows_by_kind["right"] and rft.rows_by_kind["wrong"] == 0
+    assert len(dataset) == len(right) == rft.rows_by_kind["right"] == rft.rows and rft.rows_by_kind["wrong"] == 0
     assert metadata.source["soft_labels_from"] == "the student, without a hint"
     assert metadata.source["teacher_sampling"] == metadata.source["rollout_sampling"]  # the student wrote them
 
