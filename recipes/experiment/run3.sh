@@ -6,9 +6,11 @@
 #                                               # and RFT rows (train_on rollouts / correct_rollouts: rows only)
 #   bash recipes/experiment/run3.sh diagnose    # stage 0: KL(hinted || unhinted) per token, by position and text kind
 #   bash recipes/experiment/run3.sh lr [ARM...] # seed 0 at every learning rate of the grid, each on validation
+#                                               # (ARM:LR for one of them: two cores can share an arm's grid)
 #   bash recipes/experiment/run3.sh picks       # the written rule picks each arm's learning rate (before any test)
 #   bash recipes/experiment/run3.sh seeds [ARM...]  # seeds 1 and 2 at each arm's pick
 #   bash recipes/experiment/run3.sh test [ARM...]   # base and every arm's seeds on 300 test questions and products
+#                                                   # (with ARMs, base only when one of them is `base`)
 #   bash recipes/experiment/run3.sh report      # tables into docs/experiment/
 #   bash recipes/experiment/run3.sh save        # the small state (generations, logs, results) into $STATE, to commit
 #   bash recipes/experiment/run3.sh restore     # that state back into $OUT: a new machine goes on where it stopped
@@ -58,10 +60,12 @@ prepare() {  # prepare MODE: the training data in $OUT/data/MODE, its log (with 
     --vllm_gpu_memory_utilization "$VLLM_MEMORY" 2>&1 | tee -a "$OUT/logs/data_$mode.log"
 }
 
-data_stage() {
-  prepare teacher_answers
-  local mode
-  for mode in rollouts correct_rollouts; do  # the same rollouts (and questions): only the rows are redone
+data_stage() {  # data_stage [MODE...]: after `restore` the modes can go side by side, one per core
+  local mode modes=("$@")
+  [ ${#modes[@]} -gt 0 ] || modes=(teacher_answers rollouts correct_rollouts)
+  for mode in "${modes[@]}"; do
+    if [ "$mode" = teacher_answers ]; then prepare teacher_answers; continue; fi
+    # the same rollouts (and questions) as teacher_answers: only the rows are redone
     if [ ! -d "$OUT/data/$mode/ssb_work" ]; then
       mkdir -p "$OUT/data/$mode/ssb_work"
       for part in settings.json rollouts teacher hint_check; do
@@ -92,10 +96,12 @@ evaluate_one() {  # evaluate_one FOLDER LABEL MODEL TASK TASK_CONFIG SEED QUESTI
     --output_dir "$dir" --models "$2=$3"
 }
 
-lr_stage() {
-  local arm lr
-  for arm in $(arms_or_all "$@"); do
-    for lr in ${GRID[$arm]}; do
+lr_stage() {  # lr_stage [ARM | ARM:LR ...]: an arm's whole grid, or one of its learning rates
+  local item arm lr lrs
+  for item in $(arms_or_all "$@"); do
+    arm=${item%%:*} lrs=${GRID[${item%%:*}]}
+    [ "$item" = "$arm" ] || lrs=${item#*:}
+    for lr in $lrs; do
       if [ -f "$OUT/validation/$arm-lr$lr-seed0/results.json" ]; then echo "$arm lr $lr: done"; continue; fi
       train_one "$arm" "$lr" 0 "$OUT/train/$arm-lr$lr-seed0"
       evaluate_one "$OUT/validation" "$arm-lr$lr-seed0" "$OUT/train/$arm-lr$lr-seed0" basic_arithmetic "$TASK" \
@@ -135,9 +141,14 @@ seeds_stage() {
 test_stage() {
   [ -f "$OUT/picks.json" ] || { echo "no picks yet: run \`run3.sh picks\` first (DESIGN3.md)" >&2; exit 2; }
   local arm seed model
-  evaluate_one "$OUT/test" base bundled:smollm2-135m-instruct basic_arithmetic "$TASK" "$TEST_SEED" "$EVAL_QUESTIONS"
-  evaluate_one "$OUT/neighbour" base bundled:smollm2-135m-instruct products "$PRODUCTS" "$TEST_SEED" "$EVAL_QUESTIONS"
   for arm in $(arms_or_all "$@"); do
+    if [ "$arm" = base ] || { [ $# -eq 0 ] && [ "$arm" = "${ALL_ARMS[0]}" ]; }; then  # base: named, or all arms
+      evaluate_one "$OUT/test" base bundled:smollm2-135m-instruct basic_arithmetic "$TASK" "$TEST_SEED" \
+        "$EVAL_QUESTIONS"
+      evaluate_one "$OUT/neighbour" base bundled:smollm2-135m-instruct products "$PRODUCTS" "$TEST_SEED" \
+        "$EVAL_QUESTIONS"
+      [ "$arm" = base ] && continue
+    fi
     for seed in 0 1 2; do
       if tested "$arm" "$seed"; then echo "$arm seed $seed: tested"; continue; fi
       model=$(seed_dir "$arm" "$seed")
@@ -192,7 +203,7 @@ restore_stage() {  # $STATE back into $OUT, never over a file that is there
 }
 
 case "${1:-}" in
-  data) data_stage ;;
+  data) shift; data_stage "$@" ;;
   diagnose) python recipes/experiment/hint_kl.py "$OUT/data/teacher_answers" --output "$DOCS/diagnostic3_results.md" ;;
   lr) shift; lr_stage "$@" ;;
   picks) picks_stage ;;
@@ -201,5 +212,5 @@ case "${1:-}" in
   report) report_stage ;;
   save) save_stage ;;
   restore) restore_stage ;;
-  *) echo "usage: $0 data|diagnose|lr [ARM...]|picks|seeds [ARM...]|test [ARM...]|report|save|restore" >&2; exit 2 ;;
+  *) echo "usage: $0 data [MODE...]|diagnose|lr [ARM[:LR]...]|picks|seeds [ARM...]|test [base|ARM...]|report|save|restore" >&2; exit 2 ;;
 esac

@@ -11,9 +11,9 @@ from pathlib import Path
 RUN3 = Path(__file__).resolve().parents[2] / "recipes" / "experiment" / "run3.sh"
 
 
-def _run3(stage: str, out: Path, state: Path) -> subprocess.CompletedProcess:
+def _run3(stage: str, out: Path, state: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "EXPERIMENT3_DIR": str(out), "EXPERIMENT3_STATE": str(state)}
-    return subprocess.run(["bash", str(RUN3), stage], env=env, capture_output=True, text=True)
+    return subprocess.run(["bash", str(RUN3), stage, *args], env=env, capture_output=True, text=True)
 
 
 def _write(path: Path, text: str = "{}") -> None:
@@ -64,3 +64,28 @@ def test_save_before_any_data_says_what_to_run(tmp_path: Path) -> None:
     saved = _run3("save", tmp_path / "out", tmp_path / "state")
     assert saved.returncode == 2
     assert "run `run3.sh data` first" in saved.stderr
+
+
+def test_two_cores_can_share_a_stage_one_learning_rate_or_arm_each(tmp_path: Path) -> None:
+    """`lr ARM:LR` takes one learning rate of an arm's grid (the rest of the grid is left to the other core), and
+    `test ARM...` leaves the base model to the job that names `base`: two jobs never write one folder."""
+    out = tmp_path / "out"
+    for run in ("rft-lr1e-3-seed0", "rft-lr3e-4-seed0"):
+        _write(out / "validation" / run / "results.json")
+    one = _run3("lr", out, tmp_path / "state", "rft:1e-3")
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.splitlines() == ["rft lr 1e-3: done"]
+    whole = _run3("lr", out, tmp_path / "state", "rft")
+    assert whole.stdout.splitlines() == ["rft lr 3e-4: done", "rft lr 1e-3: done"]
+
+    _write(out / "picks.json", '{"rft": 0.001}')
+    for suite in ("test", "neighbour"):
+        _write(out / suite / "base" / "results.json")
+        for seed in (0, 1, 2):
+            _write(out / suite / f"rft-seed{seed}" / "results.json")
+    arms_only = _run3("test", out, tmp_path / "state", "rft")
+    assert arms_only.returncode == 0, arms_only.stderr
+    assert "base" not in arms_only.stdout
+    assert arms_only.stdout.splitlines() == [f"rft seed {seed}: tested" for seed in (0, 1, 2)]
+    with_base = _run3("test", out, tmp_path / "state", "base", "rft")
+    assert with_base.stdout.splitlines()[:2] == [f"base in {out}/test: done", f"base in {out}/neighbour: done"]
