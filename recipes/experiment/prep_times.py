@@ -16,12 +16,13 @@ _STAGE = re.compile(r"([a-z ]+) \(([0-9.]+) s\)")
 
 
 def stage_seconds(log: str) -> dict[str, float]:
-    """stage -> seconds summed over the shards of one log (a shard logged twice counts once: its last run)."""
-    per_shard: dict[int, dict[str, float]] = {}
+    """stage -> seconds summed over the shards of one log. A stage a shard logged twice counts once (its last run);
+    a rerun that redid only some stages (after `run3.sh restore`: the soft labels) keeps the others' first times."""
+    per_shard: dict[int, dict[str, float]] = defaultdict(dict)
     for line in log.splitlines():
         match = _SHARD.search(line)
         if match:
-            per_shard[int(match.group(1))] = {s.strip(): float(t) for s, t in _STAGE.findall(match.group(2))}
+            per_shard[int(match.group(1))].update({s.strip(): float(t) for s, t in _STAGE.findall(match.group(2))})
     totals: dict[str, float] = defaultdict(float)
     for stages in per_shard.values():
         for stage, seconds in stages.items():

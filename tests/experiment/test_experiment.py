@@ -365,8 +365,9 @@ def test_experiment3_reads_stage_times_and_training_dynamics() -> None:
         "x INFO ssb_trl.prepare.job: Shard 0: generated rollouts (10.0 s), teacher answers (20.5 s), soft labels (1.5 s) (vllm)\n"
         "x INFO ssb_trl.prepare.job: Shard 1: generated rollouts (12.0 s), soft labels (2.0 s) (vllm)\n"
         "x INFO ssb_trl.prepare.job: Shard 1: generated rollouts (11.0 s), soft labels (2.5 s) (vllm)\n"  # a rerun
+        "x INFO ssb_trl.prepare.job: Shard 0: generated soft labels (1.0 s) (no engine)\n"  # restored: rows only
     )
-    assert prep_times.stage_seconds(log) == {"rollouts": 21.0, "teacher answers": 20.5, "soft labels": 4.0}
+    assert prep_times.stage_seconds(log) == {"rollouts": 21.0, "teacher answers": 20.5, "soft labels": 3.5}
     history = [{"step": s, "loss": 1.0 / s, "kd_loss": 0.5, "grad_norm": float(s)} for s in range(1, 21)]
     summary = train_logs.summarize(history + [{"train_runtime": 5.0}])
     assert summary["loss"]["first"] == (1 + 0.5) / 2 and summary["grad_norm"]["last"] == 19.5
