@@ -342,7 +342,7 @@ def _run(job: Job, state: Any, work: WorkDir, settings: dict[str, Any], show_pro
                 num_shards=num_shards,
                 generated=[s for s in range(num_shards) if s not in reused],
                 reused=reused,
-                backend=backend_kind if generating or len(reused) < num_shards else "",
+                backend=backend_kind if generating else "",  # rows redone from saved generations start no engine
                 generation_settings=(
                     {**run.backend.settings(), "shard_size": size} if todo and run.backend is not None else {}
                 ),

@@ -78,8 +78,11 @@ class PrepSummary:
                 f"{self.kept_with_wrong_step} of the {self.kept_steps_checked} that write one out",
             ),
             ("answer tokens", f"{self.answer_tokens}"),
-            ("generation backend (this run)", self.generation_backend or "none (every shard reused)"),
-            ("generation settings (this run)", ", ".join(f"{k} {v}" for k, v in self.generation_settings.items())),
+            ("generation backend (this run)", self.generation_backend or self._no_generation()),
+            (
+                "generation settings (this run)",
+                ", ".join(f"{k} {v}" for k, v in self.generation_settings.items()) or "none",
+            ),
             ("shards generated / reused", f"{_ranges(self.shards_generated)} / {_ranges(self.shards_reused)}"),
             (
                 "bytes per answer token on disk",
@@ -88,6 +91,11 @@ class PrepSummary:
         ]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+    def _no_generation(self) -> str:
+        if self.shards_generated:
+            return "none (the rows were redone from the saved generations)"
+        return "none (every shard reused)"
 
     def hint_gain_line(self) -> str:
         if self.hint_gain is None:

@@ -54,6 +54,9 @@ def test_switching_mode_reuses_the_rollouts_and_redoes_only_the_rows(tmp_path: P
         assert row["completion"][0]["content"] == by_id[question]["rollouts"][int(index)]["text"]
     validate_soft_label_dataset(dataset, metadata=metadata, vocab_size=len(tokenizer))
     assert "hint gain" in on_policy.table() and "train_on rollouts" in on_policy.table()
+    # Only rows were redone: the summary says no engine ran this time (it named the configured one).
+    assert on_policy.generation_backend == "" and on_policy.generation_settings == {}
+    assert "none (the rows were redone from the saved generations)" in on_policy.table()
 
     rft = prepare_ssb_data(
         small_config(tmp_path, questions, train_on="correct_rollouts"),
