@@ -110,8 +110,10 @@ lr_stage() {  # lr_stage [ARM | ARM:LR ...]: an arm's whole grid, or one of its 
   done
 }
 
-picked() {  # picked ARM: its learning rate, from the recorded picks
-  python -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$OUT/picks.json" "$1"
+picked() {  # picked ARM: its learning rate from the recorded picks, spelt as in the grid (the seed-0 run's folder)
+  # shellcheck disable=SC2086 # the grid's words
+  python -c "import json,sys; pick = json.load(open(sys.argv[1]))[sys.argv[2]]
+print(next(lr for lr in sys.argv[3:] if float(lr) == pick))" "$OUT/picks.json" "$1" ${GRID[$1]}
 }
 
 picks_stage() {
@@ -150,8 +152,8 @@ test_stage() {
       [ "$arm" = base ] && continue
     fi
     for seed in 0 1 2; do
-      if tested "$arm" "$seed"; then echo "$arm seed $seed: tested"; continue; fi
       model=$(seed_dir "$arm" "$seed")
+      if tested "$arm" "$seed"; then echo "$arm seed $seed: tested ($model)"; continue; fi
       train_one "$arm" "$(picked "$arm")" "$seed" "$model"  # a no-op when its weights are here
       evaluate_one "$OUT/test" "$arm-seed$seed" "$model" basic_arithmetic "$TASK" "$TEST_SEED" "$EVAL_QUESTIONS"
       evaluate_one "$OUT/neighbour" "$arm-seed$seed" "$model" products "$PRODUCTS" "$TEST_SEED" "$EVAL_QUESTIONS"

@@ -86,6 +86,11 @@ def test_two_cores_can_share_a_stage_one_learning_rate_or_arm_each(tmp_path: Pat
     arms_only = _run3("test", out, tmp_path / "state", "rft")
     assert arms_only.returncode == 0, arms_only.stderr
     assert "base" not in arms_only.stdout
-    assert arms_only.stdout.splitlines() == [f"rft seed {seed}: tested" for seed in (0, 1, 2)]
+    # Seed 0 is the learning-rate run at the pick, its folder spelt as the grid spells it (not 0.001).
+    assert arms_only.stdout.splitlines() == [
+        f"rft seed 0: tested ({out}/train/rft-lr1e-3-seed0)",
+        f"rft seed 1: tested ({out}/train/rft-seed1)",
+        f"rft seed 2: tested ({out}/train/rft-seed2)",
+    ]
     with_base = _run3("test", out, tmp_path / "state", "base", "rft")
     assert with_base.stdout.splitlines()[:2] == [f"base in {out}/test: done", f"base in {out}/neighbour: done"]
