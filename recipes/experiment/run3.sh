@@ -79,6 +79,8 @@ data_stage() {  # data_stage [MODE...]: after `restore` the modes can go side by
 train_one() {  # train_one ARM LR SEED DIR
   local arm=$1 lr=$2 seed=$3 dir=$4
   if [ -f "$dir/adapter_model.safetensors" ]; then echo "$dir: done"; return; fi
+  # A training log restored without its weights (`restore`): kept aside, the run is trained again (same seed, data)
+  if [ -f "$dir/trainer_state.json" ]; then mv "$dir/trainer_state.json" "$dir/trainer_state.restored.json"; fi
   stage "train: $arm, lr $lr, seed $seed -> $dir"
   # shellcheck disable=SC2086 # the arm's flags are words
   python recipes/train_ssb.py --config "$TRAIN" --dataset_name "$OUT/data/${DATA[$arm]}" --output_dir "$dir" \
