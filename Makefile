@@ -1,5 +1,6 @@
 # ssb-trl: `make test` installs everything from nothing and runs lint + the test suite (what CI runs);
-# `make demo` runs the embedded end-to-end demo (data prep -> hint check -> SSB and SFT training -> evaluation), offline.
+# `make demo` runs the embedded end-to-end demo (data prep -> hint check -> RFT rows -> RFT, SSB and SFT training ->
+# evaluation), offline.
 PYTHON ?= python3
 # -qq: errors only. A machine whose pip config lists a partial local mirror warns once per package it lacks.
 # --no-compile: no .pyc files at install (about a third of the install's time); Python writes those it imports.

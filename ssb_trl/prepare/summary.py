@@ -74,7 +74,7 @@ class PrepSummary:
             ("teacher yield (questions asked with a kept answer)", f"{self.teacher_kept} / {self.teacher_questions}"),
             ("hint gain (hinted vs alone, same questions)", self.hint_gain_line()),
             (
-                "kept answers with a wrong arithmetic step",
+                "teacher answers kept with a wrong arithmetic step",
                 f"{self.kept_with_wrong_step} of the {self.kept_steps_checked} that write one out",
             ),
             ("answer tokens", f"{self.answer_tokens}"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,27 @@ def test_switching_mode_reuses_the_rollouts_and_redoes_only_the_rows(tmp_path: P
     assert len(dataset) == len(right) == rft.rows_by_kind["right"] == rft.rows and rft.rows_by_kind["wrong"] == 0
     assert metadata.source["soft_labels_from"] == "the student, without a hint"
     assert metadata.source["teacher_sampling"] == metadata.source["rollout_sampling"]  # the student wrote them
+
+
+def test_a_copied_folder_switches_mode_and_leaves_the_original_alone(tmp_path: Path, tokenizer) -> None:
+    """The demo's RFT step (recipes/demo.sh): copy a finished SSB data folder, prepare the copy with
+    --train_on correct_rollouts. Only the copy's rows are redone (no engine runs); the SSB dataset is untouched."""
+    model = make_digit_model(tokenizer)
+    questions = write_questions(tmp_path / "q.jsonl", GOLDS)
+    ssb = prepare_ssb_data(small_config(tmp_path, questions), model=model, tokenizer=tokenizer, show_progress=False)
+    original, copy = tmp_path / "out", tmp_path / "rft_data"
+    shutil.copytree(original, copy)
+    before = load_soft_label_dataset(str(original))[0].to_list()
+    generated = {stage: _stamps(copy, stage) for stage in ("rollouts", "teacher", "hint_check")}
+    config = small_config(tmp_path, questions, train_on="correct_rollouts", output_dir=str(copy))
+    rft = prepare_ssb_data(config, model=model, tokenizer=tokenizer, show_progress=False)
+    assert rft.generation_backend == ""  # no engine ran: the copied generations were reused, as they are
+    assert {stage: _stamps(copy, stage) for stage in generated} == generated and generated["rollouts"]
+    dataset, metadata = load_soft_label_dataset(str(copy))
+    assert metadata.source["train_on"] == "correct_rollouts" and len(dataset) == rft.rows_by_kind["right"] > 0
+    kept, kept_metadata = load_soft_label_dataset(str(original))
+    assert kept.to_list() == before and len(before) == ssb.rows  # the SSB dataset is as it was
+    assert kept_metadata.source["train_on"] == "teacher_answers"
 
 
 def test_a_fresh_on_policy_run_generates_no_teacher_answer(tmp_path: Path, tokenizer) -> None:
