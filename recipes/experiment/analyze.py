@@ -7,6 +7,10 @@ against SFT (same training seed) and, for a round-2 arm, against its round 1; th
 seeds, the spread over seeds and the seed-averaged paired difference with a 95% interval over questions.
 
     python recipes/experiment/analyze.py outputs/experiment/test --output docs/experiment/test_results.md
+
+`--drop_questions_from` (training sets) removes the questions found in them from every model before the tables, the
+metrics recomputed from the records that remain: the check for a run whose evaluation excluded fewer training sets
+than its arms trained on (experiment 3 excluded only the teacher answers' questions; RESULTS3.md).
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ssb_trl.eval.questions import normalise_question, training_questions
 from ssb_trl.plotting import plot_accuracy_bars
-from ssb_trl.stats import Z_95, Accuracy, paired_pass1_comparison
+from ssb_trl.stats import Z_95, Accuracy, paired_pass1_comparison, summarize_records
 
 
 def load_models(suite_dir: Path) -> dict[str, dict[str, Any]]:
@@ -38,6 +43,20 @@ def load_models(suite_dir: Path) -> dict[str, dict[str, Any]]:
         if question_ids != first:
             raise SystemExit(f"{label} was evaluated on other questions than the rest; its folder is stale: delete it")
     return models
+
+
+def drop_questions(models: dict[str, dict[str, Any]], trained: set[str]) -> list[str]:
+    """Remove the (whitespace-normalised) questions in ``trained`` from every model, recomputing its metrics and
+    answer lengths from the records left; returns the questions removed (the same for every model)."""
+    dropped: list[str] = []
+    for model in models.values():
+        kept = [r for r in model["records"] if normalise_question(r["question"]) not in trained]
+        dropped = [r["question"] for r in model["records"] if normalise_question(r["question"]) in trained]
+        if not kept:
+            raise SystemExit(f"{model['label']}: every question is in the training sets given to drop")
+        num_samples = len(kept[0].get("samples") or [])
+        model.update(records=kept, **summarize_records(kept, num_samples))
+    return dropped
 
 
 ROUND2 = "_round2"  # run.sh names a round-2 arm <arm>_round2-seed<N>; its round 1 is <arm>-seed<N>
@@ -170,11 +189,24 @@ def main() -> None:
     parser.add_argument(
         "--pairs", nargs="*", default=[], help="Arm comparisons A:B (A - B, seed-averaged) for the first suite."
     )
+    parser.add_argument(
+        "--drop_questions_from",
+        nargs="*",
+        default=[],
+        help="Training sets (saved dataset dirs or data files) whose questions are removed from every suite first.",
+    )
     args = parser.parse_args()
+    trained = set().union(*(training_questions(path) for path in args.drop_questions_from))
     sections = []
     for suite in args.suites:
         models = load_models(suite)
+        dropped = drop_questions(models, trained) if trained else []
         sections.append(suite_table(models))
+        if args.drop_questions_from:
+            sections[-1] += (
+                f"\n{len(dropped)} question(s) found in {', '.join(args.drop_questions_from)} were removed from every "
+                f"model first{': ' + '; '.join(dropped) if dropped else '.'}\n"
+            )
         if args.pairs and suite == args.suites[0]:
             sections[-1] += pairs_table(models, args.pairs)
         bars = [(label, Accuracy(**m["metrics"]["pass@1"])) for label, m in models.items()]

@@ -87,6 +87,11 @@ train_one() {  # train_one ARM LR SEED DIR
     --seed "$seed" --learning_rate "$lr" --max_steps "$STEPS" ${LOSS[$arm]}
 }
 
+# Every arm's training rows: evaluation drops their questions. (The run of RESULTS3.md dropped only the teacher
+# answers' questions, so one test question that the RFT and on-policy rows held stayed in; `report` writes the tables
+# without it too: test3_results_clean.md.)
+TRAINING_SETS=("$OUT/data/teacher_answers" "$OUT/data/rollouts" "$OUT/data/correct_rollouts")
+
 evaluate_one() {  # evaluate_one FOLDER LABEL MODEL TASK TASK_CONFIG SEED QUESTIONS: greedy pass@1; done ones skipped
   local dir="$1/$2"
   if [ -f "$dir/results.json" ]; then echo "$2 in $1: done"; return; fi
@@ -94,7 +99,7 @@ evaluate_one() {  # evaluate_one FOLDER LABEL MODEL TASK TASK_CONFIG SEED QUESTI
   python recipes/evaluate.py --dataset_name "reasoning_gym:$4" --task_config "$5" --source_seed "$6" \
     --num_questions $((4 * $7)) --limit "$7" --unique_questions true --answer_fallbacks true --greedy true \
     --num_samples 0 --max_new_tokens 160 --device cpu --dtype float32 --generation_backend vllm \
-    --vllm_gpu_memory_utilization "$VLLM_MEMORY" --exclude_questions_from "$OUT/data/teacher_answers" \
+    --vllm_gpu_memory_utilization "$VLLM_MEMORY" --exclude_questions_from "${TRAINING_SETS[@]}" \
     --output_dir "$dir" --models "$2=$3"
 }
 
@@ -168,6 +173,8 @@ report_stage() {
   if [ -d "$OUT/test" ]; then
     python recipes/experiment/analyze.py "$OUT/test" "$OUT/neighbour" --output "$DOCS/test3_results.md" \
       --pairs on_policy:offline_t1 on_policy:sft rft:sft
+    python recipes/experiment/analyze.py "$OUT/test" "$OUT/neighbour" --output "$DOCS/test3_results_clean.md" \
+      --pairs on_policy:offline_t1 on_policy:sft rft:sft --drop_questions_from "${TRAINING_SETS[@]}"
   fi
   python recipes/experiment/train_logs.py "$OUT/train" --output "$DOCS/train3_logs.md"
   python recipes/experiment/prep_times.py "$OUT/logs" --output "$DOCS/prep3_times.md"

@@ -18,7 +18,8 @@ class EvaluationDataError(ValueError):
     """The evaluation set cannot be scored (unknown source, missing fields, no gold answers)."""
 
 
-def _normalise_question(text: Any) -> str:
+def normalise_question(text: Any) -> str:
+    """The form two questions are compared in (training overlap, repeats): whitespace runs as one space."""
     return " ".join(str(text).split())
 
 
@@ -48,7 +49,7 @@ def training_questions(path: str | os.PathLike[str]) -> set[str]:
             f"exclude_questions_from: {os.fspath(path)!r} has neither a 'question' nor a 'prompt' column "
             f"(columns: {rows.column_names})."
         )
-    return {_normalise_question(t) for t in texts if t}
+    return {normalise_question(t) for t in texts if t}
 
 
 def _first_of_each_question(examples: list[QAExample]) -> list[QAExample]:
@@ -56,7 +57,7 @@ def _first_of_each_question(examples: list[QAExample]) -> list[QAExample]:
     seen: set[str] = set()
     unique = []
     for ex in examples:
-        key = _normalise_question(ex.question)
+        key = normalise_question(ex.question)
         if key not in seen:
             seen.add(key)
             unique.append(ex)
@@ -84,11 +85,11 @@ def load_eval_questions(config: EvalConfig) -> tuple[list[QAExample], dict[str, 
             f"Cannot build the evaluation set for --dataset_name {config.dataset_name!r} ({source['description']}): {exc}.{hint}"
         ) from exc
     if config.exclude_questions_from:
-        kept = [ex for ex in examples if _normalise_question(ex.question) not in excluded]
+        kept = [ex for ex in examples if normalise_question(ex.question) not in excluded]
         source["excluded_overlap"] = {
             "from": list(config.exclude_questions_from),
             "count": len(examples) - len(kept),
-            "ids": [ex.id for ex in examples if _normalise_question(ex.question) in excluded],
+            "ids": [ex.id for ex in examples if normalise_question(ex.question) in excluded],
         }
         if not kept:
             raise EvaluationDataError(

@@ -397,3 +397,40 @@ def test_teacher_gain_script_reports_what_preparation_measured(tmp_path: Path, t
     rows = choose.load(tmp_path / "sel")
     assert rows["a"]["teacher_kept"] == summary["teacher_kept"]
     assert "| a |" in choose.format_table(rows)
+
+
+def test_questions_an_arm_trained_on_are_dropped_from_every_model_before_the_tables(tmp_path: Path) -> None:
+    """analyze.py --drop_questions_from: experiment 3 excluded only the teacher answers' questions at evaluation, so
+    a test question the RFT rows held stayed in; dropping it from every model keeps the comparisons paired."""
+    verdicts = {"base": [False, False, True, False], "rft-seed0": [True, False, True, True]}
+    questions = ["Calculate -4 * -3.", "Calculate 1 + 1.", "Calculate 2 * 2.", "Calculate 3 - 1."]
+    suite = tmp_path / "test"
+    for label, correct in verdicts.items():
+        _evaluated(suite, label, correct)
+        report_path = suite / label / "results.json"
+        report = json.loads(report_path.read_text())
+        for record, question in zip(report["models"][0]["records"], questions):
+            record["greedy"].update(question=question, num_tokens=10, finished=True, extracted="1")
+            record["question"] = question
+        report_path.write_text(json.dumps(report))
+    trained = tmp_path / "rft_rows.jsonl"
+    trained.write_text(json.dumps({"question": "Calculate  -4 *  -3.", "answer": "12"}) + "\n")  # spaces differ
+
+    models = analyze.load_models(suite)
+    assert analyze.drop_questions(models, {"calculate"}) == []  # nothing matches: nothing dropped
+    dropped = analyze.drop_questions(models, {"Calculate -4 * -3."})
+    assert dropped == ["Calculate -4 * -3."]
+    assert [r["question"] for r in models["rft-seed0"]["records"]] == questions[1:]
+    assert models["rft-seed0"]["metrics"]["pass@1"]["successes"] == 2 and models["rft-seed0"]["num_questions"] == 3
+    assert models["base"]["metrics"]["pass@1"]["successes"] == 1
+    assert "| rft-seed0 | 66.7% [20.8, 93.9] |" in analyze.suite_table(models)  # 2 of the 3 left, not 3 of 4
+
+    output = tmp_path / "report.md"
+    subprocess.run(
+        [sys.executable, str(ROOT / "recipes/experiment/analyze.py"), str(suite), "--output", str(output),
+         "--drop_questions_from", str(trained)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    text = output.read_text()
+    assert f"1 question(s) found in {trained} were removed from every model first: Calculate -4 * -3." in text
+    assert "toy suite: 3 questions" in text and "| rft-seed0 | 66.7% [20.8, 93.9] |" in text
